@@ -1,0 +1,1 @@
+//! The data path from userspace: loading/attaching the XDP object, planning and writing maps.

@@ -1,0 +1,1 @@
+//! Patroni health checks: pure hysteresis and set computation, and the HTTP prober.

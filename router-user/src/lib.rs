@@ -1,0 +1,8 @@
+//! pgrouter's controller: configuration, Patroni health checks, VRRP, and the writer that
+//! turns decisions into BPF map updates. Pure cores (health, vrrp::fsm, dataplane::plan) take
+//! events and return actions; sockets, timers, HTTP and BPF syscalls stay at the edges.
+pub mod config;
+pub mod dataplane;
+pub mod health;
+pub mod model;
+pub mod vrrp;

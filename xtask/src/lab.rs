@@ -1,12 +1,151 @@
-//! `cargo xtask lab up|down|status`.
-use clap::Args;
+//! `cargo xtask lab …`: a Patroni/etcd/PostgreSQL 15 lab in network
+//! namespaces on one bridge (198.18.0.0/24). See docs/lab.md.
+//!
+//! Every action is also a method on [`cluster::Lab`], so scenario tests can either
+//! run `cargo xtask lab <action>` or call the API.
+pub mod cluster;
+pub mod install;
+pub mod util;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::time::Duration;
+
+pub use self::cluster::{Lab, Timing};
 
 #[derive(Args)]
 pub struct LabArgs {
-    #[arg(default_value = "status")]
-    pub action: String,
+    #[command(subcommand)]
+    pub action: Option<Action>,
 }
 
-pub fn run(_args: LabArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lab: not implemented yet")
+#[derive(Subcommand)]
+pub enum Action {
+    /// Install what is missing, build network + etcd + 3 Patroni nodes, wait
+    /// for a leader and two streaming replicas.
+    Up {
+        /// Patroni ttl [env PGRLAB_TTL, default 20].
+        #[arg(long)]
+        ttl: Option<u32>,
+        /// Patroni loop_wait [env PGRLAB_LOOP_WAIT, default 1].
+        #[arg(long)]
+        loop_wait: Option<u32>,
+        /// Patroni retry_timeout [env PGRLAB_RETRY_TIMEOUT, default 4].
+        #[arg(long)]
+        retry_timeout: Option<u32>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+    /// Stop everything, delete namespaces, bridge and data. Idempotent.
+    Down,
+    /// Namespaces, processes, cluster members, `patronictl list`.
+    Status,
+    /// Print the current leader: `<name> <address>`.
+    Leader,
+    /// Wait until there is a leader and N streaming replicas.
+    WaitHealthy {
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Planned switchover (POST /switchover on the leader).
+    Switchover {
+        /// Node to promote (1..3 / pgN); default: Patroni picks.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Return once the new leader runs; don't wait for the old one to stream.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// SIGKILL Patroni + PostgreSQL of the current leader (a crash).
+    KillPrimary {
+        /// Also wait until a new leader is elected (prints how long it took).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// SIGKILL Patroni + PostgreSQL of node N.
+    KillNode { node: String },
+    /// Start Patroni on node N (1..3 / pgN) if it is not running.
+    StartNode {
+        node: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop Patroni (and PostgreSQL) on node N gracefully.
+    StopNode { node: String },
+    /// Gracefully stop every node except the leader.
+    StopReplicas,
+    /// Start every stopped node and wait for two streaming replicas.
+    StartReplicas {
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Pause WAL replay on replica N and write MB megabytes of WAL on the primary.
+    LagReplica {
+        node: String,
+        #[arg(long, default_value_t = 16)]
+        mb: u32,
+    },
+    /// Resume WAL replay on node N (default: every paused replica).
+    Unlag { node: Option<String> },
+    /// Run a command in a lab namespace: `exec edge1 -- ip addr`.
+    Exec {
+        /// etcd, pg1..pg3, edge1, edge2, client (or pgrlab-<name>).
+        ns: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    let lab = Lab::new(Timing::from_env()?);
+    match args.action.unwrap_or(Action::Status) {
+        Action::Up { ttl, loop_wait, retry_timeout, timeout } => {
+            let mut t = lab.timing;
+            t.ttl = ttl.unwrap_or(t.ttl);
+            t.loop_wait = loop_wait.unwrap_or(t.loop_wait);
+            t.retry_timeout = retry_timeout.unwrap_or(t.retry_timeout);
+            Lab::new(t).up(Duration::from_secs(timeout))?;
+        }
+        Action::Down => lab.down()?,
+        Action::Status => lab.status()?,
+        Action::Leader => {
+            let l = lab.leader()?;
+            println!("{} {}", l.name, l.host);
+        }
+        Action::WaitHealthy { replicas, timeout } => {
+            print!("{}", lab.wait_healthy(replicas, Duration::from_secs(timeout))?.summary());
+        }
+        Action::Switchover { candidate, no_wait } => {
+            lab.switchover(candidate.as_deref(), !no_wait)?;
+        }
+        Action::KillPrimary { wait } => {
+            lab.kill_primary(wait)?;
+        }
+        Action::KillNode { node } => {
+            lab.kill_node(&node)?;
+        }
+        Action::StartNode { node, no_wait } => lab.start_node(&node, !no_wait)?,
+        Action::StopNode { node } => lab.stop_node(&node)?,
+        Action::StopReplicas => {
+            lab.stop_replicas()?;
+        }
+        Action::StartReplicas { no_wait } => {
+            lab.start_stopped(!no_wait)?;
+        }
+        Action::LagReplica { node, mb } => {
+            lab.lag_replica(&node, mb)?;
+        }
+        Action::Unlag { node } => {
+            lab.unlag(node.as_deref())?;
+        }
+        Action::Exec { ns, cmd } => {
+            let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) { cmd[1..].to_vec() } else { cmd };
+            let code = lab.exec(&ns, &cmd)?;
+            std::process::exit(code);
+        }
+    }
+    Ok(())
 }

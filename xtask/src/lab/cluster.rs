@@ -1,0 +1,980 @@
+//! The lab itself: network, etcd, three Patroni/PostgreSQL nodes, and the
+//! actions that scenario tests and the demo use.
+use super::util::{
+    cmd, cmdline, http, netns_pids, ns_cmd, ns_sysctl, pid_alive, pidfile_alive, run, run_quiet,
+    show, signal, tail, wait_for, wait_gone,
+};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Lab state: configs, data dirs, logs, pidfiles. Removed by `down`.
+pub const LAB_DIR: &str = "/var/lib/pgrouter-lab";
+/// Virtualenv (system python3) holding Patroni. Kept across `down`.
+pub const VENV: &str = "/opt/pgrouter-lab/venv";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const BRIDGE: &str = "pgrlab-br0";
+/// Root-namespace address on the bridge (lets the host reach the lab).
+pub const BRIDGE_ADDR: &str = "198.18.0.1";
+pub const SUBNET: &str = "198.18.0.0/24";
+pub const PREFIX_LEN: u8 = 24;
+/// The floating address pgrouter will own (not configured by the lab).
+pub const VIP: &str = "198.18.0.100";
+pub const SUPERUSER: &str = "postgres";
+pub const SUPERUSER_PASSWORD: &str = "pgrouter";
+pub const REPLICATION_USER: &str = "replicator";
+pub const REPLICATION_PASSWORD: &str = "replicator";
+pub const ETCD_ADDR: &str = "198.18.0.5";
+/// Namespace used for REST calls and client commands.
+pub const CLIENT_NS: &str = "pgrlab-client";
+const TEMPLATE: &str = include_str!("../../../lab/patroni.yml.tmpl");
+
+/// One lab host = one network namespace `pgrlab-<name>` with `eth0` at `addr`.
+#[derive(Clone, Copy, Debug)]
+pub struct Host {
+    pub name: &'static str,
+    pub addr: &'static str,
+}
+
+impl Host {
+    /// Namespace name, e.g. `pgrlab-pg1`.
+    pub fn ns(&self) -> String {
+        format!("pgrlab-{}", self.name)
+    }
+    /// Root-namespace end of this host's veth pair (enslaved to the bridge).
+    pub fn host_veth(&self) -> String {
+        format!("pgrlab-{}", self.name)
+    }
+    /// Deterministic MAC of eth0 in the namespace: 02:00:c6:12:00:<last octet>.
+    pub fn mac(&self) -> String {
+        let last: u8 = self.addr.rsplit('.').next().unwrap().parse().unwrap();
+        format!("02:00:c6:12:00:{last:02x}")
+    }
+}
+
+pub const HOSTS: [Host; 7] = [
+    Host { name: "etcd", addr: "198.18.0.5" },
+    Host { name: "pg1", addr: "198.18.0.11" },
+    Host { name: "pg2", addr: "198.18.0.12" },
+    Host { name: "pg3", addr: "198.18.0.13" },
+    Host { name: "edge1", addr: "198.18.0.21" },
+    Host { name: "edge2", addr: "198.18.0.22" },
+    Host { name: "client", addr: "198.18.0.30" },
+];
+pub const PG_NODES: [&str; 3] = ["pg1", "pg2", "pg3"];
+pub const EDGES: [&str; 2] = ["edge1", "edge2"];
+
+pub fn host(name: &str) -> Result<Host> {
+    HOSTS
+        .iter()
+        .copied()
+        .find(|h| h.name == name)
+        .ok_or_else(|| anyhow!("unknown lab host {name:?}"))
+}
+
+/// Accepts `2`, `pg2` or `pgrlab-pg2`; returns `pg2`.
+pub fn node_name(arg: &str) -> Result<&'static str> {
+    let a = arg.trim_start_matches("pgrlab-");
+    let a = if a.chars().all(|c| c.is_ascii_digit()) { format!("pg{a}") } else { a.to_string() };
+    PG_NODES
+        .iter()
+        .copied()
+        .find(|n| *n == a)
+        .ok_or_else(|| anyhow!("unknown PostgreSQL node {arg:?} (expected 1..3 or pg1..pg3)"))
+}
+
+/// Accepts `edge1` or `pgrlab-edge1`; returns the namespace name.
+pub fn ns_name(arg: &str) -> Result<String> {
+    let a = arg.trim_start_matches("pgrlab-");
+    Ok(host(a)?.ns())
+}
+
+/// Patroni timing, written into the DCS at bootstrap.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { ttl: 20, loop_wait: 1, retry_timeout: 4 }
+    }
+}
+
+impl Timing {
+    /// Defaults overridden by PGRLAB_TTL, PGRLAB_LOOP_WAIT, PGRLAB_RETRY_TIMEOUT.
+    pub fn from_env() -> Result<Self> {
+        let mut t = Timing::default();
+        let get = |k: &str, d: u32| -> Result<u32> {
+            match std::env::var(k) {
+                Ok(v) => v.trim().parse().with_context(|| format!("{k}={v:?} is not a number")),
+                Err(_) => Ok(d),
+            }
+        };
+        t.ttl = get("PGRLAB_TTL", t.ttl)?;
+        t.loop_wait = get("PGRLAB_LOOP_WAIT", t.loop_wait)?;
+        t.retry_timeout = get("PGRLAB_RETRY_TIMEOUT", t.retry_timeout)?;
+        Ok(t)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.ttl < 20 {
+            bail!("ttl {} < 20 (Patroni's minimum)", self.ttl);
+        }
+        if self.loop_wait < 1 || self.retry_timeout < 3 {
+            bail!("loop_wait must be >= 1 and retry_timeout >= 3");
+        }
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl {
+            bail!(
+                "loop_wait + 2*retry_timeout ({}) must not exceed ttl ({})",
+                self.loop_wait + 2 * self.retry_timeout,
+                self.ttl
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One member as reported by Patroni's `GET /cluster`.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    pub host: String,
+    /// `leader`, `replica`, `sync_standby`, …
+    pub role: String,
+    /// `running`, `streaming`, `stopped`, `starting`, …
+    pub state: String,
+    pub timeline: Option<u64>,
+    /// Bytes behind the leader (received / replayed), when known.
+    pub receive_lag: Option<u64>,
+    pub replay_lag: Option<u64>,
+}
+
+impl Member {
+    pub fn is_leader(&self) -> bool {
+        self.role == "leader" || self.role == "standby_leader"
+    }
+    pub fn is_replica(&self) -> bool {
+        !self.is_leader()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub members: Vec<Member>,
+}
+
+impl ClusterState {
+    pub fn leader(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.is_leader() && m.state == "running")
+    }
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+    pub fn streaming_replicas(&self) -> Vec<&Member> {
+        self.members.iter().filter(|m| m.is_replica() && m.state == "streaming").collect()
+    }
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{:<5} {:<13} {:<12} {:<10} {:>3} {:>12} {:>12}\n",
+            "name", "host", "role", "state", "TL", "receive_lag", "replay_lag"
+        );
+        for m in &self.members {
+            let o = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "{:<5} {:<13} {:<12} {:<10} {:>3} {:>12} {:>12}\n",
+                m.name,
+                m.host,
+                m.role,
+                m.state,
+                o(m.timeline),
+                o(m.receive_lag),
+                o(m.replay_lag)
+            ));
+        }
+        s
+    }
+    fn parse(body: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(body).context("parse /cluster JSON")?;
+        let lag = |m: &Value, k: &str| m.get(k).and_then(|x| x.as_u64());
+        let mut members: Vec<Member> = v["members"]
+            .as_array()
+            .ok_or_else(|| anyhow!("/cluster: no members array"))?
+            .iter()
+            .map(|m| Member {
+                name: m["name"].as_str().unwrap_or("?").to_string(),
+                host: m["host"].as_str().unwrap_or("?").to_string(),
+                role: m["role"].as_str().unwrap_or("?").to_string(),
+                state: m["state"].as_str().unwrap_or("?").to_string(),
+                timeline: m.get("timeline").and_then(|x| x.as_u64()),
+                receive_lag: lag(m, "receive_lag").or_else(|| lag(m, "lag")),
+                replay_lag: lag(m, "replay_lag").or_else(|| lag(m, "lag")),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(ClusterState { members })
+    }
+}
+
+/// Handle on the lab. All methods are blocking, bounded and print what they do.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub timing: Timing,
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Lab { dir: PathBuf::from(LAB_DIR), timing: Timing::default() }
+    }
+}
+
+const REST_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Lab {
+    pub fn new(timing: Timing) -> Self {
+        Lab { dir: PathBuf::from(LAB_DIR), timing }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+    fn pidfile(&self, what: &str) -> PathBuf {
+        self.run_dir().join(format!("{what}.pid"))
+    }
+    fn etcd_log(&self) -> PathBuf {
+        self.dir.join("etcd/etcd.log")
+    }
+    fn patroni_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("patroni.log")
+    }
+    fn pg_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("log/postgresql.log")
+    }
+    fn config_path(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("patroni.yml")
+    }
+
+    // ------------------------------------------------------------------ up
+
+    /// Installs what is missing, removes leftovers, builds network, etcd and
+    /// the three nodes, and waits for a leader plus two streaming replicas.
+    pub fn up(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        self.timing.validate()?;
+        super::install::ensure_installed()?;
+        self.cleanup(false)?;
+        let res = (|| -> Result<()> {
+            self.make_dirs()?;
+            self.create_network()?;
+            self.start_etcd()?;
+            for n in PG_NODES {
+                self.write_config(n)?;
+            }
+            // pg1 bootstraps first so the initial leader is deterministic.
+            self.start_node_process("pg1")?;
+            let left = timeout.saturating_sub(start.elapsed());
+            wait_for("pg1 to bootstrap and become leader", left, Duration::from_millis(500), || {
+                Ok(self.cluster()?.leader().map(|_| ()))
+            })?;
+            println!("lab: pg1 is leader after {:.1?}", start.elapsed());
+            self.start_node_process("pg2")?;
+            self.start_node_process("pg3")?;
+            let left = timeout.saturating_sub(start.elapsed());
+            let st = self.wait_healthy(2, left)?;
+            print!("{}", st.summary());
+            Ok(())
+        })();
+        if let Err(e) = res {
+            self.print_log_tails();
+            return Err(e.context("lab up failed (logs above; `cargo xtask lab down` cleans up)"));
+        }
+        let took = start.elapsed();
+        println!("lab: up in {:.1?}", took);
+        println!("{}", self.connect_help());
+        Ok(took)
+    }
+
+    pub fn connect_help(&self) -> String {
+        format!(
+            "lab: connect (once pgrouter holds the VIP):\n  \
+             PGPASSWORD={SUPERUSER_PASSWORD} ip netns exec {CLIENT_NS} psql -h {VIP} -p 5000 -U {SUPERUSER}   # primary\n  \
+             PGPASSWORD={SUPERUSER_PASSWORD} ip netns exec {CLIENT_NS} psql -h {VIP} -p 5001 -U {SUPERUSER}   # replicas\n\
+             lab: directly: PGPASSWORD={SUPERUSER_PASSWORD} ip netns exec {CLIENT_NS} psql -h 198.18.0.11 -U {SUPERUSER}\n\
+             lab: status: cargo xtask lab status; stop: cargo xtask lab down"
+        )
+    }
+
+    fn make_dirs(&self) -> Result<()> {
+        for d in [self.dir.clone(), self.run_dir(), self.dir.join("etcd")] {
+            fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
+        }
+        for n in PG_NODES {
+            let d = self.node_dir(n);
+            for sub in ["", "run", "log"] {
+                let p = d.join(sub);
+                fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+            }
+            run(&mut cmd("chown", ["-R", "postgres:postgres", &d.to_string_lossy()]))?;
+        }
+        Ok(())
+    }
+
+    fn create_network(&self) -> Result<()> {
+        let t = Instant::now();
+        run(&mut cmd(
+            "ip",
+            ["link", "add", "name", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"],
+        ))?;
+        disable_ipv6_root(BRIDGE);
+        run(&mut cmd("ip", ["addr", "add", &format!("{BRIDGE_ADDR}/{PREFIX_LEN}"), "dev", BRIDGE]))?;
+        run(&mut cmd("ip", ["link", "set", BRIDGE, "up"]))?;
+        for h in HOSTS {
+            let ns = h.ns();
+            let hv = h.host_veth();
+            run(&mut cmd("ip", ["netns", "add", &ns]))?;
+            // No IPv6 at all (not even link-local): lab traffic stays in 198.18.0.0/24.
+            let _ = ns_sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1");
+            let _ = ns_sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1");
+            run(&mut cmd("ip", ["link", "add", &hv, "type", "veth", "peer", "name", "eth0", "netns", &ns]))?;
+            disable_ipv6_root(&hv);
+            run(&mut cmd("ip", ["link", "set", &hv, "master", BRIDGE]))?;
+            run(&mut cmd("ip", ["link", "set", &hv, "up"]))?;
+            run(&mut cmd("ethtool", ["-K", &hv, "tx", "off"]))?;
+            run(&mut cmd("ip", ["-n", &ns, "link", "set", "eth0", "address", &h.mac()]))?;
+            run(&mut cmd("ip", ["-n", &ns, "addr", "add", &format!("{}/{PREFIX_LEN}", h.addr), "dev", "eth0"]))?;
+            run(&mut cmd("ip", ["-n", &ns, "link", "set", "eth0", "up"]))?;
+            run(&mut cmd("ip", ["-n", &ns, "link", "set", "lo", "up"]))?;
+            run(&mut ns_cmd(&ns, ["ethtool", "-K", "eth0", "tx", "off"]))?;
+            if EDGES.contains(&h.name) {
+                ns_sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+            }
+        }
+        println!(
+            "lab: network up in {:.1?}: bridge {BRIDGE} ({BRIDGE_ADDR}/{PREFIX_LEN}), namespaces {}",
+            t.elapsed(),
+            HOSTS.iter().map(|h| format!("{}={}", h.ns(), h.addr)).collect::<Vec<_>>().join(" ")
+        );
+        Ok(())
+    }
+
+    fn start_etcd(&self) -> Result<()> {
+        let data = self.dir.join("etcd/data");
+        let client = format!("http://{ETCD_ADDR}:2379");
+        let peer = format!("http://{ETCD_ADDR}:2380");
+        let mut c = ns_cmd(
+            "pgrlab-etcd",
+            [
+                "etcd",
+                "--name",
+                "pgrlab-etcd",
+                "--data-dir",
+                &data.to_string_lossy(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("pgrlab-etcd={peer}"),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "pgrlab",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ],
+        );
+        c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        let pid = spawn_daemon(c, &self.etcd_log(), &self.pidfile("etcd"), &self.dir)?;
+        println!("lab: etcd started (pid {pid}) on {client}");
+        wait_for("etcd /health", Duration::from_secs(30), Duration::from_millis(200), || {
+            if !pid_alive(pid) {
+                bail!("etcd exited: {}", tail(&self.etcd_log(), 15));
+            }
+            let (code, body) = http(CLIENT_NS, &format!("{ETCD_ADDR}:2379"), "GET", "/health", None, REST_TIMEOUT)?;
+            Ok((code == 200 && body.contains("true")).then_some(()))
+        })
+    }
+
+    fn write_config(&self, node: &str) -> Result<()> {
+        let h = host(node)?;
+        let nd = self.node_dir(node);
+        let cfg = TEMPLATE
+            .replace("{{NAME}}", node)
+            .replace("{{ADDR}}", h.addr)
+            .replace("{{NODE_DIR}}", &nd.to_string_lossy())
+            .replace("{{ETCD}}", &format!("{ETCD_ADDR}:2379"))
+            .replace("{{TTL}}", &self.timing.ttl.to_string())
+            .replace("{{LOOP_WAIT}}", &self.timing.loop_wait.to_string())
+            .replace("{{RETRY_TIMEOUT}}", &self.timing.retry_timeout.to_string())
+            .replace("{{PG_BIN}}", PG_BIN)
+            .replace("{{SUPERUSER_PASSWORD}}", SUPERUSER_PASSWORD)
+            .replace("{{REPLICATION_USER}}", REPLICATION_USER)
+            .replace("{{REPLICATION_PASSWORD}}", REPLICATION_PASSWORD)
+            .replace("{{SUBNET}}", SUBNET);
+        let p = self.config_path(node);
+        fs::write(&p, cfg).with_context(|| format!("write {}", p.display()))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600))?;
+        run(&mut cmd("chown", ["postgres:postgres", &p.to_string_lossy()]))?;
+        Ok(())
+    }
+
+    /// Starts Patroni (as `postgres`, in the node's namespace) unless running.
+    /// Returns its PID.
+    fn start_node_process(&self, node: &str) -> Result<i32> {
+        if let Some(pid) = self.patroni_pid(node) {
+            println!("lab: {node}: Patroni already running (pid {pid})");
+            return Ok(pid);
+        }
+        let h = host(node)?;
+        let nd = self.node_dir(node);
+        if !self.config_path(node).exists() {
+            bail!("{node}: {} missing: is the lab up?", self.config_path(node).display());
+        }
+        let mut c = ns_cmd(
+            &h.ns(),
+            [
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+                &format!("{VENV}/bin/patroni"),
+                &self.config_path(node).to_string_lossy(),
+            ],
+        );
+        c.env_clear()
+            .env("PATH", format!("{PG_BIN}:/usr/local/bin:/usr/bin:/bin"))
+            .env("HOME", &nd)
+            .env("USER", "postgres")
+            .env("LOGNAME", "postgres")
+            .env("LANG", "C.UTF-8")
+            .env("LC_ALL", "C.UTF-8")
+            .env("PYTHONUNBUFFERED", "1");
+        let pid = spawn_daemon(c, &self.patroni_log(node), &self.pidfile(node), &nd)?;
+        println!("lab: {node}: Patroni started (pid {pid}) REST http://{}:8008 PostgreSQL {}:5432", h.addr, h.addr);
+        Ok(pid)
+    }
+
+    // ---------------------------------------------------------------- down
+
+    /// Stops everything the lab started, deletes namespaces, bridge and data.
+    pub fn down(&self) -> Result<()> {
+        self.cleanup(true)?;
+        println!("lab: down");
+        Ok(())
+    }
+
+    /// Removes processes (pidfiles, then anything left in pgrlab-* namespaces),
+    /// namespaces, pgrlab-* links and the lab dir. Idempotent.
+    fn cleanup(&self, verbose: bool) -> Result<()> {
+        let mut did = false;
+        // 1. Patroni gracefully (it stops PostgreSQL), then etcd.
+        let mut pats = vec![];
+        for n in PG_NODES {
+            if let Some(pid) = self.patroni_pid(n) {
+                signal(pid, libc::SIGCONT);
+                signal(pid, libc::SIGTERM);
+                pats.push(pid);
+                println!("lab: stopping Patroni {n} (pid {pid})");
+            }
+        }
+        if !pats.is_empty() {
+            did = true;
+            if !wait_gone(&pats, Duration::from_secs(20)) {
+                println!("lab: Patroni did not stop within 20s; killing");
+            }
+        }
+        if let Some(pid) = pidfile_alive(&self.pidfile("etcd"), "etcd") {
+            did = true;
+            println!("lab: stopping etcd (pid {pid})");
+            signal(pid, libc::SIGTERM);
+            if !wait_gone(&[pid], Duration::from_secs(10)) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        // 2. Anything still running inside our namespaces, then the namespaces.
+        let list = run(&mut cmd("ip", ["netns", "list"])).unwrap_or_default();
+        let nss: Vec<String> = list
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with("pgrlab-"))
+            .map(String::from)
+            .collect();
+        for ns in &nss {
+            let pids = netns_pids(ns);
+            if !pids.is_empty() {
+                println!("lab: killing leftover processes in {ns}: {pids:?}");
+                for &p in &pids {
+                    signal(p, libc::SIGKILL);
+                }
+                if !wait_gone(&pids, Duration::from_secs(10)) {
+                    bail!("processes {pids:?} in {ns} survived SIGKILL");
+                }
+            }
+        }
+        for ns in &nss {
+            did = true;
+            run(&mut cmd("ip", ["netns", "del", ns]))?;
+        }
+        // 3. Root-namespace links (bridge, veth ends whose peer survived).
+        let links = run(&mut cmd("ip", ["-o", "link", "show"])).unwrap_or_default();
+        for l in links.lines() {
+            if let Some(name) = l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+                && name.starts_with("pgrlab-")
+            {
+                did = true;
+                run_quiet(&mut cmd("ip", ["link", "del", &name]));
+            }
+        }
+        // 4. Lab dir (data, logs, pidfiles).
+        if self.dir.exists() {
+            did = true;
+            fs::remove_dir_all(&self.dir).with_context(|| format!("rm -r {}", self.dir.display()))?;
+        }
+        if did {
+            let what = if verbose { "removed" } else { "removed leftovers of an earlier lab:" };
+            println!("lab: {what} processes, namespaces pgrlab-*, bridge {BRIDGE}, {}", self.dir.display());
+        } else if verbose {
+            println!("lab: nothing was up");
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- inspection
+
+    pub fn patroni_pid(&self, node: &str) -> Option<i32> {
+        pidfile_alive(&self.pidfile(node), "patroni")
+    }
+
+    /// PID of the node's postmaster (first line of postmaster.pid), if alive.
+    pub fn postmaster_pid(&self, node: &str) -> Option<i32> {
+        let s = fs::read_to_string(self.node_dir(node).join("data/postmaster.pid")).ok()?;
+        let pid: i32 = s.lines().next()?.trim().parse().ok()?;
+        (pid_alive(pid) && cmdline(pid).contains("postgres")).then_some(pid)
+    }
+
+    /// `GET /cluster` from the first node that answers.
+    pub fn cluster(&self) -> Result<ClusterState> {
+        let mut errs = vec![];
+        for n in PG_NODES {
+            let h = host(n)?;
+            match http(CLIENT_NS, &format!("{}:8008", h.addr), "GET", "/cluster", None, REST_TIMEOUT) {
+                Ok((200, body)) => return ClusterState::parse(&body),
+                Ok((code, body)) => errs.push(format!("{n}: HTTP {code} {}", body.trim())),
+                Err(e) => errs.push(format!("{n}: {e:#}")),
+            }
+        }
+        bail!("no Patroni REST API answered /cluster: {}", errs.join("; "))
+    }
+
+    /// Current leader (name, address).
+    pub fn leader(&self) -> Result<Member> {
+        let st = self.cluster()?;
+        st.leader().cloned().ok_or_else(|| anyhow!("no running leader:\n{}", st.summary()))
+    }
+
+    /// Waits for a running leader and at least `replicas` streaming replicas.
+    pub fn wait_healthy(&self, replicas: usize, timeout: Duration) -> Result<ClusterState> {
+        let start = Instant::now();
+        let mut last_print = Instant::now();
+        let mut last = ClusterState::default();
+        let res = wait_for(
+            &format!("a leader and {replicas} streaming replicas"),
+            timeout,
+            Duration::from_millis(500),
+            || {
+                let st = self.cluster()?;
+                last = st.clone();
+                if last_print.elapsed() > Duration::from_secs(10) {
+                    last_print = Instant::now();
+                    let desc: Vec<String> =
+                        st.members.iter().map(|m| format!("{}={}/{}", m.name, m.role, m.state)).collect();
+                    println!("lab: waiting ({:.0?}): {}", start.elapsed(), desc.join(" "));
+                }
+                Ok((st.leader().is_some() && st.streaming_replicas().len() >= replicas).then_some(st))
+            },
+        );
+        res.map_err(|e| e.context(format!("cluster was:\n{}", last.summary())))
+    }
+
+    pub fn status(&self) -> Result<()> {
+        let list = run(&mut cmd("ip", ["netns", "list"])).unwrap_or_default();
+        let nss: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with("pgrlab-"))
+            .collect();
+        if nss.is_empty() && !self.dir.exists() {
+            println!("lab: down (no pgrlab-* namespaces, no {})", self.dir.display());
+            return Ok(());
+        }
+        println!("namespaces: {}", if nss.is_empty() { "(none)".to_string() } else { nss.join(" ") });
+        for h in HOSTS {
+            println!("  {:<14} {}", h.ns(), h.addr);
+        }
+        let alive = |p: Option<i32>| p.map(|p| format!("pid {p}")).unwrap_or_else(|| "not running".into());
+        println!("processes:");
+        println!("  etcd          {}", alive(pidfile_alive(&self.pidfile("etcd"), "etcd")));
+        for n in PG_NODES {
+            println!(
+                "  {n} patroni   {:<14} postgres {}",
+                alive(self.patroni_pid(n)),
+                alive(self.postmaster_pid(n))
+            );
+        }
+        match self.cluster() {
+            Ok(st) => print!("cluster (GET /cluster):\n{}", st.summary()),
+            Err(e) => println!("cluster: {e:#}"),
+        }
+        if self.config_path("pg1").exists() && nss.contains(&CLIENT_NS) {
+            let mut c = ns_cmd(
+                CLIENT_NS,
+                [&format!("{VENV}/bin/patronictl"), "-c", &self.config_path("pg1").to_string_lossy(), "list"],
+            );
+            match run(&mut c) {
+                Ok(out) => print!("patronictl list:\n{out}"),
+                Err(e) => println!("patronictl list: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn print_log_tails(&self) {
+        eprintln!("==== {} (tail)\n{}", self.etcd_log().display(), tail(&self.etcd_log(), 20));
+        for n in PG_NODES {
+            eprintln!("==== {} (tail)\n{}", self.patroni_log(n).display(), tail(&self.patroni_log(n), 25));
+            eprintln!("==== {} (tail)\n{}", self.pg_log(n).display(), tail(&self.pg_log(n), 15));
+        }
+    }
+
+    // -------------------------------------------------------------- actions
+
+    /// Planned switchover via `POST /switchover` on the leader. Returns
+    /// (old leader, new leader). With `wait`, also waits until the old
+    /// leader streams again.
+    pub fn switchover(&self, candidate: Option<&str>, wait: bool) -> Result<(String, String)> {
+        let before = self.cluster()?;
+        let old = before.leader().ok_or_else(|| anyhow!("no leader:\n{}", before.summary()))?.clone();
+        let replicas = before.streaming_replicas().len();
+        let body = match candidate {
+            Some(c) => serde_json::json!({ "leader": old.name, "candidate": node_name(c)? }),
+            None => serde_json::json!({ "leader": old.name }),
+        }
+        .to_string();
+        let addr = format!("{}:8008", host(&old.name)?.addr);
+        println!("lab: switchover: POST http://{addr}/switchover {body}");
+        let (code, resp) = http(CLIENT_NS, &addr, "POST", "/switchover", Some(&body), Duration::from_secs(60))?;
+        if code != 200 {
+            bail!("switchover refused: HTTP {code}: {}", resp.trim());
+        }
+        println!("lab: switchover: {}", resp.trim());
+        let new = wait_for("a new leader", Duration::from_secs(60), Duration::from_millis(300), || {
+            let st = self.cluster()?;
+            Ok(st.leader().filter(|l| l.name != old.name).map(|l| l.name.clone()))
+        })?;
+        println!("lab: switchover: leader {} -> {new}", old.name);
+        if wait {
+            let st = self.wait_healthy(replicas, Duration::from_secs(90))?;
+            print!("{}", st.summary());
+        }
+        Ok((old.name, new))
+    }
+
+    /// SIGKILLs every process of node `node` (Patroni, postmaster, backends):
+    /// a crash. Returns the killed PIDs.
+    pub fn kill_node(&self, node: &str) -> Result<Vec<i32>> {
+        let h = host(node_name(node)?)?;
+        let mut pids: Vec<i32> = self.patroni_pid(h.name).into_iter().collect();
+        pids.extend(self.postmaster_pid(h.name));
+        for p in netns_pids(&h.ns()) {
+            if !pids.contains(&p) {
+                pids.push(p);
+            }
+        }
+        if pids.is_empty() {
+            println!("lab: {}: nothing running", h.name);
+            return Ok(pids);
+        }
+        for &p in &pids {
+            signal(p, libc::SIGKILL);
+        }
+        if !wait_gone(&pids, Duration::from_secs(10)) {
+            bail!("{}: processes {pids:?} survived SIGKILL", h.name);
+        }
+        println!("lab: {}: SIGKILLed Patroni+PostgreSQL pids {pids:?}", h.name);
+        Ok(pids)
+    }
+
+    /// Kills the current leader's node. With `wait`, waits for a new leader.
+    /// Returns the killed node's name.
+    pub fn kill_primary(&self, wait: bool) -> Result<String> {
+        let l = self.leader()?;
+        println!("lab: kill-primary: leader is {} ({})", l.name, l.host);
+        let t = Instant::now();
+        self.kill_node(&l.name)?;
+        if wait {
+            let new = wait_for("a new leader after kill", Duration::from_secs(90), Duration::from_millis(250), || {
+                Ok(self.cluster().ok().and_then(|st| st.leader().filter(|m| m.name != l.name).map(|m| m.name.clone())))
+            })?;
+            println!("lab: kill-primary: new leader {new} after {:.1?}", t.elapsed());
+        }
+        Ok(l.name)
+    }
+
+    /// Starts Patroni on `node` (if not running). With `wait`, waits until it
+    /// is a running leader or a streaming replica.
+    pub fn start_node(&self, node: &str, wait: bool) -> Result<()> {
+        let n = node_name(node)?;
+        if !Path::new(&format!("/run/netns/{}", host(n)?.ns())).exists() {
+            bail!("lab is not up (namespace {} missing)", host(n)?.ns());
+        }
+        self.start_node_process(n)?;
+        if wait {
+            let t = Instant::now();
+            let st = wait_for(&format!("{n} to run"), Duration::from_secs(120), Duration::from_millis(500), || {
+                let st = self.cluster()?;
+                Ok(st
+                    .member(n)
+                    .filter(|m| (m.is_leader() && m.state == "running") || m.state == "streaming")
+                    .map(|_| st.clone()))
+            })
+            .inspect_err(|_| {
+                eprintln!("==== {} (tail)\n{}", self.patroni_log(n).display(), tail(&self.patroni_log(n), 30))
+            })?;
+            let m = st.member(n).unwrap();
+            println!("lab: {n} is {}/{} after {:.1?}", m.role, m.state, t.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Stops Patroni on `node` gracefully (it shuts PostgreSQL down).
+    pub fn stop_node(&self, node: &str) -> Result<()> {
+        let n = node_name(node)?;
+        let Some(pid) = self.patroni_pid(n) else {
+            println!("lab: {n}: Patroni not running");
+            return Ok(());
+        };
+        signal(pid, libc::SIGTERM);
+        if wait_gone(&[pid], Duration::from_secs(30)) {
+            println!("lab: {n}: Patroni (pid {pid}) and PostgreSQL stopped");
+        } else {
+            println!("lab: {n}: Patroni (pid {pid}) did not stop in 30s; killing the node");
+            self.kill_node(n)?;
+        }
+        // PostgreSQL should be down with Patroni; make sure.
+        if let Some(pm) = self.postmaster_pid(n) {
+            signal(pm, libc::SIGTERM);
+            if !wait_gone(&[pm], Duration::from_secs(15)) {
+                self.kill_node(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every node that is currently not the leader. Returns their names.
+    pub fn stop_replicas(&self) -> Result<Vec<String>> {
+        let st = self.cluster()?;
+        let leader = st.leader().map(|l| l.name.clone());
+        let mut stopped = vec![];
+        for n in PG_NODES {
+            if Some(n.to_string()) == leader {
+                continue;
+            }
+            self.stop_node(n)?;
+            stopped.push(n.to_string());
+        }
+        println!("lab: stop-replicas: stopped {stopped:?} (leader {leader:?} keeps running)");
+        Ok(stopped)
+    }
+
+    /// Starts every node whose Patroni is not running. Returns their names.
+    pub fn start_stopped(&self, wait: bool) -> Result<Vec<String>> {
+        let stopped: Vec<String> =
+            PG_NODES.iter().filter(|n| self.patroni_pid(n).is_none()).map(|n| n.to_string()).collect();
+        for n in &stopped {
+            self.start_node_process(n)?;
+        }
+        if stopped.is_empty() {
+            println!("lab: all nodes already running");
+        }
+        if wait {
+            let st = self.wait_healthy(PG_NODES.len() - 1, Duration::from_secs(120))?;
+            print!("{}", st.summary());
+        }
+        Ok(stopped)
+    }
+
+    /// Runs SQL via psql (from the client namespace) on `addr`:5432.
+    pub fn psql(&self, addr: &str, sql: &str) -> Result<String> {
+        let mut c = ns_cmd(
+            CLIENT_NS,
+            [
+                &format!("{PG_BIN}/psql"),
+                "-h",
+                addr,
+                "-p",
+                "5432",
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        );
+        c.env("PGPASSWORD", SUPERUSER_PASSWORD).env("PGCONNECT_TIMEOUT", "5");
+        run(&mut c).map(|s| s.trim().to_string())
+    }
+
+    /// Makes replica `node` lag: pauses WAL replay on it, then writes about
+    /// `mb` MB of WAL on the primary. Waits until Patroni's
+    /// `GET /replica?lag=<mb/2>MB` on that node answers 503. Returns the
+    /// replay lag in bytes.
+    pub fn lag_replica(&self, node: &str, mb: u32) -> Result<u64> {
+        let n = node_name(node)?;
+        let st = self.cluster()?;
+        let leader = st.leader().ok_or_else(|| anyhow!("no leader:\n{}", st.summary()))?.clone();
+        if leader.name == n {
+            bail!("{n} is the leader; lag-replica needs a replica");
+        }
+        let h = host(n)?;
+        self.psql(h.addr, "SELECT pg_wal_replay_pause()")?;
+        println!("lab: lag-replica: WAL replay paused on {n}");
+        let rows = mb as u64 * 1024;
+        let t = Instant::now();
+        self.psql(
+            &leader.host,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS pgrlab_lag(pad text); \
+                 INSERT INTO pgrlab_lag SELECT repeat(md5(g::text), 32) FROM generate_series(1, {rows}) g"
+            ),
+        )?;
+        println!("lab: lag-replica: wrote ~{mb} MB on leader {} in {:.1?}", leader.name, t.elapsed());
+        let threshold = format!("{}MB", (mb / 2).max(1));
+        let addr = format!("{}:8008", h.addr);
+        wait_for(
+            &format!("{n}'s GET /replica?lag={threshold} to answer 503"),
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || {
+                let (code, _) = http(CLIENT_NS, &addr, "GET", &format!("/replica?lag={threshold}"), None, REST_TIMEOUT)?;
+                Ok((code == 503).then_some(()))
+            },
+        )?;
+        let lag: u64 = self
+            .psql(
+                &leader.host,
+                &format!(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{}')::bigint",
+                    self.psql(h.addr, "SELECT pg_last_wal_replay_lsn()")?
+                ),
+            )?
+            .parse()
+            .unwrap_or(0);
+        println!(
+            "lab: lag-replica: {n} replay lag {lag} bytes ({:.1} MB); GET /replica?lag={threshold} -> 503",
+            lag as f64 / 1048576.0
+        );
+        Ok(lag)
+    }
+
+    /// Resumes WAL replay on `node` (or every replica with paused replay) and
+    /// waits until it has caught up (`GET /replica?lag=1MB` → 200).
+    pub fn unlag(&self, node: Option<&str>) -> Result<Vec<String>> {
+        let st = self.cluster()?;
+        let targets: Vec<&str> = match node {
+            Some(n) => vec![node_name(n)?],
+            None => PG_NODES.to_vec(),
+        };
+        let mut resumed = vec![];
+        for n in targets {
+            let Some(m) = st.member(n) else { continue };
+            if m.is_leader() || !matches!(m.state.as_str(), "streaming" | "running" | "in archive recovery") {
+                continue;
+            }
+            let h = host(n)?;
+            if self.psql(h.addr, "SELECT pg_is_in_recovery() AND pg_is_wal_replay_paused()")? == "t" {
+                self.psql(h.addr, "SELECT pg_wal_replay_resume()")?;
+                println!("lab: unlag: WAL replay resumed on {n}");
+                let addr = format!("{}:8008", h.addr);
+                wait_for(&format!("{n} to catch up"), Duration::from_secs(60), Duration::from_millis(300), || {
+                    let (code, _) = http(CLIENT_NS, &addr, "GET", "/replica?lag=1MB", None, REST_TIMEOUT)?;
+                    Ok((code == 200).then_some(()))
+                })?;
+                println!("lab: unlag: {n} caught up");
+                resumed.push(n.to_string());
+            }
+        }
+        if resumed.is_empty() {
+            println!("lab: unlag: no replica had WAL replay paused");
+        } else if let Some(l) = st.leader() {
+            let _ = self.psql(&l.host, "DROP TABLE IF EXISTS pgrlab_lag");
+        }
+        Ok(resumed)
+    }
+
+    /// Runs `argv` in lab namespace `ns` (`edge1` or `pgrlab-edge1`) with
+    /// inherited stdio; returns its exit code.
+    pub fn exec(&self, ns: &str, argv: &[String]) -> Result<i32> {
+        let ns = ns_name(ns)?;
+        if argv.is_empty() {
+            bail!("exec: no command given (usage: cargo xtask lab exec {ns} -- cmd args…)");
+        }
+        let mut c = ns_cmd(&ns, argv);
+        let st = c.status().with_context(|| format!("could not run `{}`", show(&c)))?;
+        Ok(st.code().unwrap_or(128 + 9))
+    }
+}
+
+/// Spawns a detached daemon (own session, stdio to `log`), writes its PID to
+/// `pidfile`. Fails if it exits within 300 ms.
+fn spawn_daemon(mut c: Command, log: &Path, pidfile: &Path, cwd: &Path) -> Result<i32> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    c.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).current_dir(cwd);
+    // SAFETY: setsid is async-signal-safe; detaches from our terminal/session
+    // so Ctrl-C on cargo does not reach the daemon.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let desc = show(&c);
+    let child = c.spawn().with_context(|| format!("could not start `{desc}`"))?;
+    let pid = child.id() as i32;
+    fs::write(pidfile, format!("{pid}\n")).with_context(|| format!("write {}", pidfile.display()))?;
+    std::thread::sleep(Duration::from_millis(300));
+    if !pid_alive(pid) {
+        bail!("`{desc}` exited at once:\n{}", tail(log, 20));
+    }
+    Ok(pid)
+}
+
+fn disable_ipv6_root(ifname: &str) {
+    let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+}

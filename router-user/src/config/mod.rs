@@ -1,1 +1,404 @@
 //! Configuration (TOML): schema, validation with file:line:field errors.
+//!
+//! `raw` mirrors the file (serde, `deny_unknown_fields`); `validate` turns it into the typed
+//! [`Config`] below, collecting every semantic error with the position of the offending field
+//! (looked up in a spanned parse, see `span`). The meaning of every key, its default and its
+//! HAProxy/Keepalived equivalent are in `docs/config.md`.
+mod raw;
+mod span;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Balance, DesiredListener};
+
+/// One `[[vrrp]]` instance. Placeholder until `crate::vrrp::InstanceConfig` exists: kept as
+/// raw TOML so the section parses and the VRRP engineer's type can take over without a schema
+/// change here.
+pub type VrrpInstance = toml::Value;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Path the config was read from (for messages).
+    pub path: PathBuf,
+    pub datapath: Datapath,
+    pub control: Control,
+    pub clusters: Vec<Cluster>,
+    pub vrrp: Vec<VrrpInstance>,
+}
+
+/// `[datapath]`: where and how the XDP program runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datapath {
+    /// XDP attach points.
+    pub interfaces: Vec<String>,
+    pub mode: XdpMode,
+    /// bpffs directory where maps are pinned (they survive controller restarts).
+    pub pin_path: PathBuf,
+    pub conntrack_entries: u32,
+    /// Inclusive source-port range for the SNAT leg to the backends.
+    pub snat_ports: PortRange,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where supported, generic (skb) otherwise.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+/// `[control]`: the local control socket and the metrics endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub socket: PathBuf,
+    /// `None` when `metrics = ""`.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// One `[[cluster]]`: a Patroni cluster and the listeners in front of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub checks: Checks,
+    pub health: Health,
+    pub api: Api,
+    pub nodes: Vec<Node>,
+    pub listeners: Vec<Listener>,
+}
+
+/// Where roles come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checks {
+    /// Patroni's REST API on every node.
+    #[default]
+    Patroni,
+    /// `node.role` decides; no checks are sent (tests, clusters without Patroni).
+    Static,
+}
+
+/// `[cluster.health]`, with HAProxy's meanings (`inter`, `fastinter`, `downinter`,
+/// `timeout check`, `fall`, `rise`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Between checks of a node whose verdicts are stable and not all down.
+    pub interval: Duration,
+    /// While any verdict of a node is transitioning, and after any check of the cluster
+    /// changed result.
+    pub fastinter: Duration,
+    /// Between checks of a node that is down for every check.
+    pub downinter: Duration,
+    /// Per HTTP request (connect + response).
+    pub timeout: Duration,
+    /// Consecutive failures to mark a node down.
+    pub fall: u32,
+    /// Consecutive successes to mark a node up.
+    pub rise: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            fastinter: Duration::from_millis(200),
+            downinter: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            fall: 2,
+            rise: 1,
+        }
+    }
+}
+
+/// `[cluster.api]`: how to reach Patroni's REST API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Api {
+    pub scheme: Scheme,
+    /// Default for nodes without `api_port`.
+    pub port: u16,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Basic auth (`restapi.authentication` in Patroni); both or neither.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+/// One `[[cluster.node]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub host: IpAddr,
+    /// PostgreSQL port (where connections are forwarded).
+    pub port: u16,
+    /// Patroni REST API port (where checks go), `api.port` unless set.
+    pub api_port: u16,
+    /// Only with `checks = "static"`.
+    pub role: Option<StaticRole>,
+}
+
+/// A node's role when `checks = "static"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticRole {
+    Primary,
+    Replica,
+    /// Listed but never selected.
+    Down,
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// The node passing `GET /primary` (HAProxy `option httpchk` / `GET /primary`).
+    Primary,
+    /// Nodes passing `GET /replica[?lag=…]`.
+    Replica,
+    /// Nodes passing `GET /read-only[?lag=…]` (primary and replicas).
+    ReadOnly,
+}
+
+/// What a replica listener serves when no replica is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Serve the primary (HAProxy `use_backend X_leader if { nbsrv(X) eq 0 }`).
+    Primary,
+    /// Refuse connections (the naive HAProxy setup).
+    None,
+}
+
+/// HAProxy's `on-marked-down`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMarkedDown {
+    /// Reset the sessions of a node marked down (`on-marked-down shutdown-sessions`).
+    #[default]
+    ShutdownSessions,
+    /// Leave its sessions alone (HAProxy's default).
+    Keep,
+}
+
+/// One `[[cluster.listener]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub kind: ListenerKind,
+    /// Per backend, 0 = unlimited (HAProxy's per-server `maxconn`).
+    pub maxconn: u32,
+    pub balance: Balance,
+    pub on_marked_down: OnMarkedDown,
+    /// Replica listeners only; `Fallback::None` when unset.
+    pub fallback: Fallback,
+    /// Replica/read-only listeners: maximum lag in bytes, as Patroni's `?lag=`.
+    pub lag: Option<Lag>,
+    /// Source address of the backend leg; the VIP unless set.
+    pub snat: IpAddr,
+}
+
+/// A lag limit: the bytes sent to Patroni and the text the user wrote (for status output).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lag {
+    pub bytes: u64,
+    pub text: String,
+}
+
+/// One config problem, positioned at the field that causes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: usize,
+    /// `cluster[0].listener[1].lag`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.col, self.field, self.message
+        )
+    }
+}
+
+/// Every problem found in a config file, displayed one per line as
+/// `FILE:LINE:COL: field.path: message`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        diagnostics: vec![Diagnostic {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            field: "-".into(),
+            message: format!("cannot read config: {e}"),
+        }],
+    })?;
+    parse(&text, path)
+}
+
+/// Validates config text; `path` is only used in messages and in [`Config::path`].
+pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+    validate::parse(text, path.as_ref())
+}
+
+/// What `pgrouter check-config` prints for a valid file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub config: Config,
+    pub text: String,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq for Config {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.datapath == other.datapath
+            && self.control == other.control
+            && self.clusters == other.clusters
+            && self.vrrp == other.vrrp
+    }
+}
+impl Eq for Config {}
+
+/// Loads `path` and returns a short human summary, or every error (for `pgrouter check-config`).
+pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
+    let config = load(path)?;
+    let text = summarize(&config);
+    Ok(Summary { config, text })
+}
+
+fn summarize(cfg: &Config) -> String {
+    use fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: ok", cfg.path.display());
+    let _ = writeln!(
+        s,
+        "datapath: {} ({:?}), conntrack {} entries, snat ports {}-{}",
+        if cfg.datapath.interfaces.is_empty() {
+            "no interfaces".to_owned()
+        } else {
+            cfg.datapath.interfaces.join(",")
+        },
+        cfg.datapath.mode,
+        cfg.datapath.conntrack_entries,
+        cfg.datapath.snat_ports.first,
+        cfg.datapath.snat_ports.last
+    );
+    for c in &cfg.clusters {
+        let h = &c.health;
+        let _ = writeln!(
+            s,
+            "cluster {} ({:?} checks, {} nodes; interval {:?} fastinter {:?} downinter {:?} \
+             timeout {:?} fall {} rise {})",
+            c.name,
+            c.checks,
+            c.nodes.len(),
+            h.interval,
+            h.fastinter,
+            h.downinter,
+            h.timeout,
+            h.fall,
+            h.rise
+        );
+        for l in &c.listeners {
+            let mut extra = String::new();
+            if l.fallback == Fallback::Primary {
+                extra.push_str(", fallback primary");
+            }
+            if let Some(lag) = &l.lag {
+                let _ = write!(extra, ", lag {} ({} bytes)", lag.text, lag.bytes);
+            }
+            let _ = writeln!(
+                s,
+                "  listener {} {}:{} -> {:?}{extra}",
+                l.name,
+                fmt_ip(l.vip),
+                l.port,
+                l.kind
+            );
+        }
+    }
+    let _ = write!(s, "vrrp instances: {}", cfg.vrrp.len());
+    s
+}
+
+fn fmt_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// What the listeners of every `checks = "static"` cluster serve, from `node.role` alone.
+/// Uses the same set rules as the Patroni-driven path (fallback, states), so a static lab
+/// behaves like a healthy Patroni cluster with those roles.
+pub fn desired_static(cfg: &Config) -> Vec<DesiredListener> {
+    cfg.clusters
+        .iter()
+        .filter(|c| c.checks == Checks::Static)
+        .flat_map(|c| crate::health::static_snapshot(c).listeners)
+        .collect()
+}

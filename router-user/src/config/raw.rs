@@ -1,0 +1,227 @@
+//! The file as written: serde structs with `deny_unknown_fields`. Values with their own syntax
+//! (durations, lag, port ranges) stay strings here so that `validate` can report *all* bad
+//! values at once; serde stops at the first error.
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::{Checks, Fallback, ListenerKind, OnMarkedDown, Scheme, StaticRole, XdpMode};
+use crate::model::Balance;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    #[serde(default)]
+    pub datapath: Datapath,
+    #[serde(default)]
+    pub control: Control,
+    #[serde(default)]
+    pub cluster: Vec<Cluster>,
+    #[serde(default)]
+    pub vrrp: Vec<super::VrrpInstance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Datapath {
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub mode: XdpMode,
+    #[serde(default = "default_pin_path")]
+    pub pin_path: String,
+    #[serde(default = "default_conntrack_entries")]
+    pub conntrack_entries: u32,
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: String,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: XdpMode::default(),
+            pin_path: default_pin_path(),
+            conntrack_entries: default_conntrack_entries(),
+            snat_ports: default_snat_ports(),
+        }
+    }
+}
+
+fn default_pin_path() -> String {
+    "/sys/fs/bpf/pgrouter".into()
+}
+fn default_conntrack_entries() -> u32 {
+    524_288
+}
+fn default_snat_ports() -> String {
+    "40000-59999".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Control {
+    #[serde(default = "default_socket")]
+    pub socket: String,
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            metrics: default_metrics(),
+        }
+    }
+}
+
+fn default_socket() -> String {
+    "/run/pgrouter/pgrouter.sock".into()
+}
+fn default_metrics() -> String {
+    "127.0.0.1:9188".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Cluster {
+    pub name: String,
+    #[serde(default)]
+    pub checks: Checks,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub api: Api,
+    #[serde(default)]
+    pub node: Vec<Node>,
+    #[serde(default)]
+    pub listener: Vec<Listener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Health {
+    #[serde(default = "d_interval")]
+    pub interval: String,
+    #[serde(default = "d_fastinter")]
+    pub fastinter: String,
+    #[serde(default = "d_downinter")]
+    pub downinter: String,
+    #[serde(default = "d_timeout")]
+    pub timeout: String,
+    #[serde(default = "d_fall")]
+    pub fall: u32,
+    #[serde(default = "d_rise")]
+    pub rise: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            interval: d_interval(),
+            fastinter: d_fastinter(),
+            downinter: d_downinter(),
+            timeout: d_timeout(),
+            fall: d_fall(),
+            rise: d_rise(),
+        }
+    }
+}
+
+fn d_interval() -> String {
+    "1s".into()
+}
+fn d_fastinter() -> String {
+    "200ms".into()
+}
+fn d_downinter() -> String {
+    "1s".into()
+}
+fn d_timeout() -> String {
+    "1s".into()
+}
+fn d_fall() -> u32 {
+    2
+}
+fn d_rise() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Api {
+    #[serde(default)]
+    pub scheme: Scheme,
+    #[serde(default = "d_api_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub ca_file: String,
+    #[serde(default)]
+    pub cert_file: String,
+    #[serde(default)]
+    pub key_file: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            scheme: Scheme::default(),
+            port: d_api_port(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+fn d_api_port() -> u16 {
+    8008
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Node {
+    pub name: String,
+    pub host: IpAddr,
+    #[serde(default = "d_pg_port")]
+    pub port: u16,
+    pub api_port: Option<u16>,
+    pub role: Option<StaticRole>,
+}
+
+fn d_pg_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Listener {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub kind: ListenerKind,
+    #[serde(default)]
+    pub maxconn: u32,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub on_marked_down: OnMarkedDown,
+    pub fallback: Option<Fallback>,
+    pub lag: Option<Lag>,
+    pub snat: Option<IpAddr>,
+}
+
+/// `lag = "10MB"` or `lag = 10485760`; both go through Patroni's parser.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Lag {
+    Int(i64),
+    Text(String),
+}

@@ -1,0 +1,238 @@
+//! The HTTP edge: one task per node that runs that node's checks when the cluster task says so.
+//!
+//! Patroni's API is a Python `http.server`: HTTP/1.0-style, one request per connection. The
+//! client therefore keeps no idle connections (`pool_max_idle_per_host(0)`), asks for
+//! `Connection: close`, and bounds every request (connect + answer + body) by `timeout`.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::patroni;
+use super::state::{CheckOutcome, NodeProbe};
+use super::verdict::CheckKind;
+use crate::config::{Cluster, Node, Scheme};
+
+/// Bodies are a few hundred bytes; anything much larger is not Patroni.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Builds the cluster's HTTP client (TLS roots/identity from `[cluster.api]`).
+pub fn client(cfg: &Cluster) -> Result<reqwest::Client, String> {
+    let api = &cfg.api;
+    let mut b = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(cfg.health.timeout)
+        .connect_timeout(cfg.health.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("pgrouter/", env!("CARGO_PKG_VERSION")))
+        .no_proxy();
+    if api.scheme == Scheme::Https {
+        if let Some(ca) = &api.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&api.cert_file, &api.key_file) {
+            let mut pem =
+                std::fs::read(key).map_err(|e| format!("key_file {}: {e}", key.display()))?;
+            pem.push(b'\n');
+            pem.extend(
+                std::fs::read(cert).map_err(|e| format!("cert_file {}: {e}", cert.display()))?,
+            );
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| format!("cert_file/key_file: {e}"))?;
+            b = b.identity(id);
+        }
+    }
+    b.build().map_err(|e| format!("http client: {e}"))
+}
+
+/// Everything a node task needs to probe one node.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub node: String,
+    /// `http://198.18.0.11:8008`
+    pub base: String,
+    pub kinds: Vec<CheckKind>,
+    pub timeout: Duration,
+    pub auth: Option<(String, String)>,
+}
+
+impl Target {
+    pub fn new(cfg: &Cluster, node: &Node, kinds: Vec<CheckKind>) -> Self {
+        let scheme = match cfg.api.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let host = match node.host {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+        };
+        Self {
+            node: node.name.clone(),
+            base: format!("{scheme}://{host}:{}", node.api_port),
+            kinds,
+            timeout: cfg.health.timeout,
+            auth: cfg.api.username.clone().zip(cfg.api.password.clone()),
+        }
+    }
+}
+
+/// Runs `target`'s checks once per `()` received on `cmd`, reporting to `results`. Ends when
+/// either channel closes.
+pub async fn node_task(
+    idx: usize,
+    client: Result<reqwest::Client, String>,
+    target: Target,
+    mut cmd: mpsc::Receiver<()>,
+    results: mpsc::Sender<(usize, NodeProbe)>,
+) {
+    let client = client.map(Arc::new);
+    let target = Arc::new(target);
+    while cmd.recv().await.is_some() {
+        let started = Instant::now();
+        let outcomes = match &client {
+            Ok(c) => probe_node(c, &target).await,
+            Err(e) => target
+                .kinds
+                .iter()
+                .map(|_| CheckOutcome {
+                    ok: false,
+                    not_primary: false,
+                    http_status: None,
+                    latency: Duration::ZERO,
+                    detail: e.clone(),
+                    info: None,
+                })
+                .collect(),
+        };
+        if results
+            .send((idx, NodeProbe { started, outcomes }))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// All of a node's checks, concurrently, in `target.kinds` order.
+pub async fn probe_node(client: &Arc<reqwest::Client>, target: &Arc<Target>) -> Vec<CheckOutcome> {
+    let mut set = JoinSet::new();
+    for (i, kind) in target.kinds.iter().cloned().enumerate() {
+        let (client, target) = (client.clone(), target.clone());
+        set.spawn(async move { (i, check(&client, &target, &kind).await) });
+    }
+    let mut out: Vec<Option<CheckOutcome>> = vec![None; target.kinds.len()];
+    while let Some(r) = set.join_next().await {
+        if let Ok((i, o)) = r {
+            out[i] = Some(o);
+        }
+    }
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| CheckOutcome {
+                ok: false,
+                not_primary: false,
+                http_status: None,
+                latency: Duration::ZERO,
+                detail: "check task failed".into(),
+                info: None,
+            })
+        })
+        .collect()
+}
+
+/// One request, judged.
+pub async fn check(client: &reqwest::Client, target: &Target, kind: &CheckKind) -> CheckOutcome {
+    let start = Instant::now();
+    // reqwest's timeout covers connect, headers and body; the outer one is a backstop.
+    let fetched = tokio::time::timeout(
+        target.timeout + Duration::from_millis(50),
+        fetch(client, target, kind),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("timeout after {:?}", target.timeout)));
+    let latency = start.elapsed();
+    match fetched {
+        Ok((status, body)) => {
+            let j = patroni::judge(kind, status, &body);
+            CheckOutcome {
+                ok: j.ok,
+                not_primary: j.not_primary,
+                http_status: Some(status),
+                latency,
+                detail: j.reason,
+                info: j.info,
+            }
+        }
+        Err(e) => CheckOutcome {
+            ok: false,
+            not_primary: false,
+            http_status: None,
+            latency,
+            detail: e,
+            info: None,
+        },
+    }
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    target: &Target,
+    kind: &CheckKind,
+) -> Result<(u16, Vec<u8>), String> {
+    let url = format!("{}{}", target.base, kind.path());
+    let mut req = client
+        .get(&url)
+        .header(reqwest::header::CONNECTION, "close");
+    if let Some((u, p)) = &target.auth {
+        req = req.basic_auth(u, Some(p));
+    }
+    let mut resp = req.send().await.map_err(|e| describe(&e, target.timeout))?;
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| describe(&e, target.timeout))?
+    {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(format!("body larger than {MAX_BODY} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+/// reqwest's top-level message ("error sending request for url …") hides the cause; show the
+/// whole chain, innermost last.
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timeout after {timeout:?}");
+    }
+    let mut parts = Vec::new();
+    let kind = if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !parts.contains(&t) {
+            parts.push(t);
+        }
+        src = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    format!("{kind}: {}", parts.join(": "))
+}

@@ -1,0 +1,230 @@
+//! Cluster state: hysteresis wiring, scheduling (inter/fastinter/downinter, cluster-wide
+//! re-check on a changed result), counters and logs-free snapshots.
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config;
+
+fn cluster() -> Cluster {
+    let text = r#"
+[[cluster]]
+name = "pg"
+[cluster.health]
+interval = "1s"
+fastinter = "200ms"
+downinter = "3s"
+fall = 2
+rise = 2
+[[cluster.node]]
+name = "a"
+host = "198.18.0.11"
+[[cluster.node]]
+name = "b"
+host = "198.18.0.12"
+[[cluster.listener]]
+name = "W"
+vip = "198.18.0.100"
+port = 5000
+kind = "primary"
+[[cluster.listener]]
+name = "R"
+vip = "198.18.0.100"
+port = 5001
+kind = "replica"
+fallback = "primary"
+"#;
+    match config::parse(text, "t.toml") {
+        Ok(mut c) => c.clusters.remove(0),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn outcome(ok: bool, role: &str, tl: u64) -> CheckOutcome {
+    CheckOutcome {
+        ok,
+        not_primary: false,
+        http_status: Some(if ok { 200 } else { 503 }),
+        latency: Duration::from_millis(3),
+        detail: String::new(),
+        info: Some(PatroniInfo {
+            role: Some(role.into()),
+            state: Some("running".into()),
+            timeline: Some(tl),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Primary node answers: /primary 200, /replica 503. Kinds are sorted [Primary, Replica].
+fn as_primary(started: Instant) -> NodeProbe {
+    NodeProbe {
+        started,
+        outcomes: vec![outcome(true, "primary", 2), outcome(false, "primary", 2)],
+    }
+}
+fn as_replica(started: Instant) -> NodeProbe {
+    let mut p = outcome(false, "replica", 2);
+    p.not_primary = true;
+    NodeProbe {
+        started,
+        outcomes: vec![p, outcome(true, "replica", 2)],
+    }
+}
+fn unreachable(started: Instant) -> NodeProbe {
+    let o = CheckOutcome {
+        ok: false,
+        not_primary: false,
+        http_status: None,
+        latency: Duration::from_secs(1),
+        detail: "connect: refused".into(),
+        info: None,
+    };
+    NodeProbe {
+        started,
+        outcomes: vec![o.clone(), o],
+    }
+}
+
+fn members(s: &ClusterState, listener: usize) -> Vec<String> {
+    s.snapshot().status.listeners[listener].members.clone()
+}
+
+#[test]
+fn all_nodes_are_due_at_start_and_not_twice() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    assert_eq!(s.take_due(t0), vec![0, 1]);
+    assert!(
+        s.take_due(t0).is_empty(),
+        "in-flight nodes are not asked again"
+    );
+    assert_eq!(s.next_due(), None);
+}
+
+#[test]
+fn rise_two_needs_two_cycles_and_uses_fastinter_meanwhile() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    assert!(
+        !s.apply(0, as_primary(t0), t0),
+        "one success of rise=2 changes nothing"
+    );
+    assert!(members(&s, 0).is_empty());
+    // Transitioning → next check at fastinter.
+    assert_eq!(s.nodes[0].due, t0 + Duration::from_millis(200));
+    let t1 = t0 + Duration::from_millis(200);
+    assert_eq!(s.take_due(t1), vec![0]);
+    assert!(s.apply(0, as_primary(t1), t1));
+    assert_eq!(members(&s, 0), vec!["a"]);
+    // Stable and up → interval.
+    assert_eq!(s.nodes[0].due, t1 + Duration::from_secs(1));
+}
+
+#[test]
+fn a_node_down_for_every_check_uses_downinter() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    s.apply(1, unreachable(t0), t0);
+    assert_eq!(
+        s.nodes[1].due,
+        t0 + Duration::from_millis(200),
+        "counting towards down"
+    );
+    let t1 = t0 + Duration::from_millis(200);
+    s.take_due(t1);
+    s.apply(1, unreachable(t1), t1);
+    assert_eq!(s.nodes[1].due, t1 + Duration::from_secs(3));
+}
+
+#[test]
+fn a_changed_result_rechecks_the_whole_cluster_at_fastinter() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    // Bring both up: a primary, b replica.
+    let mut t = t0;
+    for _ in 0..2 {
+        s.take_due(t);
+        s.apply(0, as_primary(t), t);
+        s.apply(1, as_replica(t), t);
+        t += Duration::from_millis(200);
+    }
+    assert_eq!(members(&s, 0), vec!["a"]);
+    // One more check of b so that a and b are on different schedules.
+    s.take_due(t);
+    s.apply(1, as_replica(t), t);
+    let tb = s.nodes[1].due;
+    assert!(
+        tb > t + Duration::from_millis(500),
+        "b is stable: checked at interval"
+    );
+    // Switchover: a now answers as a replica → its result changed.
+    let ta = s.nodes[0].due;
+    assert_eq!(s.take_due(ta), vec![0]);
+    s.apply(0, as_replica(ta), ta);
+    assert!(
+        members(&s, 0).is_empty(),
+        "Patroni says a is not primary: out at once"
+    );
+    // b is pulled in to fastinter after its last check, not left at interval.
+    assert!(
+        s.nodes[1].due <= ta,
+        "b due {:?} after a's change at {:?}",
+        s.nodes[1].due,
+        ta
+    );
+    assert_eq!(s.take_due(ta), vec![1]);
+}
+
+#[test]
+fn a_recheck_request_during_a_probe_applies_after_it() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    s.apply(0, as_primary(t0), t0);
+    s.apply(1, as_replica(t0), t0);
+    let t1 = t0 + Duration::from_millis(200);
+    s.take_due(t1);
+    // b is in flight when a's result changes.
+    s.apply(0, unreachable(t1), t1);
+    assert!(s.nodes[1].hurry);
+    s.apply(1, as_replica(t1), t1);
+    assert_eq!(s.nodes[1].due, t1 + Duration::from_millis(200));
+}
+
+#[test]
+fn counters_count_checks_failures_and_set_changes() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    s.apply(0, as_primary(t0), t0);
+    s.apply(0, as_primary(t0), t0);
+    let c = s.snapshot().status.counters;
+    assert_eq!(c.checks_total, 4);
+    assert_eq!(c.checks_failed, 2);
+    assert_eq!(
+        c.set_changes, 1,
+        "W gained a and R fell back to a in one change"
+    );
+}
+
+#[test]
+fn snapshot_reports_node_facts_and_check_results() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    s.apply(1, as_replica(t0), t0);
+    let st = s.snapshot().status;
+    let b = &st.nodes[1];
+    assert_eq!(b.role.as_deref(), Some("replica"));
+    assert_eq!(b.timeline, Some(2));
+    assert!(b.demoted);
+    assert_eq!(b.checks[0].check, "/primary");
+    assert_eq!(b.checks[0].verdict, Verdict::Down);
+    assert_eq!(b.checks[1].successes, 1);
+    assert_eq!(
+        b.checks[1].last.as_ref().and_then(|l| l.http_status),
+        Some(200)
+    );
+}

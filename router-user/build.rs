@@ -1,22 +1,81 @@
-//! Builds the XDP object from `router-ebpf` with the nightly toolchain and bpf-linker
-//! (installed by `cargo xtask setup`) so the controller binary embeds it.
-use anyhow::{Context as _, anyhow};
-use aya_build::Toolchain;
+//! Builds the XDP object from `router-ebpf` (nightly + bpf-linker, installed by
+//! `cargo xtask setup`) so the controller binary embeds it.
+//!
+//! This mirrors `aya_build::build_ebpf` but adds `-C target-cpu=v3`: the program needs BPF ISA
+//! v3 for atomic fetch-or (exactly-once flow close accounting), and aya-build offers no way to
+//! pass extra rustflags. `PGROUTER_EBPF_OBJ=path` embeds a prebuilt object instead.
+use std::{env, fs, path::PathBuf, process::Command};
 
-fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("MetadataCommand::exec")?;
-    let ebpf_package = packages
-        .into_iter()
-        .find(|cargo_metadata::Package { name, .. }| name.as_str() == "router-ebpf")
-        .ok_or_else(|| anyhow!("router-ebpf package not found"))?;
-    let cargo_metadata::Package { name, manifest_path, .. } = ebpf_package;
-    let root_dir = manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
-        .as_str();
-    let package = aya_build::Package { name: name.as_str(), root_dir, ..Default::default() };
-    aya_build::build_ebpf([package], Toolchain::default())
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
+    let dest = out_dir.join("router-ebpf.o");
+    println!("cargo:rerun-if-env-changed=PGROUTER_EBPF_OBJ");
+    if let Ok(obj) = env::var("PGROUTER_EBPF_OBJ") {
+        println!("cargo:rerun-if-changed={obj}");
+        fs::copy(&obj, &dest).map_err(|e| format!("copying {obj}: {e}"))?;
+        return Ok(());
+    }
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let ebpf_dir = manifest.join("..").join("router-ebpf");
+    println!("cargo:rerun-if-changed={}", ebpf_dir.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("Cargo.toml").display()
+    );
+    let target_dir = out_dir.join("ebpf-target");
+    let flags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+        "-Ctarget-cpu=v3",
+    ]
+    .join("\x1f");
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "router-ebpf",
+        "--bins",
+    ])
+    .args([
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(&ebpf_dir)
+    .env("CARGO_ENCODED_RUSTFLAGS", flags);
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(key);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running rustup (is `cargo xtask setup` done?): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the eBPF program failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let built = target_dir.join("bpfel-unknown-none/release/router-ebpf");
+    fs::copy(&built, &dest).map_err(|e| format!("copying {}: {e}", built.display()))?;
+    Ok(())
 }

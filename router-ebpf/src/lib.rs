@@ -66,7 +66,7 @@ pub const PROGRAM_NAME: &str = "pgrouter";
 
 /// Key of `PGR_SERVICES`: a listener address as the client addresses it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     /// The VIP (network order; IPv4 in word 0).
     pub addr: [Be32; 4],
@@ -124,7 +124,11 @@ const _: () = assert!(size_of::<BackendSet>() == 8 + 4 * MAX_SET);
 
 impl Default for BackendSet {
     fn default() -> Self {
-        Self { generation: 0, count: 0, ids: [0; MAX_SET] }
+        Self {
+            generation: 0,
+            count: 0,
+            ids: [0; MAX_SET],
+        }
     }
 }
 
@@ -160,7 +164,7 @@ const _: () = assert!(size_of::<Backend>() == 28);
 
 /// Key of `PGR_CONNTRACK`: a packet's 5-tuple as seen on the wire.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
     pub saddr: [Be32; 4],
     pub daddr: [Be32; 4],

@@ -1,4 +1,89 @@
+//! pgrouter's XDP program: full NAT from VIP:port to the PostgreSQL node chosen by the
+//! controller, with connection tracking, shutdown-sessions resets and per-backend maxconn.
+//!
+//! The entry point dispatches; each concern lives in its own module.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+#[cfg(target_arch = "bpf")]
+mod atomic;
+#[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod flow;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod reset;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod xmit;
+
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use router_ebpf::{FLOW_F_REPLY, FlowKey, ServiceKey, counter};
+
+    use crate::{
+        flow,
+        maps::{PGR_CONNTRACK, PGR_SERVICES, count},
+        parse::{self, Skip},
+    };
+
+    /// Service packets go to `flow::forward`, reply packets of tracked flows to `flow::reply`;
+    /// everything else passes untouched (ARP, VRRP, SSH, the controller's own checks …).
+    #[xdp]
+    pub fn pgrouter(ctx: XdpContext) -> u32 {
+        let h = match parse::parse(&ctx) {
+            Ok(h) => h,
+            Err(skip) => {
+                count(match skip {
+                    Skip::NotIpv4 => counter::PASS_NOT_IPV4,
+                    Skip::NotTcp => counter::PASS_NOT_TCP,
+                    Skip::Malformed => counter::PASS_MALFORMED,
+                    Skip::Unsupported => counter::PASS_UNSUPPORTED,
+                });
+                return xdp_action::XDP_PASS;
+            }
+        };
+        let key: FlowKey = flow::tuple(&h);
+        let skey = ServiceKey {
+            addr: key.daddr,
+            port: key.dport,
+            proto: key.proto,
+            family: key.family,
+        };
+        if let Some(svc) = PGR_SERVICES.get_ptr(&skey) {
+            let svc = unsafe { *svc };
+            return flow::forward(&ctx, &h, &key, &svc);
+        }
+        if let Some(entry) = PGR_CONNTRACK.get_ptr_mut(&key) {
+            if unsafe { (*entry).flags } & FLOW_F_REPLY != 0 {
+                return flow::reply(&ctx, &h, &key, entry);
+            }
+        }
+        count(counter::PASS_NOT_OURS);
+        xdp_action::XDP_PASS
+    }
+
+    /// Benchmark baseline only, never attached: the cheapest useful XDP program (bounce every
+    /// frame), so `cargo xtask bench` can report pgrouter's cost as a ratio in the same run.
+    #[xdp]
+    pub fn baseline_tx(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_TX
+    }
+
+    #[cfg(not(test))]
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}

@@ -1,1 +1,55 @@
+//! Shared helpers for pgrouter's root-only tests: network namespaces that clean up after
+//! themselves, commands with bounded waits, and frame builders.
+pub mod frames;
+pub mod netns;
 
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+/// Runs a command, failing with its stderr if it exits non-zero.
+pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(cmd).args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// `sh -c` for set-up lines; fails with the command and its stderr.
+pub fn sh(script: &str) -> anyhow::Result<String> {
+    let out = run("sh", &["-c", script])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Moves the calling thread into a new, anonymous network namespace. It disappears with the
+/// thread, so kernel tests need no clean-up of their own.
+pub fn enter_private_netns() -> anyhow::Result<()> {
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,1 +1,9 @@
-//! The data path from userspace: loading/attaching the XDP object, planning and writing maps.
+//! The data path from userspace: loading and attaching the XDP object (`loader`), planning map
+//! contents from desired listeners (`plan`, pure) and writing them (`writer`).
+pub mod loader;
+pub mod plan;
+pub mod writer;
+
+pub use loader::{AttachMode, Datapath, LoadOptions};
+pub use plan::{Applied, MapDelta, plan};
+pub use writer::Maps;

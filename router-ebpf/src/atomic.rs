@@ -1,0 +1,20 @@
+//! Atomic read-modify-write on map memory. `core::sync::atomic` has no RMW types for the BPF
+//! target, so the intrinsics are used directly; LLVM lowers them to BPF_ATOMIC instructions.
+use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd, atomic_xsub};
+
+/// Adds `v`, returning nothing (a plain `lock add`).
+#[inline(always)]
+pub fn add(p: *mut u32, v: u32) {
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+#[inline(always)]
+pub fn sub(p: *mut u32, v: u32) {
+    unsafe { atomic_xsub::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// ORs `v` in and returns the previous value (BPF_OR | BPF_FETCH; needs BPF ISA v3).
+#[inline(always)]
+pub fn fetch_or(p: *mut u32, v: u32) -> u32 {
+    unsafe { atomic_or::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) }
+}

@@ -1,0 +1,218 @@
+//! Loading the embedded XDP object with pinned maps, and attaching it through pinned links so
+//! the data path outlives a controller restart.
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use router_ebpf::{ABI_VERSION, PROGRAM_NAME, map_names};
+use tracing::{info, warn};
+
+/// The object built by `build.rs`, aligned so aya can parse it in place.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How to attach: the driver's native XDP, the kernel's generic (skb) XDP, or native falling
+/// back to generic with a warning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Folder on bpffs; maps and links are pinned under `<pin_path>/v<ABI_VERSION>/`.
+    /// `None` loads private maps (kernel tests, benchmarks).
+    pub pin_path: Option<PathBuf>,
+    pub conntrack_entries: u32,
+}
+
+/// A loaded data path: the program, its maps (pinned) and the aya-log reader.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    /// Kept alive: dropping it closes the log map while the program still references it.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the program and opens or creates its maps under the pin folder. A controller that
+    /// restarts finds the maps (and so every tracked flow) where it left them.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        let pin_dir = opts.pin_path.as_deref().map(ensure_pin_dir).transpose()?;
+        let paths: Vec<(&str, PathBuf)> = match &pin_dir {
+            Some(dir) => map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "kernel log forwarding unavailable");
+                None
+            }
+        };
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
+            .try_into()?;
+        prog.load().context("verifying the XDP program")?;
+        Ok(Self {
+            ebpf,
+            logger,
+            pin_dir,
+        })
+    }
+
+    fn prog(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches to `iface`. If an earlier pgrouter left a pinned link there, the link is
+    /// updated to this program atomically (no packet sees no program). Returns the mode used.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
+        let link_pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{iface}")));
+        if let Some(link_pin) = link_pin.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(&link_pin)
+                .with_context(|| format!("opening pinned link {}", link_pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| anyhow!("pinned link {} is not XDP: {e}", link_pin.display()))?;
+            let prog = self.prog()?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program on {iface}"))?;
+            // The link stays pinned; forget our handle so dropping it does not detach.
+            let link = prog.take_link(id)?;
+            std::mem::forget(link);
+            info!(iface, "took over the pinned XDP link");
+            return Ok("pinned");
+        }
+        let tries: &[(XdpMode, &'static str)] = match mode {
+            AttachMode::Native => &[(XdpMode::Driver, "native")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        };
+        let mut last_err = None;
+        for (m, label) in tries {
+            let prog = self.prog()?;
+            match prog.attach(iface, *m) {
+                Ok(id) => {
+                    if let Some(link_pin) = &link_pin {
+                        let link = prog.take_link(id)?;
+                        let fd_link = FdLink::try_from(link)
+                            .map_err(|e| anyhow!("XDP link on {iface} cannot be pinned: {e}"))?;
+                        let pinned = fd_link
+                            .pin(link_pin)
+                            .with_context(|| format!("pinning link {}", link_pin.display()))?;
+                        // Pinned: keep it attached after we exit.
+                        std::mem::forget(pinned);
+                    }
+                    if *label == "generic" && mode == AttachMode::Auto {
+                        warn!(iface, "native XDP unavailable; attached in generic mode");
+                    }
+                    info!(iface, mode = label, "attached");
+                    return Ok(label);
+                }
+                Err(e) => {
+                    last_err = Some(anyhow!(e).context(format!("attaching {label} XDP to {iface}")))
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no attach mode tried")))
+    }
+}
+
+/// Removes pgrouter from `iface` by unpinning its link (the kernel detaches when the last
+/// reference goes).
+pub fn detach(pin_path: &Path, iface: &str) -> anyhow::Result<bool> {
+    let link_pin = versioned(pin_path).join(format!("link_{iface}"));
+    if !link_pin.exists() {
+        return Ok(false);
+    }
+    fs::remove_file(&link_pin).with_context(|| format!("removing {}", link_pin.display()))?;
+    Ok(true)
+}
+
+/// The folder for this ABI version: an incompatible build never opens another layout's maps.
+pub fn versioned(pin_path: &Path) -> PathBuf {
+    pin_path.join(format!("v{ABI_VERSION}"))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
+    let target = CString::new(at.as_os_str().as_encoded_bytes())?;
+    let src = CString::new("bpf")?;
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting bpffs on {}: {}",
+            at.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    info!(at = %at.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// Makes sure the pin folder exists on a bpffs, mounting one as systemd would when missing:
+/// on /sys/fs/bpf for paths below it, otherwise on the configured folder itself.
+fn ensure_pin_dir(pin_path: &Path) -> anyhow::Result<PathBuf> {
+    let sys = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(sys) {
+        if !is_bpffs(sys) {
+            mount_bpffs(sys)?;
+        }
+    } else {
+        fs::create_dir_all(pin_path)
+            .with_context(|| format!("creating pin folder {}", pin_path.display()))?;
+        if !is_bpffs(pin_path) {
+            mount_bpffs(pin_path)?;
+        }
+    }
+    let dir = versioned(pin_path);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}

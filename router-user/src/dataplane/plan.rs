@@ -1,0 +1,252 @@
+//! Pure planning: from the listeners the health layer wants to the map contents, as a delta
+//! against what was last applied. No syscalls here; `writer` applies the delta.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use router_ebpf::{
+    BACKEND_ACTIVE, BACKEND_DRAIN, BACKEND_SHUTDOWN, BALANCE_LEAST_CONN, BALANCE_ROUND_ROBIN,
+    BALANCE_SOURCE_HASH, Backend, BackendSet, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
+    MAX_SET, PROTO_TCP, SVC_F_SHUTDOWN_SESSIONS, Service, ServiceKey,
+};
+
+use crate::model::{BackendState, Balance, DesiredListener};
+
+/// Errors that make a desired state impossible to publish; the running state stays.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("listener {0}: more than {MAX_SET} nodes")]
+    TooManyNodes(String),
+    #[error("more than {MAX_SERVICES} listeners")]
+    TooManyServices,
+    #[error("more than {MAX_BACKENDS} backend entries")]
+    TooManyBackends,
+    #[error("listener {0}: IPv6 is not served by the data path yet")]
+    Ipv6(String),
+}
+
+/// What the kernel maps hold, as far as pgrouter wrote them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub services: BTreeMap<ServiceKey, Service>,
+    pub sets: BTreeMap<u32, BackendSet>,
+    pub backends: BTreeMap<u32, Backend>,
+    /// Listener name → service id; kept across plans so ids (and counters) are stable.
+    pub service_ids: BTreeMap<String, u32>,
+    /// (listener, node) → backend id.
+    pub backend_ids: BTreeMap<(String, String), u32>,
+}
+
+/// Map writes in a safe order: backends first (so a published set never names an unwritten
+/// backend), then sets, then services; removals last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapDelta {
+    pub backends: Vec<(u32, Backend)>,
+    pub sets: Vec<(u32, BackendSet)>,
+    pub services: Vec<(ServiceKey, Service)>,
+    pub remove_services: Vec<ServiceKey>,
+    pub remove_sets: Vec<u32>,
+}
+
+impl MapDelta {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Turns an address into the ABI's `[Be32; 4]` form and family.
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_IPV4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let mut w = [0u32; 4];
+            for (i, c) in o.chunks_exact(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            (w, FAMILY_IPV6)
+        }
+    }
+}
+
+pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
+    let (addr, family) = addr_words(vip);
+    ServiceKey {
+        addr,
+        port: port.to_be(),
+        proto: PROTO_TCP,
+        family,
+    }
+}
+
+fn balance_code(b: Balance) -> u8 {
+    match b {
+        Balance::RoundRobin => BALANCE_ROUND_ROBIN,
+        Balance::LeastConn => BALANCE_LEAST_CONN,
+        Balance::SourceHash => BALANCE_SOURCE_HASH,
+    }
+}
+
+fn alloc(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
+    (0..max).find(|i| !used.contains(i))
+}
+
+/// Computes the delta from `applied` to `desired` and the new applied state. Ids are stable
+/// per listener name and per (listener, node); entries of vanished listeners or nodes are
+/// shut down (their flows reset) and their ids are not reused while they linger.
+pub fn plan(
+    desired: &[DesiredListener],
+    applied: &Applied,
+    snat_ports: (u16, u16),
+) -> Result<(MapDelta, Applied), PlanError> {
+    let mut next = Applied {
+        service_ids: applied.service_ids.clone(),
+        backend_ids: applied.backend_ids.clone(),
+        ..Applied::default()
+    };
+    let mut used_svc: BTreeSet<u32> = next.service_ids.values().copied().collect();
+    // Retired entries stay SHUTDOWN and are never reused: an idle flow still pointing at one
+    // must not come back to life on another node.
+    let mut used_be: BTreeSet<u32> = next
+        .backend_ids
+        .values()
+        .chain(applied.backends.keys())
+        .copied()
+        .collect();
+    let wanted: BTreeSet<&str> = desired.iter().map(|l| l.name.as_str()).collect();
+
+    for l in desired {
+        if l.vip.is_ipv6() {
+            return Err(PlanError::Ipv6(l.name.clone()));
+        }
+        if l.backends.len() > MAX_SET {
+            return Err(PlanError::TooManyNodes(l.name.clone()));
+        }
+        let id = match next.service_ids.get(&l.name) {
+            Some(id) => *id,
+            None => {
+                let id = alloc(&used_svc, MAX_SERVICES).ok_or(PlanError::TooManyServices)?;
+                used_svc.insert(id);
+                next.service_ids.insert(l.name.clone(), id);
+                id
+            }
+        };
+        let (snat_addr, _) = addr_words(l.snat_addr);
+        let svc = Service {
+            id,
+            balance: balance_code(l.balance),
+            flags: if l.shutdown_sessions {
+                SVC_F_SHUTDOWN_SESSIONS
+            } else {
+                0
+            },
+            _pad: [0; 2],
+            snat_addr,
+            snat_port_min: snat_ports.0,
+            snat_port_max: snat_ports.1,
+        };
+        next.services.insert(service_key(l.vip, l.port), svc);
+
+        let mut set = BackendSet::default();
+        for b in &l.backends {
+            let k = (l.name.clone(), b.node.clone());
+            let bid = match next.backend_ids.get(&k) {
+                Some(id) => *id,
+                None => {
+                    let id = alloc(&used_be, MAX_BACKENDS).ok_or(PlanError::TooManyBackends)?;
+                    used_be.insert(id);
+                    next.backend_ids.insert(k, id);
+                    id
+                }
+            };
+            let (addr, family) = addr_words(b.addr);
+            let state = match b.state {
+                BackendState::Active => BACKEND_ACTIVE,
+                BackendState::Drain => BACKEND_DRAIN,
+                // Without shutdown-sessions a marked-down node only drains.
+                BackendState::Shutdown if l.shutdown_sessions => BACKEND_SHUTDOWN,
+                BackendState::Shutdown => BACKEND_DRAIN,
+            };
+            next.backends.insert(
+                bid,
+                Backend {
+                    addr,
+                    port: b.port.to_be(),
+                    family,
+                    state,
+                    service_id: id,
+                    maxconn: b.maxconn,
+                },
+            );
+            if state == BACKEND_ACTIVE {
+                set.ids[set.count as usize] = bid;
+                set.count += 1;
+            }
+        }
+        let prev = applied.sets.get(&id);
+        set.generation = match prev {
+            Some(p) if p.count == set.count && p.ids == set.ids => p.generation,
+            Some(p) => p.generation.wrapping_add(1),
+            None => 1,
+        };
+        next.sets.insert(id, set);
+    }
+
+    // Backends of vanished nodes or listeners: shut down so their flows end, ids retired.
+    let mut retired = Vec::new();
+    for (k, bid) in &applied.backend_ids {
+        let listener_gone = !wanted.contains(k.0.as_str());
+        let node_gone = !desired
+            .iter()
+            .any(|l| l.name == k.0 && l.backends.iter().any(|b| b.node == k.1));
+        if listener_gone || node_gone {
+            if let Some(old) = applied.backends.get(bid) {
+                next.backends.insert(
+                    *bid,
+                    Backend {
+                        state: BACKEND_SHUTDOWN,
+                        ..*old
+                    },
+                );
+            }
+            retired.push(k.clone());
+        }
+    }
+    for k in retired {
+        next.backend_ids.remove(&k);
+    }
+    for (id, b) in &applied.backends {
+        next.backends.entry(*id).or_insert(*b);
+    }
+    next.service_ids
+        .retain(|name, _| wanted.contains(name.as_str()));
+
+    let mut delta = MapDelta::default();
+    for (id, b) in &next.backends {
+        if applied.backends.get(id) != Some(b) {
+            delta.backends.push((*id, *b));
+        }
+    }
+    for (id, s) in &next.sets {
+        if applied.sets.get(id) != Some(s) {
+            delta.sets.push((*id, *s));
+        }
+    }
+    for (k, s) in &next.services {
+        if applied.services.get(k) != Some(s) {
+            delta.services.push((*k, *s));
+        }
+    }
+    for k in applied.services.keys() {
+        if !next.services.contains_key(k) {
+            delta.remove_services.push(*k);
+        }
+    }
+    for id in applied.sets.keys() {
+        if !next.sets.contains_key(id) {
+            delta.remove_sets.push(*id);
+        }
+    }
+    Ok((delta, next))
+}

@@ -1,0 +1,144 @@
+//! Applies planned deltas to the kernel maps and reads counters back.
+use anyhow::{Context as _, anyhow};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, xdp::DevMapHash};
+use router_ebpf::{
+    Backend, BackendSet, BackendStats, Flow, FlowKey, Service, ServiceKey, ServiceStats,
+    map_names as n,
+};
+
+use super::plan::{Applied, MapDelta};
+
+/// Typed handles on every map the controller uses.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub sets: HashMap<MapData, u32, BackendSet>,
+    pub backends: Array<MapData, Backend>,
+    pub conns: Array<MapData, u32>,
+    pub conntrack: HashMap<MapData, FlowKey, Flow>,
+    pub service_stats: PerCpuArray<MapData, ServiceStats>,
+    pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub ifaces: DevMapHash<MapData>,
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        Ok(Self {
+            services: HashMap::try_from(take(ebpf, n::SERVICES)?)?,
+            sets: HashMap::try_from(take(ebpf, n::BACKEND_SETS)?)?,
+            backends: Array::try_from(take(ebpf, n::BACKENDS)?)?,
+            conns: Array::try_from(take(ebpf, n::BACKEND_CONNS)?)?,
+            conntrack: HashMap::try_from(take(ebpf, n::CONNTRACK)?)?,
+            service_stats: PerCpuArray::try_from(take(ebpf, n::SERVICE_STATS)?)?,
+            backend_stats: PerCpuArray::try_from(take(ebpf, n::BACKEND_STATS)?)?,
+            counters: PerCpuArray::try_from(take(ebpf, n::COUNTERS)?)?,
+            ifaces: DevMapHash::try_from(take(ebpf, n::IFACES)?)?,
+        })
+    }
+
+    /// Writes a delta in the order `plan` laid out. Each set is one hash update, which the
+    /// kernel swaps in atomically.
+    pub fn apply(&mut self, d: &MapDelta) -> anyhow::Result<()> {
+        for (id, b) in &d.backends {
+            self.backends
+                .set(*id, b, 0)
+                .with_context(|| format!("writing backend {id}"))?;
+        }
+        for (id, s) in &d.sets {
+            self.sets
+                .insert(id, s, 0)
+                .with_context(|| format!("publishing set {id}"))?;
+        }
+        for (k, s) in &d.services {
+            self.services
+                .insert(k, s, 0)
+                .with_context(|| format!("writing service {}", s.id))?;
+        }
+        for k in &d.remove_services {
+            let _ = self.services.remove(k);
+        }
+        for id in &d.remove_sets {
+            let _ = self.sets.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds what an earlier controller applied from the pinned maps, so a restart keeps
+    /// service and backend ids (and with them every tracked flow's meaning).
+    pub fn read_applied(&self) -> Applied {
+        let mut a = Applied::default();
+        for (k, s) in self.services.iter().flatten() {
+            a.services.insert(k, s);
+        }
+        for (id, s) in self.sets.iter().flatten() {
+            a.sets.insert(id, s);
+        }
+        for (id, b) in self.backends.iter().enumerate() {
+            if let Ok(b) = b
+                && b.state != router_ebpf::BACKEND_UNUSED
+            {
+                a.backends.insert(id as u32, b);
+            }
+        }
+        a
+    }
+
+    /// Allows redirects to `ifindex` (the program's devmap).
+    pub fn allow_iface(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.ifaces
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding ifindex {ifindex} to the devmap"))
+    }
+
+    pub fn service_stats(&self, id: u32) -> ServiceStats {
+        let mut t = ServiceStats::default();
+        if let Ok(v) = self.service_stats.get(&id, 0) {
+            for s in v.iter() {
+                t.packets_in += s.packets_in;
+                t.bytes_in += s.bytes_in;
+                t.packets_out += s.packets_out;
+                t.bytes_out += s.bytes_out;
+                t.new_flows += s.new_flows;
+                t.rst_sent += s.rst_sent;
+                t.drop_no_backend += s.drop_no_backend;
+                t.drop_maxconn += s.drop_maxconn;
+                t.drop_snat_exhausted += s.drop_snat_exhausted;
+                t.ct_miss += s.ct_miss;
+            }
+        }
+        t
+    }
+
+    pub fn backend_stats(&self, id: u32) -> BackendStats {
+        let mut t = BackendStats::default();
+        if let Ok(v) = self.backend_stats.get(&id, 0) {
+            for s in v.iter() {
+                t.packets_in += s.packets_in;
+                t.bytes_in += s.bytes_in;
+                t.packets_out += s.packets_out;
+                t.bytes_out += s.bytes_out;
+                t.new_flows += s.new_flows;
+                t.rst_sent += s.rst_sent;
+                t.drop_maxconn += s.drop_maxconn;
+            }
+        }
+        t
+    }
+
+    pub fn active_conns(&self, id: u32) -> u32 {
+        self.conns.get(&id, 0).unwrap_or(0)
+    }
+
+    /// Sum over CPUs of one global counter (`router_ebpf::counter::*`).
+    pub fn counter(&self, idx: u32) -> u64 {
+        self.counters
+            .get(&idx, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+}

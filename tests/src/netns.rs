@@ -1,0 +1,191 @@
+//! Network namespaces, bridges and veths for tests, named by a per-test prefix. `Lab::new`
+//! first removes whatever an earlier, killed run with the same prefix left (namespaces, links,
+//! processes by pidfile, bpffs mounts), and `Drop` removes everything again, also on panic.
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use crate::{run, sh};
+
+pub struct Lab {
+    pub prefix: String,
+    /// Per-test folder: pidfiles, logs, configs, pins.
+    pub dir: PathBuf,
+    children: Vec<Child>,
+    veth_count: u32,
+}
+
+fn state_dir(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("/run/pgrouter-tests/{prefix}"))
+}
+
+/// Removes namespaces, links, processes and mounts left by a run with this prefix.
+pub fn cleanup_prefix(prefix: &str) {
+    let dir = state_dir(prefix);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid")
+                && let Ok(s) = fs::read_to_string(&p)
+                && let Ok(pid) = s.trim().parse::<i32>()
+                && pid > 1
+            {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    if let Ok(out) = run("ip", &["netns", "list"]) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name.starts_with(prefix) {
+                let _ = run("ip", &["netns", "del", name]);
+            }
+        }
+    }
+    if let Ok(out) = run("ip", &["-o", "link", "show"]) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split(':').nth(1) else {
+                continue;
+            };
+            let name = name.trim().split('@').next().unwrap_or("");
+            if name.starts_with(prefix) {
+                let _ = run("ip", &["link", "del", name]);
+            }
+        }
+    }
+    if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
+        let d = dir.to_string_lossy().into_owned();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&d))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for m in points {
+            let _ = run("umount", &["-l", m]);
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+impl Lab {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        cleanup_prefix(prefix);
+        let dir = state_dir(prefix);
+        fs::create_dir_all(&dir)?;
+        Ok(Self {
+            prefix: prefix.to_string(),
+            dir,
+            children: Vec::new(),
+            veth_count: 0,
+        })
+    }
+
+    /// Full name of a namespace of this lab.
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    pub fn add_ns(&self, short: &str) -> anyhow::Result<String> {
+        let ns = self.ns(short);
+        run("ip", &["netns", "add", &ns])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn add_bridge(&self, short: &str) -> anyhow::Result<String> {
+        let br = self.ns(short);
+        run("ip", &["link", "add", &br, "type", "bridge"])?;
+        run("ip", &["link", "set", &br, "up"])?;
+        Ok(br)
+    }
+
+    /// Joins `ns` to bridge `br` with a veth named `ifname` inside `ns`, address `cidr`, tx
+    /// checksum offload off on both ends (XDP rewrites need full checksums, as from a wire).
+    pub fn connect(&mut self, ns: &str, ifname: &str, br: &str, cidr: &str) -> anyhow::Result<()> {
+        self.veth_count += 1;
+        let host = format!("{}v{}", self.prefix, self.veth_count);
+        let peer = format!("{}p{}", self.prefix, self.veth_count);
+        run(
+            "ip",
+            &["link", "add", &host, "type", "veth", "peer", "name", &peer],
+        )?;
+        run("ip", &["link", "set", &host, "master", br, "up"])?;
+        run("ip", &["link", "set", &peer, "netns", ns])?;
+        run("ip", &["-n", ns, "link", "set", &peer, "name", ifname])?;
+        run("ip", &["-n", ns, "addr", "add", cidr, "dev", ifname])?;
+        run("ip", &["-n", ns, "link", "set", ifname, "up"])?;
+        sh(&format!("ethtool -K {host} tx off >/dev/null"))?;
+        sh(&format!(
+            "ip netns exec {ns} ethtool -K {ifname} tx off >/dev/null"
+        ))?;
+        Ok(())
+    }
+
+    /// Runs a command in `ns` to completion.
+    pub fn exec(&self, ns: &str, script: &str) -> anyhow::Result<String> {
+        sh(&format!(
+            "ip netns exec {ns} sh -c '{}'",
+            script.replace('\'', "'\\''")
+        ))
+    }
+
+    /// Starts a long-running process in `ns`, logging to `<dir>/<name>.log`; its pid is
+    /// recorded so a later run can stop it, and Drop kills it.
+    pub fn spawn(&mut self, ns: &str, name: &str, argv: &[&str]) -> anyhow::Result<u32> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pid = child.id();
+        fs::write(self.dir.join(format!("{name}.pid")), pid.to_string())?;
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// SIGKILLs one process this lab started.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal to a process this lab started and waits (bounded) for it to exit.
+    pub fn signal_and_wait(&mut self, pid: u32, sig: i32, timeout: std::time::Duration) -> bool {
+        let Some(i) = self.children.iter().position(|c| c.id() == pid) else {
+            return false;
+        };
+        unsafe { libc::kill(pid as i32, sig) };
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.children[i].try_wait() {
+                self.children.remove(i);
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        cleanup_prefix(&self.prefix);
+    }
+}

@@ -101,7 +101,13 @@ pub enum Action {
 
 pub fn run(args: LabArgs) -> Result<()> {
     let lab = Lab::new(Timing::from_env()?);
-    match args.action.unwrap_or(Action::Status) {
+    let action = args.action.unwrap_or(Action::Status);
+    // Read-only actions and `exec` (which may run a long-lived daemon) don't lock.
+    let _lock = match action {
+        Action::Status | Action::Leader | Action::WaitHealthy { .. } | Action::Exec { .. } => None,
+        _ => Some(util::lock("lab", Duration::from_secs(600))?),
+    };
+    match action {
         Action::Up { ttl, loop_wait, retry_timeout, timeout } => {
             let mut t = lab.timing;
             t.ttl = ttl.unwrap_or(t.ttl);

@@ -1,8 +1,8 @@
 //! The lab itself: network, etcd, three Patroni/PostgreSQL nodes, and the
 //! actions that scenario tests and the demo use.
 use super::util::{
-    cmd, cmdline, http, netns_pids, ns_cmd, ns_sysctl, pid_alive, pidfile_alive, run, run_quiet,
-    show, signal, tail, wait_for, wait_gone,
+    cmd, cmdline, http, netns_pids, ns_cmd, ns_sysctl, pid_alive, pidfile_alive, proc_state, run,
+    run_quiet, show, signal, tail, wait_for, wait_gone,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -269,9 +269,11 @@ impl Lab {
     /// Installs what is missing, removes leftovers, builds network, etcd and
     /// the three nodes, and waits for a leader plus two streaming replicas.
     pub fn up(&self, timeout: Duration) -> Result<Duration> {
-        let start = Instant::now();
+        let t0 = Instant::now();
         self.timing.validate()?;
         super::install::ensure_installed()?;
+        // `timeout` bounds the lab itself, not package downloads.
+        let start = Instant::now();
         self.cleanup(false)?;
         let res = (|| -> Result<()> {
             self.make_dirs()?;
@@ -298,8 +300,8 @@ impl Lab {
             self.print_log_tails();
             return Err(e.context("lab up failed (logs above; `cargo xtask lab down` cleans up)"));
         }
-        let took = start.elapsed();
-        println!("lab: up in {:.1?}", took);
+        let took = t0.elapsed();
+        println!("lab: up in {:.1?} ({:.1?} without installing)", took, start.elapsed());
         println!("{}", self.connect_help());
         Ok(took)
     }
@@ -486,6 +488,13 @@ impl Lab {
     /// namespaces, pgrlab-* links and the lab dir. Idempotent.
     fn cleanup(&self, verbose: bool) -> Result<()> {
         let mut did = false;
+        // 0. Thaw anything frozen by lag-replica so shutdowns don't hang.
+        let list = run(&mut cmd("ip", ["netns", "list"])).unwrap_or_default();
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with("pgrlab-")) {
+            for p in netns_pids(ns) {
+                signal(p, libc::SIGCONT);
+            }
+        }
         // 1. Patroni gracefully (it stops PostgreSQL), then etcd.
         let mut pats = vec![];
         for n in PG_NODES {
@@ -772,6 +781,10 @@ impl Lab {
             println!("lab: {n}: Patroni not running");
             return Ok(());
         };
+        // Thaw a replay frozen by lag-replica, or the shutdown would hang.
+        for p in netns_pids(&host(n)?.ns()) {
+            signal(p, libc::SIGCONT);
+        }
         signal(pid, libc::SIGTERM);
         if wait_gone(&[pid], Duration::from_secs(30)) {
             println!("lab: {n}: Patroni (pid {pid}) and PostgreSQL stopped");
@@ -847,10 +860,35 @@ impl Lab {
         run(&mut c).map(|s| s.trim().to_string())
     }
 
-    /// Makes replica `node` lag: pauses WAL replay on it, then writes about
-    /// `mb` MB of WAL on the primary. Waits until Patroni's
+    /// PIDs and titles of the children of node `node`'s postmaster.
+    pub fn postmaster_children(&self, node: &str) -> Vec<(i32, String)> {
+        let Some(pm) = self.postmaster_pid(node) else { return vec![] };
+        let mut out = vec![];
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let ppid: i32 = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            if ppid == pm {
+                out.push((pid, cmdline(pid)));
+            }
+        }
+        out
+    }
+
+    fn startup_pid(&self, node: &str) -> Option<i32> {
+        self.postmaster_children(node).into_iter().find(|(_, c)| c.contains("startup")).map(|(p, _)| p)
+    }
+
+    /// Makes replica `node` lag in replay: freezes its startup (WAL replay)
+    /// process with SIGSTOP, then writes about `mb` MB of WAL on the primary.
+    /// The replica keeps receiving WAL (receive_lag 0) but replays nothing,
+    /// like a replica whose replay cannot keep up. Waits until Patroni's
     /// `GET /replica?lag=<mb/2>MB` on that node answers 503. Returns the
     /// replay lag in bytes.
+    ///
+    /// (`pg_wal_replay_pause()` does not work for this: Patroni 4 resumes
+    /// paused replay on PostgreSQL 14+ within one loop.)
     pub fn lag_replica(&self, node: &str, mb: u32) -> Result<u64> {
         let n = node_name(node)?;
         let st = self.cluster()?;
@@ -859,8 +897,11 @@ impl Lab {
             bail!("{n} is the leader; lag-replica needs a replica");
         }
         let h = host(n)?;
-        self.psql(h.addr, "SELECT pg_wal_replay_pause()")?;
-        println!("lab: lag-replica: WAL replay paused on {n}");
+        let startup = self
+            .startup_pid(n)
+            .ok_or_else(|| anyhow!("{n}: no startup (recovery) process found: is it a running replica?"))?;
+        signal(startup, libc::SIGSTOP);
+        println!("lab: lag-replica: WAL replay on {n} frozen (SIGSTOP startup process pid {startup})");
         let rows = mb as u64 * 1024;
         let t = Instant::now();
         self.psql(
@@ -899,36 +940,39 @@ impl Lab {
         Ok(lag)
     }
 
-    /// Resumes WAL replay on `node` (or every replica with paused replay) and
-    /// waits until it has caught up (`GET /replica?lag=1MB` → 200).
+    /// Thaws WAL replay on `node` (or on every node) and waits until it has
+    /// caught up (`GET /replica?lag=1MB` → 200). Returns the thawed nodes.
     pub fn unlag(&self, node: Option<&str>) -> Result<Vec<String>> {
-        let st = self.cluster()?;
         let targets: Vec<&str> = match node {
             Some(n) => vec![node_name(n)?],
             None => PG_NODES.to_vec(),
         };
         let mut resumed = vec![];
         for n in targets {
-            let Some(m) = st.member(n) else { continue };
-            if m.is_leader() || !matches!(m.state.as_str(), "streaming" | "running" | "in archive recovery") {
+            let stopped: Vec<i32> = self
+                .postmaster_children(n)
+                .into_iter()
+                .map(|(p, _)| p)
+                .filter(|&p| proc_state(p) == Some('T'))
+                .collect();
+            if stopped.is_empty() {
                 continue;
             }
-            let h = host(n)?;
-            if self.psql(h.addr, "SELECT pg_is_in_recovery() AND pg_is_wal_replay_paused()")? == "t" {
-                self.psql(h.addr, "SELECT pg_wal_replay_resume()")?;
-                println!("lab: unlag: WAL replay resumed on {n}");
-                let addr = format!("{}:8008", h.addr);
-                wait_for(&format!("{n} to catch up"), Duration::from_secs(60), Duration::from_millis(300), || {
-                    let (code, _) = http(CLIENT_NS, &addr, "GET", "/replica?lag=1MB", None, REST_TIMEOUT)?;
-                    Ok((code == 200).then_some(()))
-                })?;
-                println!("lab: unlag: {n} caught up");
-                resumed.push(n.to_string());
+            for &p in &stopped {
+                signal(p, libc::SIGCONT);
             }
+            println!("lab: unlag: WAL replay on {n} resumed (SIGCONT {stopped:?})");
+            let addr = format!("{}:8008", host(n)?.addr);
+            wait_for(&format!("{n} to catch up"), Duration::from_secs(60), Duration::from_millis(300), || {
+                let (code, _) = http(CLIENT_NS, &addr, "GET", "/replica?lag=1MB", None, REST_TIMEOUT)?;
+                Ok((code == 200).then_some(()))
+            })?;
+            println!("lab: unlag: {n} caught up");
+            resumed.push(n.to_string());
         }
         if resumed.is_empty() {
-            println!("lab: unlag: no replica had WAL replay paused");
-        } else if let Some(l) = st.leader() {
+            println!("lab: unlag: no replica had WAL replay frozen");
+        } else if let Ok(l) = self.leader() {
             let _ = self.psql(&l.host, "DROP TABLE IF EXISTS pgrlab_lag");
         }
         Ok(resumed)

@@ -166,7 +166,7 @@ fn walk_table(t: &Table, offset: usize, path: &mut Vec<Seg>) -> bool {
         match item {
             Item::Table(sub) => {
                 path.push(Seg::Key(k.to_owned()));
-                if contains(sub.span(), offset) || walk_table(sub, offset, path) {
+                if walk_table(sub, offset, path) || contains(sub.span(), offset) {
                     return true;
                 }
                 path.pop();
@@ -175,7 +175,7 @@ fn walk_table(t: &Table, offset: usize, path: &mut Vec<Seg>) -> bool {
                 for (i, sub) in arr.iter().enumerate() {
                     path.push(Seg::Key(k.to_owned()));
                     path.push(Seg::Index(i));
-                    if contains(sub.span(), offset) || walk_table(sub, offset, path) {
+                    if walk_table(sub, offset, path) || contains(sub.span(), offset) {
                         return true;
                     }
                     path.pop();

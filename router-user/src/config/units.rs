@@ -109,8 +109,8 @@ fn strtol(v: &str) -> Option<(i64, &str)> {
             return Some((apply(n), &v[sign_len + 2 + len..]));
         }
     }
-    if body.starts_with('0') {
-        let len = 1 + body[1..]
+    if let Some(octal) = body.strip_prefix('0') {
+        let len = 1 + octal
             .bytes()
             .take_while(|b| (b'0'..=b'7').contains(b))
             .count();

@@ -1,0 +1,481 @@
+//! Config loading: the example parses to what it says, and every kind of mistake is reported
+//! as `FILE:LINE:COL: field.path: message` pointing at the offending line.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgrouter::config::{self, Checks, Diagnostic, Fallback, ListenerKind, OnMarkedDown};
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/pgrouter.toml")
+}
+
+/// A minimal valid cluster; tests append or replace lines.
+const BASE: &str = r#"[datapath]
+interfaces = ["eth0"]
+
+[[cluster]]
+name = "pg1"
+[cluster.health]
+interval = "1s"
+fall = 2
+[[cluster.node]]
+name = "a"
+host = "198.18.0.11"
+[[cluster.node]]
+name = "b"
+host = "198.18.0.12"
+[[cluster.listener]]
+name = "W"
+vip = "198.18.0.100"
+port = 5000
+kind = "primary"
+[[cluster.listener]]
+name = "R"
+vip = "198.18.0.100"
+port = 5001
+kind = "replica"
+fallback = "primary"
+"#;
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match config::parse(text, "bad.toml") {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => {
+            // The rendered form is one `FILE:LINE:COL: field: message` per diagnostic.
+            let rendered = e.to_string();
+            assert_eq!(rendered.lines().count(), e.diagnostics.len(), "{rendered}");
+            for (line, d) in rendered.lines().zip(&e.diagnostics) {
+                assert_eq!(
+                    line,
+                    format!("bad.toml:{}:{}: {}: {}", d.line, d.col, d.field, d.message)
+                );
+            }
+            e.diagnostics
+        }
+    }
+}
+
+/// 1-based line of the first line containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    match text.lines().position(|l| l.contains(needle)) {
+        Some(i) => i + 1,
+        None => panic!("{needle:?} not in text"),
+    }
+}
+
+/// Asserts there is a diagnostic for `field` on the line containing `needle`, whose message
+/// contains `msg`.
+fn expect(diags: &[Diagnostic], text: &str, field: &str, needle: &str, msg: &str) {
+    let line = line_of(text, needle);
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.field == field && d.line == line && d.message.contains(msg)),
+        "no diagnostic {field} at line {line} containing {msg:?}; got:\n{}",
+        diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn base_is_valid() {
+    if let Err(e) = config::parse(BASE, "base.toml") {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn example_config_parses_to_the_seed_setup() {
+    let cfg = match config::load(example()) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(cfg.datapath.interfaces, vec!["eth0"]);
+    assert_eq!(cfg.datapath.snat_ports.first, 40000);
+    assert_eq!(cfg.control.metrics.map(|m| m.port()), Some(9188));
+    let c = &cfg.clusters[0];
+    assert_eq!(c.checks, Checks::Patroni);
+    assert_eq!(c.health.interval, Duration::from_secs(1));
+    assert_eq!(c.health.fastinter, Duration::from_millis(200));
+    assert_eq!((c.health.fall, c.health.rise), (2, 1));
+    assert_eq!(c.nodes.len(), 2);
+    assert!(c.nodes.iter().all(|n| n.port == 5432 && n.api_port == 8008));
+    let w = &c.listeners[0];
+    assert_eq!(
+        (w.kind, w.port, w.maxconn),
+        (ListenerKind::Primary, 5000, 100)
+    );
+    assert_eq!(w.on_marked_down, OnMarkedDown::ShutdownSessions);
+    let r = &c.listeners[1];
+    assert_eq!(
+        (r.kind, r.port, r.fallback),
+        (ListenerKind::Replica, 5001, Fallback::Primary)
+    );
+    assert_eq!(r.lag.as_ref().map(|l| l.bytes), Some(10 * 1024 * 1024));
+    assert_eq!(r.snat, r.vip);
+    assert_eq!(r.vip.to_string(), "198.18.0.100");
+}
+
+#[test]
+fn check_summarizes_a_good_file() {
+    let s = match config::check(example()) {
+        Ok(s) => s.to_string(),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(s.contains("cluster pg1"), "{s}");
+    assert!(s.contains("listener PG1 198.18.0.100:5000"), "{s}");
+    assert!(
+        s.contains("listener PG1_ro 198.18.0.100:5001 -> Replica, fallback primary, lag 10MB"),
+        "{s}"
+    );
+}
+
+#[test]
+fn defaults_apply_when_sections_are_omitted() {
+    let cfg = match config::parse(BASE, "base.toml") {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let c = &cfg.clusters[0];
+    assert_eq!(c.health.timeout, Duration::from_secs(1));
+    assert_eq!(c.health.downinter, Duration::from_secs(1));
+    assert_eq!(c.health.rise, 1);
+    assert_eq!(c.api.port, 8008);
+    assert_eq!(cfg.datapath.conntrack_entries, 524288);
+    assert_eq!(c.listeners[0].maxconn, 0);
+}
+
+#[test]
+fn missing_file_is_reported_with_its_path() {
+    let e = match config::load("/nonexistent/pgrouter.toml") {
+        Ok(_) => panic!("loaded a missing file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.starts_with("/nonexistent/pgrouter.toml:1:1: "), "{e}");
+    assert!(e.contains("cannot read config"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let text = "[datapath]\ninterfaces = [\"eth0\"\nmode = \"auto\"\n";
+    let d = errors(text);
+    assert_eq!(d.len(), 1);
+    assert!(d[0].line >= 2, "{:?}", d[0]);
+}
+
+#[test]
+fn unknown_field_names_the_field() {
+    let text = BASE.replace("fall = 2", "fall = 2\nintreval = \"1s\"");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.intreval",
+        "intreval",
+        "unknown field",
+    );
+}
+
+#[test]
+fn unknown_listener_kind() {
+    let text = BASE.replace("kind = \"primary\"", "kind = \"writer\"");
+    let d = errors(&text);
+    expect(&d, &text, "cluster[0].listener[0].kind", "writer", "writer");
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let text = BASE.replace("port = 5001", "port = \"5001\"");
+    let d = errors(&text);
+    expect(&d, &text, "cluster[0].listener[1].port", "\"5001\"", "");
+}
+
+#[test]
+fn bad_durations() {
+    let text = BASE.replace(
+        "interval = \"1s\"",
+        "interval = \"1\"\nfastinter = \"fast\"\ndowninter = \"1ms\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.interval",
+        "interval = \"1\"",
+        "needs a unit",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.fastinter",
+        "fastinter",
+        "invalid duration",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.downinter",
+        "downinter",
+        "too short",
+    );
+    assert_eq!(d.len(), 3, "all errors at once: {d:?}");
+}
+
+#[test]
+fn fall_and_rise_must_be_positive() {
+    let text = BASE.replace("fall = 2", "fall = 0\nrise = 0");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.fall",
+        "fall = 0",
+        "at least 1",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.rise",
+        "rise = 0",
+        "at least 1",
+    );
+}
+
+#[test]
+fn port_zero() {
+    let text = BASE.replace("port = 5000", "port = 0");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].port",
+        "port = 0",
+        "port 0",
+    );
+}
+
+#[test]
+fn lag_must_be_a_size_patroni_understands() {
+    for bad in ["\"10mb\"", "\"10 MiB\"", "\"ten\"", "\"-1\""] {
+        let text = BASE.replace(
+            "fallback = \"primary\"",
+            &format!("fallback = \"primary\"\nlag = {bad}"),
+        );
+        let d = errors(&text);
+        expect(&d, &text, "cluster[0].listener[1].lag", "lag =", "");
+    }
+    for (good, bytes) in [
+        ("\"10MB\"", 10 << 20),
+        ("10485760", 10 << 20),
+        ("\"0x400\"", 1024),
+        ("\"1.5kB\"", 1536),
+    ] {
+        let text = BASE.replace(
+            "fallback = \"primary\"",
+            &format!("fallback = \"primary\"\nlag = {good}"),
+        );
+        match config::parse(&text, "ok.toml") {
+            Ok(c) => assert_eq!(
+                c.clusters[0].listeners[1].lag.as_ref().map(|l| l.bytes),
+                Some(bytes),
+                "{good}"
+            ),
+            Err(e) => panic!("{good}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn fallback_and_lag_only_where_they_mean_something() {
+    let text = BASE.replace(
+        "kind = \"primary\"",
+        "kind = \"primary\"\nfallback = \"primary\"\nlag = \"1MB\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].fallback",
+        "fallback = \"primary\"",
+        "only for kind = \"replica\"",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].lag",
+        "lag = \"1MB\"",
+        "only for kind",
+    );
+}
+
+#[test]
+fn role_only_with_static_checks() {
+    let text = BASE.replace(
+        "host = \"198.18.0.11\"",
+        "host = \"198.18.0.11\"\nrole = \"primary\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].node[0].role",
+        "role = \"primary\"",
+        "checks = \"static\"",
+    );
+
+    let text = BASE.replace("name = \"pg1\"", "name = \"pg1\"\nchecks = \"static\"");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].node[0].name",
+        "name = \"a\"",
+        "needs role",
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let text = BASE
+        .replace("name = \"b\"", "name = \"a\"")
+        .replace("name = \"R\"", "name = \"W\"");
+    let d = errors(&text);
+    let second_a = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("name = \"a\""))
+        .nth(1)
+        .map(|(i, _)| i + 1);
+    assert!(
+        d.iter().any(|d| d.field == "cluster[0].node[1].name"
+            && Some(d.line) == second_a
+            && d.message.contains("duplicate")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|d| d.field == "cluster[0].listener[1].name" && d.message.contains("duplicate")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn duplicate_vip_port_across_clusters() {
+    let second = BASE
+        .split("[[cluster]]")
+        .nth(1)
+        .unwrap_or_default()
+        .replace("pg1", "pg2")
+        .replace("198.18.0.1", "198.18.0.2");
+    let second = second.replace("198.18.0.200", "198.18.0.100");
+    let text = format!("{BASE}[[cluster]]{second}");
+    let d = errors(&text);
+    assert!(
+        d.iter().any(|d| d.field == "cluster[1].listener[0].port"
+            && d.message.contains("198.18.0.100:5000 is already used")),
+        "{d:?}"
+    );
+    assert!(d.iter().all(|d| d.line > line_of(&text, "pg2")), "{d:?}");
+}
+
+#[test]
+fn snat_ports_must_be_a_sane_range_away_from_listeners() {
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nsnat_ports = \"50000-40000\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "datapath.snat_ports",
+        "snat_ports",
+        "above last port",
+    );
+
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nsnat_ports = \"4000-6000\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].port",
+        "port = 5000",
+        "inside datapath.snat_ports",
+    );
+}
+
+#[test]
+fn addresses_are_checked() {
+    let text = BASE.replace(
+        "vip = \"198.18.0.100\"\nport = 5000",
+        "vip = \"2001:db8::1\"\nport = 5000",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].vip",
+        "2001:db8::1",
+        "address family",
+    );
+
+    let text = BASE.replace("host = \"198.18.0.12\"", "host = \"198.18.0.999\"");
+    let d = errors(&text);
+    expect(&d, &text, "cluster[0].node[1].host", "198.18.0.999", "");
+}
+
+#[test]
+fn missing_required_field_points_at_its_table() {
+    let text = BASE.replace("kind = \"replica\"\n", "");
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("kind"), "{d:?}");
+    assert!(d[0].line >= line_of(&text, "name = \"R\"") - 1, "{d:?}");
+}
+
+#[test]
+fn tls_and_auth_settings_come_in_pairs() {
+    let text = BASE.replace("[[cluster.node]]\nname = \"a\"", "[cluster.api]\nusername = \"u\"\ncert_file = \"/etc/hostname\"\n[[cluster.node]]\nname = \"a\"");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].api.username",
+        "username",
+        "both username and password",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].api.cert_file",
+        "cert_file",
+        "scheme = \"https\"",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].api.cert_file",
+        "cert_file",
+        "both cert_file and key_file",
+    );
+}
+
+#[test]
+fn errors_are_sorted_by_line_and_all_reported() {
+    let text = BASE
+        .replace("fall = 2", "fall = 0")
+        .replace("port = 5000", "port = 0")
+        .replace(
+            "fallback = \"primary\"",
+            "fallback = \"primary\"\nlag = \"lots\"",
+        );
+    let d = errors(&text);
+    assert_eq!(d.len(), 3, "{d:?}");
+    assert!(d.windows(2).all(|w| w[0].line <= w[1].line), "{d:?}");
+}

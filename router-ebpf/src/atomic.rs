@@ -13,8 +13,9 @@ pub fn sub(p: *mut u32, v: u32) {
     unsafe { atomic_xsub::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
-/// ORs `v` in and returns the previous value (BPF_OR | BPF_FETCH; needs BPF ISA v3).
+/// ORs `v` in and returns the previous value (BPF_OR | BPF_FETCH; needs BPF ISA v3). 64-bit
+/// only: LLVM drops the fetch flag from the 32-bit form.
 #[inline(always)]
-pub fn fetch_or(p: *mut u32, v: u32) -> u32 {
-    unsafe { atomic_or::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) }
+pub fn fetch_or(p: *mut u64, v: u64) -> u64 {
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
 }

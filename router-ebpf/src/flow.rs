@@ -88,7 +88,8 @@ fn teardown(key: &FlowKey, f: &Flow, entry: *mut Flow) {
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 {
     let tcp_flags = unsafe { (*h.tcp).flags };
-    let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A connection request: SYN alone (SYN with RST or FIN is invalid and never opens a flow).
+    let syn = tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
     if let Some(entry) = PGR_CONNTRACK.get_ptr_mut(key) {
         let f = unsafe { *entry };
         let state = backend_state(f.backend_id);
@@ -186,7 +187,6 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
         service_id: svc.id,
         flags: FLOW_F_REPLY,
         last_ack: 0,
-        _pad: 0,
     };
     let mut rkey = FlowKey {
         saddr: b.addr,
@@ -231,7 +231,6 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
         service_id: svc.id,
         flags: 0,
         last_ack: 0,
-        _pad: 0,
     };
     if PGR_CONNTRACK
         .insert(key, &fwd, u64::from(BPF_NOEXIST))

@@ -177,13 +177,13 @@ pub struct FlowKey {
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
 /// Flow flag: this entry translates backend → client packets (the reply direction).
-pub const FLOW_F_REPLY: u32 = 1 << 0;
+pub const FLOW_F_REPLY: u64 = 1 << 0;
 /// The client sent a FIN.
-pub const FLOW_F_FIN_CLIENT: u32 = 1 << 1;
+pub const FLOW_F_FIN_CLIENT: u64 = 1 << 1;
 /// The backend sent a FIN.
-pub const FLOW_F_FIN_BACKEND: u32 = 1 << 2;
+pub const FLOW_F_FIN_BACKEND: u64 = 1 << 2;
 /// Closed (both FINs, or a RST): a new SYN on this tuple starts a new flow.
-pub const FLOW_F_CLOSED: u32 = 1 << 3;
+pub const FLOW_F_CLOSED: u64 = 1 << 3;
 
 /// Value of `PGR_CONNTRACK`: how to rewrite a packet whose tuple is the key. A flow has two
 /// entries, forward (client → VIP) and reply (backend → SNAT address); only the kernel writes
@@ -201,14 +201,15 @@ pub struct Flow {
     pub dport: Be16,
     pub backend_id: u32,
     pub service_id: u32,
-    /// `FLOW_F_*` bits; close state lives in the forward entry.
-    pub flags: u32,
     /// Last acknowledgement number sent in this entry's direction (network order), so a reset
     /// can be sent with an in-window sequence number.
     pub last_ack: Be32,
-    pub _pad: u32,
+    /// `FLOW_F_*` bits; close state lives in the forward entry. 64-bit because the BPF
+    /// backend encodes 32-bit fetch-or without the fetch flag (the old value is lost).
+    pub flags: u64,
 }
 const _: () = assert!(size_of::<Flow>() == 56);
+const _: () = assert!(core::mem::offset_of!(Flow, flags) == 48);
 
 /// Per-service counters (`PGR_SERVICE_STATS`, per-CPU array, key: service id).
 #[repr(C)]

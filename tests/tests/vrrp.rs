@@ -152,13 +152,26 @@ impl Net {
         let path = d.join(format!("{name}.conf"));
         std::fs::write(&path, conf)?;
         let p = |s: &str| d.join(format!("{name}{s}")).to_string_lossy().into_owned();
-        let (conf_s, main_pid, vrrp_pid) = (path.to_string_lossy().into_owned(), p("-main.pid"), p("-vrrp.pid"));
+        let (conf_s, main_pid, vrrp_pid) = (
+            path.to_string_lossy().into_owned(),
+            p("-main.pid"),
+            p("-vrrp.pid"),
+        );
         self.lab.spawn(
             ns,
             name,
             &[
-                "keepalived", "-n", "-l", "-P", "--dont-respawn", "-f", &conf_s, "-p", &main_pid,
-                "-r", &vrrp_pid,
+                "keepalived",
+                "-n",
+                "-l",
+                "-P",
+                "--dont-respawn",
+                "-f",
+                &conf_s,
+                "-p",
+                &main_pid,
+                "-r",
+                &vrrp_pid,
             ],
         )
     }
@@ -244,15 +257,31 @@ fn pgrouter_master_keepalived_backup_v3() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-pm-", 10)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker { iface: "eth0", vrid: 10, prio: 100, advert: "1s", version: 3, vips: &vips, extra: "state BACKUP" };
+    let ka = Speaker {
+        iface: "eth0",
+        vrid: 10,
+        prio: 100,
+        advert: "1s",
+        version: 3,
+        vips: &vips,
+        extra: "state BACKUP",
+    };
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
-    let pg = Speaker { prio: 150, extra: "", ..ka };
+    let pg = Speaker {
+        prio: 150,
+        extra: "",
+        ..ka
+    };
     let pid = net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     net.converge_on(&a, &net.vip4(), CONVERGE)?;
     let n = net.stays_on(&a, &net.vip4(), Duration::from_secs(3))?;
     println!("v3 pgrouter master: VIP on pgrouter only over {n} samples");
     let t = Instant::now();
-    anyhow::ensure!(net.lab.signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)), "pgrouter did not exit");
+    anyhow::ensure!(
+        net.lab
+            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
+        "pgrouter did not exit"
+    );
     net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
     let took = t.elapsed();
     println!("priority-0 handoff pgrouter -> keepalived: {took:?} (keepalived Skew_Time 0.61 s)");
@@ -268,14 +297,30 @@ fn keepalived_master_pgrouter_backup_v3() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-km-", 11)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker { iface: "eth0", vrid: 11, prio: 150, advert: "1s", version: 3, vips: &vips, extra: "state MASTER" };
+    let ka = Speaker {
+        iface: "eth0",
+        vrid: 11,
+        prio: 150,
+        advert: "1s",
+        version: 3,
+        vips: &vips,
+        extra: "state MASTER",
+    };
     let kpid = net.keepalived(&b, "ka", &ka_conf(&ka))?;
-    let pg = Speaker { prio: 100, extra: "", ..ka };
+    let pg = Speaker {
+        prio: 100,
+        extra: "",
+        ..ka
+    };
     net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     net.converge_on(&b, &net.vip4(), CONVERGE)?;
     net.stays_on(&b, &net.vip4(), Duration::from_secs(4))?;
     let t = Instant::now();
-    anyhow::ensure!(net.lab.signal_and_wait(kpid, libc::SIGTERM, Duration::from_secs(5)), "keepalived did not exit");
+    anyhow::ensure!(
+        net.lab
+            .signal_and_wait(kpid, libc::SIGTERM, Duration::from_secs(5)),
+        "keepalived did not exit"
+    );
     net.converge_on(&a, &net.vip4(), Duration::from_secs(3))?;
     let took = t.elapsed();
     println!("priority-0 handoff keepalived -> pgrouter: {took:?} (Skew_Time 0.61 s)");
@@ -291,10 +336,25 @@ fn preemption_both_ways() -> anyhow::Result<()> {
         let mut net = Net::new(&format!("pgrv-pr{n}-"), n)?;
         let vips = [format!("{}/24", net.vip4())];
         let (a, b) = (net.a.clone(), net.b.clone());
-        let ka = Speaker { iface: "eth0", vrid: n, prio: ka_prio, advert: "1s", version: 3, vips: &vips, extra: "" };
-        let pg = Speaker { prio: pg_prio, ..ka };
+        let ka = Speaker {
+            iface: "eth0",
+            vrid: n,
+            prio: ka_prio,
+            advert: "1s",
+            version: 3,
+            vips: &vips,
+            extra: "",
+        };
+        let pg = Speaker {
+            prio: pg_prio,
+            ..ka
+        };
         // The lower one starts first and becomes master alone.
-        let (high, low) = if pg_prio > ka_prio { (&a, &b) } else { (&b, &a) };
+        let (high, low) = if pg_prio > ka_prio {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
         if pg_prio > ka_prio {
             net.keepalived(&b, "ka", &ka_conf(&ka))?;
         } else {
@@ -308,7 +368,15 @@ fn preemption_both_ways() -> anyhow::Result<()> {
             net.keepalived(&b, "ka", &ka_conf(&ka))?;
         }
         net.converge_on(high, &net.vip4(), CONVERGE)?;
-        println!("preemption by {}: {:?}", if pg_prio > ka_prio { "pgrouter" } else { "keepalived" }, t.elapsed());
+        println!(
+            "preemption by {}: {:?}",
+            if pg_prio > ka_prio {
+                "pgrouter"
+            } else {
+                "keepalived"
+            },
+            t.elapsed()
+        );
         net.stays_on(high, &net.vip4(), Duration::from_secs(2))?;
     }
     Ok(())
@@ -320,10 +388,22 @@ fn nopreempt_keeps_existing_master() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-np-", 14)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker { iface: "eth0", vrid: 14, prio: 100, advert: "1s", version: 3, vips: &vips, extra: "" };
+    let ka = Speaker {
+        iface: "eth0",
+        vrid: 14,
+        prio: 100,
+        advert: "1s",
+        version: 3,
+        vips: &vips,
+        extra: "",
+    };
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
     net.converge_on(&b, &net.vip4(), CONVERGE)?;
-    let pg = Speaker { prio: 150, extra: "nopreempt = true\nstate = \"BACKUP\"", ..ka };
+    let pg = Speaker {
+        prio: 150,
+        extra: "nopreempt = true\nstate = \"BACKUP\"",
+        ..ka
+    };
     net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     // Longer than pgrouter's Master_Down_Interval (3.2 s): it would have preempted by now.
     net.stays_on(&b, &net.vip4(), Duration::from_secs(5))?;
@@ -346,11 +426,19 @@ fn v2_pass_interop() -> anyhow::Result<()> {
         extra: "authentication {\n    auth_type PASS\n    auth_pass pgrv1234\n  }",
     };
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
-    let pg = Speaker { prio: 150, extra: "auth_pass = \"pgrv1234\"", ..ka };
+    let pg = Speaker {
+        prio: 150,
+        extra: "auth_pass = \"pgrv1234\"",
+        ..ka
+    };
     let pid = net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     net.converge_on(&a, &net.vip4(), CONVERGE)?;
     net.stays_on(&a, &net.vip4(), Duration::from_secs(3))?;
-    anyhow::ensure!(net.lab.signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)), "pgrouter did not exit");
+    anyhow::ensure!(
+        net.lab
+            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
+        "pgrouter did not exit"
+    );
     net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
     Ok(())
 }
@@ -362,13 +450,25 @@ fn v3_ipv6_interop() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-v6-", 16)?;
     let vips = [format!("{}/64", net.vip6())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker { iface: "eth0", vrid: 16, prio: 100, advert: "1s", version: 3, vips: &vips, extra: "" };
+    let ka = Speaker {
+        iface: "eth0",
+        vrid: 16,
+        prio: 100,
+        advert: "1s",
+        version: 3,
+        vips: &vips,
+        extra: "",
+    };
     let kpid = net.keepalived(&b, "ka", &ka_conf(&ka))?;
     let pg = Speaker { prio: 150, ..ka };
     net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     net.converge_on(&a, &net.vip6(), CONVERGE)?;
     net.stays_on(&a, &net.vip6(), Duration::from_secs(3))?;
-    anyhow::ensure!(net.lab.signal_and_wait(kpid, libc::SIGTERM, Duration::from_secs(5)), "keepalived did not exit");
+    anyhow::ensure!(
+        net.lab
+            .signal_and_wait(kpid, libc::SIGTERM, Duration::from_secs(5)),
+        "keepalived did not exit"
+    );
     let ka = Speaker { prio: 200, ..ka };
     net.keepalived(&b, "ka2", &ka_conf(&ka))?;
     net.converge_on(&b, &net.vip6(), CONVERGE)?;
@@ -392,11 +492,19 @@ fn unicast_interop() -> anyhow::Result<()> {
         extra: "unicast_src_ip 198.18.17.2\n  unicast_peer {\n    198.18.17.1\n  }",
     };
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
-    let pg = Speaker { prio: 150, extra: "unicast_src_ip = \"198.18.17.1\"\nunicast_peer = [\"198.18.17.2\"]", ..ka };
+    let pg = Speaker {
+        prio: 150,
+        extra: "unicast_src_ip = \"198.18.17.1\"\nunicast_peer = [\"198.18.17.2\"]",
+        ..ka
+    };
     let pid = net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     net.converge_on(&a, &net.vip4(), CONVERGE)?;
     net.stays_on(&a, &net.vip4(), Duration::from_secs(3))?;
-    anyhow::ensure!(net.lab.signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)), "pgrouter did not exit");
+    anyhow::ensure!(
+        net.lab
+            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
+        "pgrouter did not exit"
+    );
     net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
     Ok(())
 }
@@ -408,7 +516,15 @@ fn start_removes_stale_vip() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-st-", 18)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker { iface: "eth0", vrid: 18, prio: 150, advert: "1s", version: 3, vips: &vips, extra: "" };
+    let ka = Speaker {
+        iface: "eth0",
+        vrid: 18,
+        prio: 150,
+        advert: "1s",
+        version: 3,
+        vips: &vips,
+        extra: "",
+    };
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
     net.converge_on(&b, &net.vip4(), CONVERGE)?;
     sh(&format!("ip -n {a} addr add {}/24 dev eth0", net.vip4()))?;
@@ -436,11 +552,25 @@ enum Impl {
 }
 
 /// Master (150) on a, backup (100) on b; cause the outage on a; time until b holds the VIP.
-fn measure_takeover(prefix: &str, n: u8, imp: Impl, advert: &str, outage: Outage) -> anyhow::Result<Duration> {
+fn measure_takeover(
+    prefix: &str,
+    n: u8,
+    imp: Impl,
+    advert: &str,
+    outage: Outage,
+) -> anyhow::Result<Duration> {
     let mut net = Net::new(prefix, n)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let base = Speaker { iface: "eth0", vrid: n, prio: 150, advert, version: 3, vips: &vips, extra: "" };
+    let base = Speaker {
+        iface: "eth0",
+        vrid: n,
+        prio: 150,
+        advert,
+        version: 3,
+        vips: &vips,
+        extra: "",
+    };
     let backup = Speaker { prio: 100, ..base };
     let master_pid = match imp {
         Impl::Pgrouter => {
@@ -454,7 +584,11 @@ fn measure_takeover(prefix: &str, n: u8, imp: Impl, advert: &str, outage: Outage
     };
     net.converge_on(&a, &net.vip4(), CONVERGE)?;
     net.stays_on(&a, &net.vip4(), Duration::from_secs(1))?;
-    let child = if imp == Impl::Keepalived { Some(net.keepalived_child("master")?) } else { None };
+    let child = if imp == Impl::Keepalived {
+        Some(net.keepalived_child("master")?)
+    } else {
+        None
+    };
     let t = Instant::now();
     match outage {
         Outage::Sigkill => {
@@ -468,15 +602,19 @@ fn measure_takeover(prefix: &str, n: u8, imp: Impl, advert: &str, outage: Outage
             sh(&format!("ip -n {a} link set eth0 down"))?;
         }
     }
-    wait_for("VIP on backup", Duration::from_secs(10), || net.has(&b, &net.vip4()).then_some(()))
-        .with_context(|| net.logs())?;
+    wait_for("VIP on backup", Duration::from_secs(10), || {
+        net.has(&b, &net.vip4()).then_some(())
+    })
+    .with_context(|| net.logs())?;
     let took = t.elapsed();
     if let Outage::LinkDown = outage {
         // The isolated master gives the VIP up too (link down = fault), so once the link is
         // back there is still one holder.
-        wait_for("VIP off the isolated master", Duration::from_secs(3), || {
-            (!net.has(&a, &net.vip4())).then_some(())
-        })
+        wait_for(
+            "VIP off the isolated master",
+            Duration::from_secs(3),
+            || (!net.has(&a, &net.vip4())).then_some(()),
+        )
         .with_context(|| net.logs())?;
         sh(&format!("ip -n {a} link set eth0 up"))?;
         net.converge_on(&a, &net.vip4(), CONVERGE)?;
@@ -495,12 +633,17 @@ fn takeover_time_vs_keepalived() -> anyhow::Result<()> {
         let n = 20 + i as u8;
         let pg = measure_takeover(&format!("pgrv-to{n}-"), n, Impl::Pgrouter, "100ms", outage)?;
         rows.push(format!("pgrouter   adverts 100ms {outage:?}: {pg:?}"));
-        anyhow::ensure!(pg <= budget, "pgrouter takeover after {outage:?} took {pg:?} > {budget:?}");
+        anyhow::ensure!(
+            pg <= budget,
+            "pgrouter takeover after {outage:?} took {pg:?} > {budget:?}"
+        );
         for (j, advert) in ["100ms", "1s"].into_iter().enumerate() {
             let n = 30 + (i * 2 + j) as u8;
             match measure_takeover(&format!("pgrv-tk{n}-"), n, Impl::Keepalived, advert, outage) {
                 Ok(ka) => rows.push(format!("keepalived adverts {advert} {outage:?}: {ka:?}")),
-                Err(e) => rows.push(format!("keepalived adverts {advert} {outage:?}: failed: {e:#}")),
+                Err(e) => rows.push(format!(
+                    "keepalived adverts {advert} {outage:?}: failed: {e:#}"
+                )),
             }
         }
     }

@@ -90,6 +90,24 @@ pub enum Action {
     },
     /// Resume WAL replay on node N (default: every paused replica).
     Unlag { node: Option<String> },
+    /// Start a command detached in a namespace, with pidfile and log:
+    /// `spawn edge1 pgrouter1 -- target/release/pgrouter -c …`.
+    Spawn {
+        ns: String,
+        /// Name for the pidfile (`<lab>/run/NAME.pid`) and log (`<lab>/NAME.log`).
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Signal a process started by `spawn` (default TERM; waits for exit).
+    KillProc {
+        name: String,
+        /// TERM, KILL, INT, HUP, STOP, CONT, USR1, USR2.
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+    },
+    /// Take a host's link down/up (bridge side of its veth): `link edge1 down`.
+    Link { ns: String, state: String },
     /// Run a command in a lab namespace: `exec edge1 -- ip addr`.
     Exec {
         /// etcd, pg1..pg3, edge1, edge2, client (or pgrlab-<name>).
@@ -147,6 +165,29 @@ pub fn run(args: LabArgs) -> Result<()> {
         Action::Unlag { node } => {
             lab.unlag(node.as_deref())?;
         }
+        Action::Spawn { ns, name, cmd } => {
+            let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) { cmd[1..].to_vec() } else { cmd };
+            lab.spawn(&ns, &name, &cmd)?;
+        }
+        Action::KillProc { name, signal } => {
+            let sig = match signal.trim_start_matches("SIG").to_ascii_uppercase().as_str() {
+                "TERM" => libc::SIGTERM,
+                "KILL" => libc::SIGKILL,
+                "INT" => libc::SIGINT,
+                "HUP" => libc::SIGHUP,
+                "STOP" => libc::SIGSTOP,
+                "CONT" => libc::SIGCONT,
+                "USR1" => libc::SIGUSR1,
+                "USR2" => libc::SIGUSR2,
+                other => anyhow::bail!("unknown signal {other:?}"),
+            };
+            lab.kill_proc(&name, sig)?;
+        }
+        Action::Link { ns, state } => match state.as_str() {
+            "up" => lab.link(&ns, true)?,
+            "down" => lab.link(&ns, false)?,
+            other => anyhow::bail!("link state must be up or down, not {other:?}"),
+        },
         Action::Exec { ns, cmd } => {
             let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) { cmd[1..].to_vec() } else { cmd };
             let code = lab.exec(&ns, &cmd)?;

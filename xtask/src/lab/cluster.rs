@@ -361,6 +361,9 @@ impl Lab {
             run(&mut ns_cmd(&ns, ["ethtool", "-K", "eth0", "tx", "off"]))?;
             if EDGES.contains(&h.name) {
                 ns_sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+                // GRO on the bridge-side peer gives it a NAPI context, which
+                // veth needs to accept XDP_TX / XDP_REDIRECT frames from eth0.
+                run(&mut cmd("ethtool", ["-K", &hv, "gro", "on"]))?;
             }
         }
         println!(
@@ -495,7 +498,35 @@ impl Lab {
                 signal(p, libc::SIGCONT);
             }
         }
-        // 1. Patroni gracefully (it stops PostgreSQL), then etcd.
+        // 1. Processes from `spawn` (e.g. pgrouter) gracefully, then Patroni
+        //    (it stops PostgreSQL), then etcd.
+        let mut spawned = vec![];
+        for e in fs::read_dir(self.run_dir()).into_iter().flatten().flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = f.strip_suffix(".pid") else { continue };
+            if name == "etcd" || PG_NODES.contains(&name) {
+                continue;
+            }
+            let Ok(pid) = fs::read_to_string(e.path()).unwrap_or_default().trim().parse::<i32>() else { continue };
+            // Only if it still runs in one of our namespaces (PID reuse guard).
+            let in_lab = fs::read_link(format!("/proc/{pid}/ns/net")).ok().is_some_and(|l| {
+                HOSTS.iter().any(|h| {
+                    fs::metadata(format!("/run/netns/{}", h.ns())).ok().is_some_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        l.to_string_lossy() == format!("net:[{}]", m.ino())
+                    })
+                })
+            });
+            if pid_alive(pid) && in_lab {
+                println!("lab: stopping {name} (pid {pid})");
+                signal(pid, libc::SIGTERM);
+                spawned.push(pid);
+            }
+        }
+        if !spawned.is_empty() {
+            did = true;
+            wait_gone(&spawned, Duration::from_secs(10));
+        }
         let mut pats = vec![];
         for n in PG_NODES {
             if let Some(pid) = self.patroni_pid(n) {
@@ -553,7 +584,30 @@ impl Lab {
                 run_quiet(&mut cmd("ip", ["link", "del", &name]));
             }
         }
-        // 4. Lab dir (data, logs, pidfiles).
+        // 4. SysV shared memory of SIGKILLed postmasters (key and id are on
+        //    line 7 of postmaster.pid); all our processes are gone by now.
+        for n in PG_NODES {
+            let pm = self.node_dir(n).join("data/postmaster.pid");
+            let Ok(text) = fs::read_to_string(&pm) else { continue };
+            let mut f = text.lines().nth(6).unwrap_or("").split_whitespace();
+            let (Some(Ok(key)), Some(Ok(id))) = (f.next().map(str::parse::<i32>), f.next().map(str::parse::<i32>))
+            else {
+                continue;
+            };
+            // SAFETY: IPC_STAT fills a zeroed shmid_ds; IPC_RMID only when the
+            // segment is still the one named in postmaster.pid and unattached.
+            unsafe {
+                let mut ds: libc::shmid_ds = std::mem::zeroed();
+                if libc::shmctl(id, libc::IPC_STAT, &mut ds) == 0
+                    && ds.shm_perm.__key == key
+                    && ds.shm_nattch == 0
+                    && libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) == 0
+                {
+                    println!("lab: removed {n}'s leftover shared memory segment (shmid {id})");
+                }
+            }
+        }
+        // 5. Lab dir (data, logs, pidfiles).
         if self.dir.exists() {
             did = true;
             fs::remove_dir_all(&self.dir).with_context(|| format!("rm -r {}", self.dir.display()))?;
@@ -976,6 +1030,73 @@ impl Lab {
             let _ = self.psql(&l.host, "DROP TABLE IF EXISTS pgrlab_lag");
         }
         Ok(resumed)
+    }
+
+    /// Starts `argv` detached in lab namespace `ns` (own session, stdout and
+    /// stderr to `<lab>/<name>.log`, PID in `<lab>/run/<name>.pid`), e.g.
+    /// pgrouter on an edge. `down` stops it with the namespace. Returns the PID.
+    pub fn spawn(&self, ns: &str, name: &str, argv: &[String]) -> Result<i32> {
+        let ns = ns_name(ns)?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("spawn: name {name:?} must be [A-Za-z0-9_-]+");
+        }
+        if PG_NODES.contains(&name) || name == "etcd" {
+            bail!("spawn: name {name:?} is taken by the lab");
+        }
+        if argv.is_empty() {
+            bail!("spawn: no command given");
+        }
+        if !Path::new(&format!("/run/netns/{ns}")).exists() {
+            bail!("lab is not up (namespace {ns} missing)");
+        }
+        let pidfile = self.pidfile(name);
+        if let Some(pid) = pidfile_alive(&pidfile, &argv[0]) {
+            bail!("spawn: {name} already running (pid {pid}); stop it with `lab kill-proc {name}`");
+        }
+        let log = self.dir.join(format!("{name}.log"));
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let pid = spawn_daemon(ns_cmd(&ns, argv), &log, &pidfile, &cwd)?;
+        println!("lab: spawned {name} in {ns} (pid {pid}), log {}", log.display());
+        Ok(pid)
+    }
+
+    /// Sends `sig` to a process started by `spawn` (by its pidfile) and, for
+    /// SIGTERM/SIGKILL, waits up to 10 s for it to exit (then SIGKILL).
+    /// Returns false if it was not running.
+    pub fn kill_proc(&self, name: &str, sig: i32) -> Result<bool> {
+        let pidfile = self.pidfile(name);
+        let Ok(text) = fs::read_to_string(&pidfile) else {
+            println!("lab: {name}: no pidfile {}", pidfile.display());
+            return Ok(false);
+        };
+        let pid: i32 = text.trim().parse().with_context(|| format!("bad pidfile {}", pidfile.display()))?;
+        if !pid_alive(pid) {
+            println!("lab: {name} (pid {pid}) is not running");
+            return Ok(false);
+        }
+        signal(pid, sig);
+        if sig == libc::SIGTERM || sig == libc::SIGKILL || sig == libc::SIGINT {
+            if !wait_gone(&[pid], Duration::from_secs(10)) {
+                println!("lab: {name} (pid {pid}) still alive after 10 s; SIGKILL");
+                signal(pid, libc::SIGKILL);
+                wait_gone(&[pid], Duration::from_secs(5));
+            }
+            println!("lab: {name} (pid {pid}) stopped (signal {sig})");
+        } else {
+            println!("lab: sent signal {sig} to {name} (pid {pid})");
+        }
+        Ok(true)
+    }
+
+    /// Sets the bridge side of host `ns`'s veth up or down: carrier loss on
+    /// its eth0, like a pulled cable (e.g. to fail an edge).
+    pub fn link(&self, ns: &str, up: bool) -> Result<()> {
+        let ns = ns_name(ns)?;
+        let name = ns.trim_start_matches("pgrlab-");
+        let hv = host(name)?.host_veth();
+        run(&mut cmd("ip", ["link", "set", &hv, if up { "up" } else { "down" }]))?;
+        println!("lab: link {hv} (to {ns} eth0) {}", if up { "up" } else { "down" });
+        Ok(())
     }
 
     /// Runs `argv` in lab namespace `ns` (`edge1` or `pgrlab-edge1`) with

@@ -479,3 +479,72 @@ fn errors_are_sorted_by_line_and_all_reported() {
     assert_eq!(d.len(), 3, "{d:?}");
     assert!(d.windows(2).all(|w| w[0].line <= w[1].line), "{d:?}");
 }
+
+#[test]
+fn example_vrrp_instance_mirrors_keepalived() {
+    let cfg = match config::load(example()) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let v = &cfg.vrrp[0];
+    assert_eq!(
+        (v.name.as_str(), v.virtual_router_id, v.priority),
+        ("VI_1", 51, 101)
+    );
+    assert_eq!(v.virtual_ipaddress[0].to_string(), "198.18.0.100/24");
+    assert!(v.track.iter().any(|t| t.name == "patroni:pg1"));
+}
+
+const VRRP: &str = r#"[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["198.18.0.100/24"]
+[[vrrp.track]]
+name = "patroni:pg1"
+weight = -2
+"#;
+
+#[test]
+fn vrrp_errors_name_the_instance_field() {
+    let text = format!(
+        "{BASE}{}",
+        VRRP.replace("virtual_router_id = 51", "virtual_router_id = 0")
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "vrrp[0].virtual_router_id",
+        "virtual_router_id = 0",
+        "1..=255",
+    );
+
+    let text = format!("{BASE}{}", VRRP.replace("patroni:pg1", "patroni:pg9"));
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "vrrp[0].track[0].name",
+        "patroni:pg9",
+        "no [[cluster]] named \"pg9\"",
+    );
+
+    let text = format!("{BASE}{VRRP}{}", VRRP.replace("VI_1", "VI_2"));
+    let d = errors(&text);
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("virtual_router_id = 51"))
+        .nth(1)
+        .map(|(i, _)| i + 1);
+    assert!(
+        d.iter()
+            .any(|d| d.field == "vrrp[1].virtual_router_id" && Some(d.line) == second),
+        "{d:?}"
+    );
+
+    let text = format!("{BASE}{}", VRRP.replace("interface", "intrface"));
+    let d = errors(&text);
+    expect(&d, &text, "vrrp[0].intrface", "intrface", "unknown field");
+}

@@ -18,13 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Balance, DesiredListener};
 
-/// One `[[vrrp]]` instance. Placeholder until `crate::vrrp::InstanceConfig` exists: kept as
-/// raw TOML so the section parses and the VRRP engineer's type can take over without a schema
-/// change here.
-pub type VrrpInstance = toml::Value;
+/// One `[[vrrp]]` instance (keepalived's `vrrp_instance`), owned by the VRRP module.
+pub type VrrpInstance = crate::vrrp::InstanceConfig;
 
 /// The whole validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Path the config was read from (for messages).
     pub path: PathBuf,
@@ -300,7 +298,7 @@ pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> 
 }
 
 /// What `pgrouter check-config` prints for a valid file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub config: Config,
     pub text: String,
@@ -311,17 +309,6 @@ impl fmt::Display for Summary {
         f.write_str(&self.text)
     }
 }
-
-impl PartialEq for Config {
-    fn eq(&self, other: &Self) -> bool {
-        self.path == other.path
-            && self.datapath == other.datapath
-            && self.control == other.control
-            && self.clusters == other.clusters
-            && self.vrrp == other.vrrp
-    }
-}
-impl Eq for Config {}
 
 /// Loads `path` and returns a short human summary, or every error (for `pgrouter check-config`).
 pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
@@ -381,7 +368,26 @@ fn summarize(cfg: &Config) -> String {
             );
         }
     }
-    let _ = write!(s, "vrrp instances: {}", cfg.vrrp.len());
+    for v in &cfg.vrrp {
+        let vips: Vec<String> = v
+            .virtual_ipaddress
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(
+            s,
+            "vrrp {} on {} vrid {} priority {}: {}",
+            v.name,
+            v.interface,
+            v.virtual_router_id,
+            v.priority,
+            vips.join(", ")
+        );
+    }
+    if cfg.vrrp.is_empty() {
+        let _ = writeln!(s, "vrrp: none (the VIPs are managed elsewhere)");
+    }
+    s.truncate(s.trim_end().len());
     s
 }
 

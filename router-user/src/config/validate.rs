@@ -143,6 +143,7 @@ fn build(ctx: &mut Ctx<'_>, file: raw::File, path: &Path) -> Config {
         .map(|(i, c)| cluster(ctx, i, c, &datapath))
         .collect();
     cross_cluster(ctx, &clusters);
+    vrrp(ctx, &file.vrrp, &clusters);
     Config {
         path: path.to_owned(),
         datapath,
@@ -539,6 +540,52 @@ fn cross_cluster(ctx: &mut Ctx<'_>, clusters: &[Cluster]) {
                         "{}:{} is already used by cluster[{pc}].listener[{pl}] ({}/{})",
                         l.vip, l.port, clusters[pc].name, clusters[pc].listeners[pl].name
                     ),
+                );
+            }
+        }
+    }
+}
+
+/// `[[vrrp]]`: the VRRP module's own checks (its messages start with the field's key), plus
+/// what only the whole file can tell: unique names and VRIDs, and `patroni:<cluster>` tracks
+/// that name a configured cluster.
+fn vrrp(ctx: &mut Ctx<'_>, instances: &[super::VrrpInstance], clusters: &[Cluster]) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut vrids: HashMap<(&str, bool, u8), usize> = HashMap::new();
+    for (i, inst) in instances.iter().enumerate() {
+        if let Err(e) = inst.validate() {
+            let (key, msg) = e.split_once(": ").unwrap_or(("name", e.as_str()));
+            // `track.name` → the `track` array; other keys are top-level in the instance.
+            let key = key.split('.').next().unwrap_or(key);
+            ctx.err(p!["vrrp", i, key], msg.to_owned());
+        }
+        if let Some(prev) = names.insert(&inst.name, i) {
+            ctx.err(
+                p!["vrrp", i, "name"],
+                format!(
+                    "duplicate vrrp instance name {:?} (also vrrp[{prev}])",
+                    inst.name
+                ),
+            );
+        }
+        if let Some(prev) =
+            vrids.insert((&inst.interface, inst.is_ipv6(), inst.virtual_router_id), i)
+        {
+            ctx.err(
+                p!["vrrp", i, "virtual_router_id"],
+                format!(
+                    "virtual_router_id {} is already used on {} by vrrp[{prev}]",
+                    inst.virtual_router_id, inst.interface
+                ),
+            );
+        }
+        for (t, track) in inst.track.iter().enumerate() {
+            if let Some(cluster) = track.name.strip_prefix("patroni:")
+                && !clusters.iter().any(|c| c.name == cluster)
+            {
+                ctx.err(
+                    p!["vrrp", i, "track", t, "name"],
+                    format!("no [[cluster]] named {cluster:?}"),
                 );
             }
         }

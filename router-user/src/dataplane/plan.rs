@@ -42,7 +42,12 @@ pub struct Applied {
 /// backend), then sets, then services; removals last.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapDelta {
+    /// Backends leaving SHUTDOWN (or new): their flow count is zeroed first. While shut down
+    /// the kernel stops counting their closes and the controller sweeps their flows.
+    pub reset_conns: Vec<u32>,
     pub backends: Vec<(u32, Backend)>,
+    /// Backends entering SHUTDOWN: the controller resets and removes their flows.
+    pub newly_shutdown: Vec<u32>,
     pub sets: Vec<(u32, BackendSet)>,
     pub services: Vec<(ServiceKey, Service)>,
     pub remove_services: Vec<ServiceKey>,
@@ -224,8 +229,16 @@ pub fn plan(
 
     let mut delta = MapDelta::default();
     for (id, b) in &next.backends {
-        if applied.backends.get(id) != Some(b) {
+        let old = applied.backends.get(id);
+        if old != Some(b) {
             delta.backends.push((*id, *b));
+            let was_down = old.is_none_or(|o| o.state == BACKEND_SHUTDOWN);
+            if b.state != BACKEND_SHUTDOWN && was_down {
+                delta.reset_conns.push(*id);
+            }
+            if b.state == BACKEND_SHUTDOWN && old.is_some_and(|o| o.state != BACKEND_SHUTDOWN) {
+                delta.newly_shutdown.push(*id);
+            }
         }
     }
     for (id, s) in &next.sets {
@@ -249,4 +262,198 @@ pub fn plan(
         }
     }
     Ok((delta, next))
+}
+
+impl Applied {
+    /// After a restart, names the entries an earlier controller left in the pinned maps by
+    /// matching them with the listeners about to be applied: a service by VIP:port, a backend
+    /// by (service, address, port). Matched ids are kept, so tracked flows keep their meaning;
+    /// unmatched entries are retired (shut down) by the next plan.
+    pub fn adopt(&mut self, desired: &[DesiredListener]) {
+        for l in desired {
+            let key = service_key(l.vip, l.port);
+            let Some(svc) = self.services.get(&key) else {
+                continue;
+            };
+            let sid = svc.id;
+            self.service_ids.insert(l.name.clone(), sid);
+            for b in &l.backends {
+                let (addr, _) = addr_words(b.addr);
+                let found = self.backends.iter().find(|(id, e)| {
+                    e.service_id == sid
+                        && e.addr == addr
+                        && e.port == b.port.to_be()
+                        && !self.backend_ids.values().any(|v| v == *id)
+                });
+                if let Some((id, _)) = found {
+                    self.backend_ids
+                        .insert((l.name.clone(), b.node.clone()), *id);
+                }
+            }
+        }
+        // Services in the maps that no listener claims are named so the plan removes them.
+        let claimed: BTreeSet<u32> = self.service_ids.values().copied().collect();
+        let orphans: Vec<u32> = self
+            .services
+            .values()
+            .map(|s| s.id)
+            .filter(|id| !claimed.contains(id))
+            .collect();
+        for id in orphans {
+            self.service_ids.insert(format!("#orphan-{id}"), id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::DesiredBackend;
+
+    fn be(node: &str, last: u8, state: BackendState) -> DesiredBackend {
+        DesiredBackend {
+            node: node.into(),
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            port: 5432,
+            maxconn: 100,
+            state,
+        }
+    }
+
+    fn listener(name: &str, port: u16, backends: Vec<DesiredBackend>) -> DesiredListener {
+        DesiredListener {
+            name: name.into(),
+            vip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
+            port,
+            balance: Balance::RoundRobin,
+            shutdown_sessions: true,
+            snat_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
+            backends,
+        }
+    }
+
+    fn write_read() -> Vec<DesiredListener> {
+        use BackendState::*;
+        vec![
+            listener(
+                "pg/w",
+                5000,
+                vec![be("a", 11, Active), be("b", 12, Shutdown)],
+            ),
+            listener("pg/r", 5001, vec![be("a", 11, Drain), be("b", 12, Active)]),
+        ]
+    }
+
+    const PORTS: (u16, u16) = (40000, 40999);
+
+    #[test]
+    fn first_plan_writes_everything_with_only_active_members_in_sets() {
+        let (d, next) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        assert_eq!(d.backends.len(), 4);
+        assert_eq!(d.services.len(), 2);
+        let w = next.service_ids["pg/w"];
+        let set = next.sets[&w];
+        assert_eq!(set.count, 1);
+        assert_eq!(set.ids[0], next.backend_ids[&("pg/w".into(), "a".into())]);
+        assert_eq!(set.generation, 1);
+        // New backends start with a zeroed flow count.
+        assert_eq!(d.reset_conns.len(), 3, "the shut-down entry needs no reset");
+    }
+
+    #[test]
+    fn unchanged_desired_state_is_an_empty_delta() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let (d, b) = plan(&write_read(), &a, PORTS).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn failover_publishes_a_new_generation_and_shuts_the_old_primary() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let mut l = write_read();
+        l[0].backends[0].state = BackendState::Shutdown;
+        l[0].backends[1].state = BackendState::Active;
+        let (d, b) = plan(&l, &a, PORTS).unwrap();
+        let w = b.service_ids["pg/w"];
+        assert_eq!(b.sets[&w].generation, 2);
+        assert_eq!(
+            b.sets[&w].ids[0],
+            b.backend_ids[&("pg/w".into(), "b".into())]
+        );
+        let old = a.backend_ids[&("pg/w".into(), "a".into())];
+        assert_eq!(d.newly_shutdown, vec![old]);
+        let new = a.backend_ids[&("pg/w".into(), "b".into())];
+        assert_eq!(d.reset_conns, vec![new], "reactivated entry is zeroed");
+        // Ids are stable.
+        assert_eq!(a.backend_ids, b.backend_ids);
+    }
+
+    #[test]
+    fn keep_mode_turns_mark_down_into_drain() {
+        let mut l = write_read();
+        l[0].shutdown_sessions = false;
+        let (_, a) = plan(&l, &Applied::default(), PORTS).unwrap();
+        let b = a.backend_ids[&("pg/w".into(), "b".into())];
+        assert_eq!(a.backends[&b].state, BACKEND_DRAIN);
+    }
+
+    #[test]
+    fn removed_node_is_shut_down_and_its_id_never_reused() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let old = a.backend_ids[&("pg/r".into(), "b".into())];
+        let mut l = write_read();
+        l[1].backends.pop();
+        let (d, b) = plan(&l, &a, PORTS).unwrap();
+        assert_eq!(b.backends[&old].state, BACKEND_SHUTDOWN);
+        assert!(d.newly_shutdown.contains(&old));
+        l[1].backends.push(be("c", 13, BackendState::Active));
+        let (_, c) = plan(&l, &b, PORTS).unwrap();
+        let new = c.backend_ids[&("pg/r".into(), "c".into())];
+        assert_ne!(new, old);
+    }
+
+    #[test]
+    fn removed_listener_is_deleted_from_services_and_sets() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let l = vec![write_read().remove(0)];
+        let (d, b) = plan(&l, &a, PORTS).unwrap();
+        assert_eq!(
+            d.remove_services,
+            vec![service_key(
+                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
+                5001
+            )]
+        );
+        assert_eq!(d.remove_sets.len(), 1);
+        assert!(!b.service_ids.contains_key("pg/r"));
+    }
+
+    #[test]
+    fn adopt_after_restart_keeps_ids_and_yields_no_writes() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        // What a restarted controller reads back from the pinned maps: no names.
+        let mut read = Applied {
+            services: a.services.clone(),
+            sets: a.sets.clone(),
+            backends: a.backends.clone(),
+            ..Applied::default()
+        };
+        read.adopt(&write_read());
+        assert_eq!(read.service_ids, a.service_ids);
+        assert_eq!(read.backend_ids, a.backend_ids);
+        let (d, _) = plan(&write_read(), &read, PORTS).unwrap();
+        assert!(d.is_empty(), "restart rewrites nothing: {d:?}");
+    }
+
+    #[test]
+    fn too_many_nodes_is_refused() {
+        let many = (0..40)
+            .map(|i| be(&format!("n{i}"), i as u8 + 1, BackendState::Active))
+            .collect();
+        let err = plan(&[listener("big", 5000, many)], &Applied::default(), PORTS).unwrap_err();
+        assert_eq!(err, PlanError::TooManyNodes("big".into()));
+    }
 }

@@ -44,6 +44,11 @@ impl Maps {
     /// Writes a delta in the order `plan` laid out. Each set is one hash update, which the
     /// kernel swaps in atomically.
     pub fn apply(&mut self, d: &MapDelta) -> anyhow::Result<()> {
+        for id in &d.reset_conns {
+            self.conns
+                .set(*id, 0, 0)
+                .with_context(|| format!("zeroing backend {id} count"))?;
+        }
         for (id, b) in &d.backends {
             self.backends
                 .set(*id, b, 0)

@@ -653,3 +653,133 @@ fn takeover_time_vs_keepalived() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs `f` on a thread inside namespace `ns` with its own tokio runtime, so the library API
+/// (`pgrouter::vrrp::spawn`) is tested exactly as the controller will call it.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>> {
+    use std::os::fd::AsRawFd as _;
+    let file =
+        std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+    Ok(std::thread::spawn(move || {
+        // SAFETY: setns(2) on an open namespace file; affects only this new thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        f()
+    }))
+}
+
+/// The controller's view: tracks published on a `watch` channel move pgrouter's effective
+/// priority (weight -60) and fault it (fatal `xdp-attached`); keepalived (120) takes the VIP
+/// when pgrouter drops below it and when it faults (priority-0 advert: fast), and gives it back
+/// when pgrouter recovers. `status()` reports state, priorities, master and counters, and
+/// `notify_master` runs.
+#[test]
+fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
+    use pgrouter::vrrp::{self, Tracks, fsm::State};
+    let mut net = Net::new("pgrv-tr-", 40)?;
+    let vips = [format!("{}/24", net.vip4())];
+    let (a, b) = (net.a.clone(), net.b.clone());
+    let ka = Speaker {
+        iface: "eth0",
+        vrid: 40,
+        prio: 120,
+        advert: "100ms",
+        version: 3,
+        vips: &vips,
+        extra: "",
+    };
+    net.keepalived(&b, "ka", &ka_conf(&ka))?;
+    let marker = net.lab.dir.join("became-master");
+    let toml = pg_toml(&Speaker {
+        prio: 150,
+        extra: &format!(
+            "notify_master = \"touch {}\"\ntrack = [{{ name = \"xdp-attached\" }}, {{ name = \"patroni:main\", weight = -60 }}]",
+            marker.display()
+        ),
+        ..ka
+    });
+    let cfg_path = net.lab.dir.join("pg.toml");
+    std::fs::write(&cfg_path, &toml)?;
+    let cfg = vrrp::load_vrrp_only(&cfg_path)?.remove(0);
+    let mut tracks = Tracks::default();
+    tracks.named.insert("xdp-attached".into(), true);
+    tracks.named.insert("patroni:main".into(), true);
+    let (tx, rx) = tokio::sync::watch::channel(tracks.clone());
+    let (status_tx, status_rx) = std::sync::mpsc::channel::<vrrp::InstanceStatus>();
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let worker = in_netns(&a, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let h = vrrp::spawn(cfg, rx)?;
+            // `true`: report status; `false` (or the test side gone): shut down.
+            while let Some(true) = cmd_rx.recv().await {
+                let _ = status_tx.send(h.status());
+            }
+            h.shutdown().await;
+            anyhow::Ok(())
+        })
+    })?;
+    let status = || -> anyhow::Result<vrrp::InstanceStatus> {
+        cmd_tx.send(true)?;
+        Ok(status_rx.recv_timeout(Duration::from_secs(2))?)
+    };
+    let vip = net.vip4();
+    net.converge_on(&a, &vip, CONVERGE)?;
+    let s = status()?;
+    anyhow::ensure!(
+        s.state == State::Master && s.effective_priority == 150,
+        "{s:?}"
+    );
+    wait_for("notify_master hook", Duration::from_secs(2), || {
+        marker.exists().then_some(())
+    })?;
+
+    tracks.named.insert("patroni:main".into(), false);
+    tx.send(tracks.clone())?;
+    let t = Instant::now();
+    net.converge_on(&b, &vip, Duration::from_secs(3))?;
+    println!(
+        "priority 150 -> 90 below keepalived's 120: VIP moved in {:?}",
+        t.elapsed()
+    );
+    let s = status()?;
+    anyhow::ensure!(
+        s.state == State::Backup && s.effective_priority == 90,
+        "{s:?}"
+    );
+    anyhow::ensure!(
+        s.master == Some("198.18.40.2".parse()?),
+        "master seen: {s:?}"
+    );
+
+    tracks.named.insert("patroni:main".into(), true);
+    tx.send(tracks.clone())?;
+    net.converge_on(&a, &vip, Duration::from_secs(3))?;
+
+    tracks.named.insert("xdp-attached".into(), false);
+    tx.send(tracks.clone())?;
+    let t = Instant::now();
+    net.converge_on(&b, &vip, Duration::from_secs(3))?;
+    let took = t.elapsed();
+    println!("fatal track failed: VIP moved in {took:?} (keepalived Skew_Time at 100 ms: 53 ms)");
+    let s = status()?;
+    anyhow::ensure!(s.state == State::Fault, "{s:?}");
+    anyhow::ensure!(
+        s.counters.transitions >= 5
+            && s.counters.adverts_sent > 0
+            && s.counters.adverts_received > 0,
+        "{s:?}"
+    );
+    println!("status: {}", serde_json::to_string(&s)?);
+    cmd_tx.send(false)?;
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    Ok(())
+}

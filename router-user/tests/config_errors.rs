@@ -548,3 +548,37 @@ fn vrrp_errors_name_the_instance_field() {
     let d = errors(&text);
     expect(&d, &text, "vrrp[0].intrface", "intrface", "unknown field");
 }
+
+#[test]
+fn tls_name_needs_https_and_a_dns_name() {
+    let text = BASE.replace(
+        "host = \"198.18.0.11\"",
+        "host = \"198.18.0.11\"\ntls_name = \"pg-a.example\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].node[0].tls_name",
+        "tls_name",
+        "https",
+    );
+
+    let text = BASE
+        .replace(
+            "name = \"pg1\"",
+            "name = \"pg1\"\n[cluster.api]\nscheme = \"https\"",
+        )
+        .replace(
+            "host = \"198.18.0.11\"",
+            "host = \"198.18.0.11\"\ntls_name = \"198.18.0.11\"",
+        );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].node[0].tls_name",
+        "tls_name",
+        "not a DNS name",
+    );
+}

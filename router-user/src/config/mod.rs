@@ -164,6 +164,10 @@ pub struct Node {
     pub api_port: u16,
     /// Only with `checks = "static"`.
     pub role: Option<StaticRole>,
+    /// HTTPS only: the name to send as SNI and verify in the node's certificate, for
+    /// certificates without an IP SAN. Mapped to `host` without DNS (HAProxy `check-sni` +
+    /// `verifyhost`).
+    pub tls_name: Option<String>,
 }
 
 /// A node's role when `checks = "static"`.

@@ -194,6 +194,7 @@ pub(super) struct Node {
     pub port: u16,
     pub api_port: Option<u16>,
     pub role: Option<StaticRole>,
+    pub tls_name: Option<String>,
 }
 
 fn d_pg_port() -> u16 {

@@ -344,6 +344,7 @@ fn cluster(ctx: &mut Ctx<'_>, ci: usize, c: raw::Cluster, dp: &Datapath) -> Clus
 
     let mut names = HashMap::new();
     let mut endpoints = HashMap::new();
+    let mut tls_names = HashMap::new();
     let mut primaries = 0;
     let mut nodes = Vec::new();
     for (ni, n) in c.node.into_iter().enumerate() {
@@ -384,12 +385,34 @@ fn cluster(ctx: &mut Ctx<'_>, ci: usize, c: raw::Cluster, dp: &Datapath) -> Clus
             (Checks::Static, Some(super::StaticRole::Primary)) => primaries += 1,
             _ => {}
         }
+        if let Some(t) = &n.tls_name {
+            if api.scheme != Scheme::Https {
+                ctx.err(
+                    at("tls_name"),
+                    "only meaningful with api.scheme = \"https\"",
+                );
+            }
+            let ok = !t.is_empty()
+                && t.len() <= 253
+                && t.parse::<IpAddr>().is_err()
+                && t.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !ok {
+                ctx.err(at("tls_name"), format!("{t:?} is not a DNS name"));
+            } else if let Some(prev) = tls_names.insert(t.to_ascii_lowercase(), ni) {
+                ctx.err(at("tls_name"), format!("same tls_name as node[{prev}]"));
+            }
+        }
         nodes.push(Node {
             name: n.name,
             host: n.host,
             port: n.port,
             api_port: n.api_port.unwrap_or(api.port),
             role: n.role,
+            tls_name: n.tls_name,
         });
     }
     if primaries > 1 {

@@ -28,6 +28,13 @@ pub fn client(cfg: &Cluster) -> Result<reqwest::Client, String> {
         .user_agent(concat!("pgrouter/", env!("CARGO_PKG_VERSION")))
         .no_proxy();
     if api.scheme == Scheme::Https {
+        // Certificates often carry DNS names only: connect to the configured address but
+        // verify (and send SNI for) the node's tls_name, without asking a resolver.
+        for n in &cfg.nodes {
+            if let Some(name) = &n.tls_name {
+                b = b.resolve(name, std::net::SocketAddr::new(n.host, n.api_port));
+            }
+        }
         if let Some(ca) = &api.ca_file {
             let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)
@@ -68,9 +75,10 @@ impl Target {
             Scheme::Http => "http",
             Scheme::Https => "https",
         };
-        let host = match node.host {
-            std::net::IpAddr::V4(a) => a.to_string(),
-            std::net::IpAddr::V6(a) => format!("[{a}]"),
+        let host = match (&node.tls_name, node.host) {
+            (Some(name), _) if cfg.api.scheme == Scheme::Https => name.clone(),
+            (_, std::net::IpAddr::V4(a)) => a.to_string(),
+            (_, std::net::IpAddr::V6(a)) => format!("[{a}]"),
         };
         Self {
             node: node.name.clone(),
@@ -235,4 +243,43 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
         parts.push(e.to_string());
     }
     format!("{kind}: {}", parts.join(": "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn cluster(api: &str, node_extra: &str) -> Cluster {
+        let text = format!(
+            "[[cluster]]\nname = \"pg\"\n{api}\n[[cluster.node]]\nname = \"a\"\n\
+             host = \"2001:db8::11\"\napi_port = 8443\n{node_extra}\n[[cluster.listener]]\n\
+             name = \"W\"\nvip = \"2001:db8::100\"\nport = 5000\nkind = \"primary\"\n"
+        );
+        match config::parse(&text, "t.toml") {
+            Ok(mut c) => c.clusters.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn urls_use_the_address_or_the_tls_name() {
+        let c = cluster("", "");
+        let t = Target::new(&c, &c.nodes[0], vec![CheckKind::Primary]);
+        assert_eq!(t.base, "http://[2001:db8::11]:8443");
+        let c = cluster(
+            "[cluster.api]\nscheme = \"https\"",
+            "tls_name = \"pg-a.db.example\"",
+        );
+        let t = Target::new(&c, &c.nodes[0], vec![CheckKind::Primary]);
+        assert_eq!(t.base, "https://pg-a.db.example:8443");
+        assert!(client(&c).is_ok());
+    }
+
+    #[test]
+    fn unreadable_ca_file_is_a_client_error() {
+        let mut c = cluster("[cluster.api]\nscheme = \"https\"", "");
+        c.api.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(client(&c).is_err_and(|e| e.contains("ca_file")));
+    }
 }

@@ -161,3 +161,14 @@ fn vrrp_only_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A parsed config serialises back to the same TOML keys and values (the status page shows it).
+#[test]
+fn serialises_round_trip() {
+    let c = parse("advert_int = \"100ms\"\npreempt_delay = 1.5").expect("valid");
+    let text = toml::to_string(&c).expect("serialise");
+    assert!(text.contains("advert_int = \"100ms\""), "{text}");
+    assert!(text.contains("preempt_delay = \"1500ms\""), "{text}");
+    let back: InstanceConfig = toml::from_str(&text).expect("parse back");
+    assert_eq!(back, c);
+}

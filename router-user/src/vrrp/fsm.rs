@@ -236,7 +236,9 @@ pub fn step(inst: &mut Instance, ev: Event, now: Instant) -> Vec<Action> {
         // §6.4.1: Startup in Initialize.
         (State::Initialize, Event::Startup) => inst.start(now, "startup", &mut out),
         // keepalived: a fatal track failing before or at startup keeps us in FAULT.
+        // Stale VIPs of an earlier, killed run go here too: FAULT holds none.
         (State::Initialize, Event::FaultSet) => {
+            out.push(Action::RemoveVips);
             inst.enter(State::Fault, now, "fault before startup".into(), &mut out);
         }
 

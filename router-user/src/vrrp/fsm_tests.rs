@@ -119,7 +119,7 @@ fn cases() -> Vec<Case> {
             before: inst(State::Initialize, |_| {}),
             event: Event::FaultSet,
             state: State::Fault,
-            actions: vec![Notify(State::Fault)],
+            actions: vec![RemoveVips, Notify(State::Fault)],
         },
         Case {
             name: "§6.4.2 master down timer: become master",

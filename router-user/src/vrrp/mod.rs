@@ -45,8 +45,22 @@ pub enum StateHint {
 
 /// A duration written as `"1s"`, `"100ms"`, `"1.5s"`, or a number of seconds (`1`, `0.1`),
 /// so keepalived's `advert_int 0.1` carries over unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interval(pub Duration);
+
+/// Written back in the shortest exact unit ("1s", "100ms", "1500us").
+impl serde::Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let us = self.0.as_micros();
+        if us.is_multiple_of(1_000_000) {
+            s.collect_str(&format_args!("{}s", us / 1_000_000))
+        } else if us.is_multiple_of(1_000) {
+            s.collect_str(&format_args!("{}ms", us / 1_000))
+        } else {
+            s.collect_str(&format_args!("{us}us"))
+        }
+    }
+}
 
 impl FromStr for Interval {
     type Err = String;

@@ -126,7 +126,12 @@ pub fn run(args: LabArgs) -> Result<()> {
         _ => Some(util::lock("lab", Duration::from_secs(600))?),
     };
     match action {
-        Action::Up { ttl, loop_wait, retry_timeout, timeout } => {
+        Action::Up {
+            ttl,
+            loop_wait,
+            retry_timeout,
+            timeout,
+        } => {
             let mut t = lab.timing;
             t.ttl = ttl.unwrap_or(t.ttl);
             t.loop_wait = loop_wait.unwrap_or(t.loop_wait);
@@ -140,7 +145,11 @@ pub fn run(args: LabArgs) -> Result<()> {
             println!("{} {}", l.name, l.host);
         }
         Action::WaitHealthy { replicas, timeout } => {
-            print!("{}", lab.wait_healthy(replicas, Duration::from_secs(timeout))?.summary());
+            print!(
+                "{}",
+                lab.wait_healthy(replicas, Duration::from_secs(timeout))?
+                    .summary()
+            );
         }
         Action::Switchover { candidate, no_wait } => {
             lab.switchover(candidate.as_deref(), !no_wait)?;
@@ -166,11 +175,19 @@ pub fn run(args: LabArgs) -> Result<()> {
             lab.unlag(node.as_deref())?;
         }
         Action::Spawn { ns, name, cmd } => {
-            let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) { cmd[1..].to_vec() } else { cmd };
+            let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) {
+                cmd[1..].to_vec()
+            } else {
+                cmd
+            };
             lab.spawn(&ns, &name, &cmd)?;
         }
         Action::KillProc { name, signal } => {
-            let sig = match signal.trim_start_matches("SIG").to_ascii_uppercase().as_str() {
+            let sig = match signal
+                .trim_start_matches("SIG")
+                .to_ascii_uppercase()
+                .as_str()
+            {
                 "TERM" => libc::SIGTERM,
                 "KILL" => libc::SIGKILL,
                 "INT" => libc::SIGINT,
@@ -189,7 +206,11 @@ pub fn run(args: LabArgs) -> Result<()> {
             other => anyhow::bail!("link state must be up or down, not {other:?}"),
         },
         Action::Exec { ns, cmd } => {
-            let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) { cmd[1..].to_vec() } else { cmd };
+            let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) {
+                cmd[1..].to_vec()
+            } else {
+                cmd
+            };
             let code = lab.exec(&ns, &cmd)?;
             std::process::exit(code);
         }

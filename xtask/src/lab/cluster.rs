@@ -58,13 +58,34 @@ impl Host {
 }
 
 pub const HOSTS: [Host; 7] = [
-    Host { name: "etcd", addr: "198.18.0.5" },
-    Host { name: "pg1", addr: "198.18.0.11" },
-    Host { name: "pg2", addr: "198.18.0.12" },
-    Host { name: "pg3", addr: "198.18.0.13" },
-    Host { name: "edge1", addr: "198.18.0.21" },
-    Host { name: "edge2", addr: "198.18.0.22" },
-    Host { name: "client", addr: "198.18.0.30" },
+    Host {
+        name: "etcd",
+        addr: "198.18.0.5",
+    },
+    Host {
+        name: "pg1",
+        addr: "198.18.0.11",
+    },
+    Host {
+        name: "pg2",
+        addr: "198.18.0.12",
+    },
+    Host {
+        name: "pg3",
+        addr: "198.18.0.13",
+    },
+    Host {
+        name: "edge1",
+        addr: "198.18.0.21",
+    },
+    Host {
+        name: "edge2",
+        addr: "198.18.0.22",
+    },
+    Host {
+        name: "client",
+        addr: "198.18.0.30",
+    },
 ];
 pub const PG_NODES: [&str; 3] = ["pg1", "pg2", "pg3"];
 pub const EDGES: [&str; 2] = ["edge1", "edge2"];
@@ -80,7 +101,11 @@ pub fn host(name: &str) -> Result<Host> {
 /// Accepts `2`, `pg2` or `pgrlab-pg2`; returns `pg2`.
 pub fn node_name(arg: &str) -> Result<&'static str> {
     let a = arg.trim_start_matches("pgrlab-");
-    let a = if a.chars().all(|c| c.is_ascii_digit()) { format!("pg{a}") } else { a.to_string() };
+    let a = if a.chars().all(|c| c.is_ascii_digit()) {
+        format!("pg{a}")
+    } else {
+        a.to_string()
+    };
     PG_NODES
         .iter()
         .copied()
@@ -104,7 +129,11 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { ttl: 20, loop_wait: 1, retry_timeout: 4 }
+        Timing {
+            ttl: 20,
+            loop_wait: 1,
+            retry_timeout: 4,
+        }
     }
 }
 
@@ -114,7 +143,10 @@ impl Timing {
         let mut t = Timing::default();
         let get = |k: &str, d: u32| -> Result<u32> {
             match std::env::var(k) {
-                Ok(v) => v.trim().parse().with_context(|| format!("{k}={v:?} is not a number")),
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{k}={v:?} is not a number")),
                 Err(_) => Ok(d),
             }
         };
@@ -173,13 +205,18 @@ pub struct ClusterState {
 
 impl ClusterState {
     pub fn leader(&self) -> Option<&Member> {
-        self.members.iter().find(|m| m.is_leader() && m.state == "running")
+        self.members
+            .iter()
+            .find(|m| m.is_leader() && m.state == "running")
     }
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
     }
     pub fn streaming_replicas(&self) -> Vec<&Member> {
-        self.members.iter().filter(|m| m.is_replica() && m.state == "streaming").collect()
+        self.members
+            .iter()
+            .filter(|m| m.is_replica() && m.state == "streaming")
+            .collect()
     }
     pub fn summary(&self) -> String {
         let mut s = format!(
@@ -231,7 +268,10 @@ pub struct Lab {
 
 impl Default for Lab {
     fn default() -> Self {
-        Lab { dir: PathBuf::from(LAB_DIR), timing: Timing::default() }
+        Lab {
+            dir: PathBuf::from(LAB_DIR),
+            timing: Timing::default(),
+        }
     }
 }
 
@@ -239,7 +279,10 @@ const REST_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Lab {
     pub fn new(timing: Timing) -> Self {
-        Lab { dir: PathBuf::from(LAB_DIR), timing }
+        Lab {
+            dir: PathBuf::from(LAB_DIR),
+            timing,
+        }
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -285,9 +328,12 @@ impl Lab {
             // pg1 bootstraps first so the initial leader is deterministic.
             self.start_node_process("pg1")?;
             let left = timeout.saturating_sub(start.elapsed());
-            wait_for("pg1 to bootstrap and become leader", left, Duration::from_millis(500), || {
-                Ok(self.cluster()?.leader().map(|_| ()))
-            })?;
+            wait_for(
+                "pg1 to bootstrap and become leader",
+                left,
+                Duration::from_millis(500),
+                || Ok(self.cluster()?.leader().map(|_| ())),
+            )?;
             println!("lab: pg1 is leader after {:.1?}", start.elapsed());
             self.start_node_process("pg2")?;
             self.start_node_process("pg3")?;
@@ -301,7 +347,11 @@ impl Lab {
             return Err(e.context("lab up failed (logs above; `cargo xtask lab down` cleans up)"));
         }
         let took = t0.elapsed();
-        println!("lab: up in {:.1?} ({:.1?} without installing)", took, start.elapsed());
+        println!(
+            "lab: up in {:.1?} ({:.1?} without installing)",
+            took,
+            start.elapsed()
+        );
         println!("{}", self.connect_help());
         Ok(took)
     }
@@ -328,7 +378,10 @@ impl Lab {
                 fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
             }
-            run(&mut cmd("chown", ["-R", "postgres:postgres", &d.to_string_lossy()]))?;
+            run(&mut cmd(
+                "chown",
+                ["-R", "postgres:postgres", &d.to_string_lossy()],
+            ))?;
         }
         Ok(())
     }
@@ -337,10 +390,32 @@ impl Lab {
         let t = Instant::now();
         run(&mut cmd(
             "ip",
-            ["link", "add", "name", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"],
+            [
+                "link",
+                "add",
+                "name",
+                BRIDGE,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            ],
         ))?;
         disable_ipv6_root(BRIDGE);
-        run(&mut cmd("ip", ["addr", "add", &format!("{BRIDGE_ADDR}/{PREFIX_LEN}"), "dev", BRIDGE]))?;
+        run(&mut cmd(
+            "ip",
+            [
+                "addr",
+                "add",
+                &format!("{BRIDGE_ADDR}/{PREFIX_LEN}"),
+                "dev",
+                BRIDGE,
+            ],
+        ))?;
         run(&mut cmd("ip", ["link", "set", BRIDGE, "up"]))?;
         for h in HOSTS {
             let ns = h.ns();
@@ -349,13 +424,32 @@ impl Lab {
             // No IPv6 at all (not even link-local): lab traffic stays in 198.18.0.0/24.
             let _ = ns_sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1");
             let _ = ns_sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1");
-            run(&mut cmd("ip", ["link", "add", &hv, "type", "veth", "peer", "name", "eth0", "netns", &ns]))?;
+            run(&mut cmd(
+                "ip",
+                [
+                    "link", "add", &hv, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            ))?;
             disable_ipv6_root(&hv);
             run(&mut cmd("ip", ["link", "set", &hv, "master", BRIDGE]))?;
             run(&mut cmd("ip", ["link", "set", &hv, "up"]))?;
             run(&mut cmd("ethtool", ["-K", &hv, "tx", "off"]))?;
-            run(&mut cmd("ip", ["-n", &ns, "link", "set", "eth0", "address", &h.mac()]))?;
-            run(&mut cmd("ip", ["-n", &ns, "addr", "add", &format!("{}/{PREFIX_LEN}", h.addr), "dev", "eth0"]))?;
+            run(&mut cmd(
+                "ip",
+                ["-n", &ns, "link", "set", "eth0", "address", &h.mac()],
+            ))?;
+            run(&mut cmd(
+                "ip",
+                [
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{}/{PREFIX_LEN}", h.addr),
+                    "dev",
+                    "eth0",
+                ],
+            ))?;
             run(&mut cmd("ip", ["-n", &ns, "link", "set", "eth0", "up"]))?;
             run(&mut cmd("ip", ["-n", &ns, "link", "set", "lo", "up"]))?;
             run(&mut ns_cmd(&ns, ["ethtool", "-K", "eth0", "tx", "off"]))?;
@@ -369,7 +463,11 @@ impl Lab {
         println!(
             "lab: network up in {:.1?}: bridge {BRIDGE} ({BRIDGE_ADDR}/{PREFIX_LEN}), namespaces {}",
             t.elapsed(),
-            HOSTS.iter().map(|h| format!("{}={}", h.ns(), h.addr)).collect::<Vec<_>>().join(" ")
+            HOSTS
+                .iter()
+                .map(|h| format!("{}={}", h.ns(), h.addr))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         Ok(())
     }
@@ -409,13 +507,25 @@ impl Lab {
         c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         let pid = spawn_daemon(c, &self.etcd_log(), &self.pidfile("etcd"), &self.dir)?;
         println!("lab: etcd started (pid {pid}) on {client}");
-        wait_for("etcd /health", Duration::from_secs(30), Duration::from_millis(200), || {
-            if !pid_alive(pid) {
-                bail!("etcd exited: {}", tail(&self.etcd_log(), 15));
-            }
-            let (code, body) = http(CLIENT_NS, &format!("{ETCD_ADDR}:2379"), "GET", "/health", None, REST_TIMEOUT)?;
-            Ok((code == 200 && body.contains("true")).then_some(()))
-        })
+        wait_for(
+            "etcd /health",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                if !pid_alive(pid) {
+                    bail!("etcd exited: {}", tail(&self.etcd_log(), 15));
+                }
+                let (code, body) = http(
+                    CLIENT_NS,
+                    &format!("{ETCD_ADDR}:2379"),
+                    "GET",
+                    "/health",
+                    None,
+                    REST_TIMEOUT,
+                )?;
+                Ok((code == 200 && body.contains("true")).then_some(()))
+            },
+        )
     }
 
     fn write_config(&self, node: &str) -> Result<()> {
@@ -437,7 +547,10 @@ impl Lab {
         let p = self.config_path(node);
         fs::write(&p, cfg).with_context(|| format!("write {}", p.display()))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600))?;
-        run(&mut cmd("chown", ["postgres:postgres", &p.to_string_lossy()]))?;
+        run(&mut cmd(
+            "chown",
+            ["postgres:postgres", &p.to_string_lossy()],
+        ))?;
         Ok(())
     }
 
@@ -451,7 +564,10 @@ impl Lab {
         let h = host(node)?;
         let nd = self.node_dir(node);
         if !self.config_path(node).exists() {
-            bail!("{node}: {} missing: is the lab up?", self.config_path(node).display());
+            bail!(
+                "{node}: {} missing: is the lab up?",
+                self.config_path(node).display()
+            );
         }
         let mut c = ns_cmd(
             &h.ns(),
@@ -474,7 +590,10 @@ impl Lab {
             .env("LC_ALL", "C.UTF-8")
             .env("PYTHONUNBUFFERED", "1");
         let pid = spawn_daemon(c, &self.patroni_log(node), &self.pidfile(node), &nd)?;
-        println!("lab: {node}: Patroni started (pid {pid}) REST http://{}:8008 PostgreSQL {}:5432", h.addr, h.addr);
+        println!(
+            "lab: {node}: Patroni started (pid {pid}) REST http://{}:8008 PostgreSQL {}:5432",
+            h.addr, h.addr
+        );
         Ok(pid)
     }
 
@@ -493,7 +612,11 @@ impl Lab {
         let mut did = false;
         // 0. Thaw anything frozen by lag-replica so shutdowns don't hang.
         let list = run(&mut cmd("ip", ["netns", "list"])).unwrap_or_default();
-        for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with("pgrlab-")) {
+        for ns in list
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with("pgrlab-"))
+        {
             for p in netns_pids(ns) {
                 signal(p, libc::SIGCONT);
             }
@@ -503,20 +626,32 @@ impl Lab {
         let mut spawned = vec![];
         for e in fs::read_dir(self.run_dir()).into_iter().flatten().flatten() {
             let f = e.file_name().to_string_lossy().into_owned();
-            let Some(name) = f.strip_suffix(".pid") else { continue };
+            let Some(name) = f.strip_suffix(".pid") else {
+                continue;
+            };
             if name == "etcd" || PG_NODES.contains(&name) {
                 continue;
             }
-            let Ok(pid) = fs::read_to_string(e.path()).unwrap_or_default().trim().parse::<i32>() else { continue };
+            let Ok(pid) = fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .trim()
+                .parse::<i32>()
+            else {
+                continue;
+            };
             // Only if it still runs in one of our namespaces (PID reuse guard).
-            let in_lab = fs::read_link(format!("/proc/{pid}/ns/net")).ok().is_some_and(|l| {
-                HOSTS.iter().any(|h| {
-                    fs::metadata(format!("/run/netns/{}", h.ns())).ok().is_some_and(|m| {
-                        use std::os::unix::fs::MetadataExt;
-                        l.to_string_lossy() == format!("net:[{}]", m.ino())
+            let in_lab = fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .is_some_and(|l| {
+                    HOSTS.iter().any(|h| {
+                        fs::metadata(format!("/run/netns/{}", h.ns()))
+                            .ok()
+                            .is_some_and(|m| {
+                                use std::os::unix::fs::MetadataExt;
+                                l.to_string_lossy() == format!("net:[{}]", m.ino())
+                            })
                     })
-                })
-            });
+                });
             if pid_alive(pid) && in_lab {
                 println!("lab: stopping {name} (pid {pid})");
                 signal(pid, libc::SIGTERM);
@@ -577,7 +712,10 @@ impl Lab {
         // 3. Root-namespace links (bridge, veth ends whose peer survived).
         let links = run(&mut cmd("ip", ["-o", "link", "show"])).unwrap_or_default();
         for l in links.lines() {
-            if let Some(name) = l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+            if let Some(name) = l
+                .split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
                 && name.starts_with("pgrlab-")
             {
                 did = true;
@@ -588,10 +726,14 @@ impl Lab {
         //    line 7 of postmaster.pid); all our processes are gone by now.
         for n in PG_NODES {
             let pm = self.node_dir(n).join("data/postmaster.pid");
-            let Ok(text) = fs::read_to_string(&pm) else { continue };
+            let Ok(text) = fs::read_to_string(&pm) else {
+                continue;
+            };
             let mut f = text.lines().nth(6).unwrap_or("").split_whitespace();
-            let (Some(Ok(key)), Some(Ok(id))) = (f.next().map(str::parse::<i32>), f.next().map(str::parse::<i32>))
-            else {
+            let (Some(Ok(key)), Some(Ok(id))) = (
+                f.next().map(str::parse::<i32>),
+                f.next().map(str::parse::<i32>),
+            ) else {
                 continue;
             };
             // SAFETY: IPC_STAT fills a zeroed shmid_ds; IPC_RMID only when the
@@ -610,11 +752,19 @@ impl Lab {
         // 5. Lab dir (data, logs, pidfiles).
         if self.dir.exists() {
             did = true;
-            fs::remove_dir_all(&self.dir).with_context(|| format!("rm -r {}", self.dir.display()))?;
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("rm -r {}", self.dir.display()))?;
         }
         if did {
-            let what = if verbose { "removed" } else { "removed leftovers of an earlier lab:" };
-            println!("lab: {what} processes, namespaces pgrlab-*, bridge {BRIDGE}, {}", self.dir.display());
+            let what = if verbose {
+                "removed"
+            } else {
+                "removed leftovers of an earlier lab:"
+            };
+            println!(
+                "lab: {what} processes, namespaces pgrlab-*, bridge {BRIDGE}, {}",
+                self.dir.display()
+            );
         } else if verbose {
             println!("lab: nothing was up");
         }
@@ -639,7 +789,14 @@ impl Lab {
         let mut errs = vec![];
         for n in PG_NODES {
             let h = host(n)?;
-            match http(CLIENT_NS, &format!("{}:8008", h.addr), "GET", "/cluster", None, REST_TIMEOUT) {
+            match http(
+                CLIENT_NS,
+                &format!("{}:8008", h.addr),
+                "GET",
+                "/cluster",
+                None,
+                REST_TIMEOUT,
+            ) {
                 Ok((200, body)) => return ClusterState::parse(&body),
                 Ok((code, body)) => errs.push(format!("{n}: HTTP {code} {}", body.trim())),
                 Err(e) => errs.push(format!("{n}: {e:#}")),
@@ -651,7 +808,9 @@ impl Lab {
     /// Current leader (name, address).
     pub fn leader(&self) -> Result<Member> {
         let st = self.cluster()?;
-        st.leader().cloned().ok_or_else(|| anyhow!("no running leader:\n{}", st.summary()))
+        st.leader()
+            .cloned()
+            .ok_or_else(|| anyhow!("no running leader:\n{}", st.summary()))
     }
 
     /// Waits for a running leader and at least `replicas` streaming replicas.
@@ -668,11 +827,17 @@ impl Lab {
                 last = st.clone();
                 if last_print.elapsed() > Duration::from_secs(10) {
                     last_print = Instant::now();
-                    let desc: Vec<String> =
-                        st.members.iter().map(|m| format!("{}={}/{}", m.name, m.role, m.state)).collect();
+                    let desc: Vec<String> = st
+                        .members
+                        .iter()
+                        .map(|m| format!("{}={}/{}", m.name, m.role, m.state))
+                        .collect();
                     println!("lab: waiting ({:.0?}): {}", start.elapsed(), desc.join(" "));
                 }
-                Ok((st.leader().is_some() && st.streaming_replicas().len() >= replicas).then_some(st))
+                Ok(
+                    (st.leader().is_some() && st.streaming_replicas().len() >= replicas)
+                        .then_some(st),
+                )
             },
         );
         res.map_err(|e| e.context(format!("cluster was:\n{}", last.summary())))
@@ -686,16 +851,32 @@ impl Lab {
             .filter(|n| n.starts_with("pgrlab-"))
             .collect();
         if nss.is_empty() && !self.dir.exists() {
-            println!("lab: down (no pgrlab-* namespaces, no {})", self.dir.display());
+            println!(
+                "lab: down (no pgrlab-* namespaces, no {})",
+                self.dir.display()
+            );
             return Ok(());
         }
-        println!("namespaces: {}", if nss.is_empty() { "(none)".to_string() } else { nss.join(" ") });
+        println!(
+            "namespaces: {}",
+            if nss.is_empty() {
+                "(none)".to_string()
+            } else {
+                nss.join(" ")
+            }
+        );
         for h in HOSTS {
             println!("  {:<14} {}", h.ns(), h.addr);
         }
-        let alive = |p: Option<i32>| p.map(|p| format!("pid {p}")).unwrap_or_else(|| "not running".into());
+        let alive = |p: Option<i32>| {
+            p.map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "not running".into())
+        };
         println!("processes:");
-        println!("  etcd          {}", alive(pidfile_alive(&self.pidfile("etcd"), "etcd")));
+        println!(
+            "  etcd          {}",
+            alive(pidfile_alive(&self.pidfile("etcd"), "etcd"))
+        );
         for n in PG_NODES {
             println!(
                 "  {n} patroni   {:<14} postgres {}",
@@ -710,7 +891,12 @@ impl Lab {
         if self.config_path("pg1").exists() && nss.contains(&CLIENT_NS) {
             let mut c = ns_cmd(
                 CLIENT_NS,
-                [&format!("{VENV}/bin/patronictl"), "-c", &self.config_path("pg1").to_string_lossy(), "list"],
+                [
+                    &format!("{VENV}/bin/patronictl"),
+                    "-c",
+                    &self.config_path("pg1").to_string_lossy(),
+                    "list",
+                ],
             );
             match run(&mut c) {
                 Ok(out) => print!("patronictl list:\n{out}"),
@@ -721,10 +907,22 @@ impl Lab {
     }
 
     pub fn print_log_tails(&self) {
-        eprintln!("==== {} (tail)\n{}", self.etcd_log().display(), tail(&self.etcd_log(), 20));
+        eprintln!(
+            "==== {} (tail)\n{}",
+            self.etcd_log().display(),
+            tail(&self.etcd_log(), 10)
+        );
         for n in PG_NODES {
-            eprintln!("==== {} (tail)\n{}", self.patroni_log(n).display(), tail(&self.patroni_log(n), 25));
-            eprintln!("==== {} (tail)\n{}", self.pg_log(n).display(), tail(&self.pg_log(n), 15));
+            eprintln!(
+                "==== {} (tail)\n{}",
+                self.patroni_log(n).display(),
+                tail(&self.patroni_log(n), 25)
+            );
+            eprintln!(
+                "==== {} (tail)\n{}",
+                self.pg_log(n).display(),
+                tail(&self.pg_log(n), 15)
+            );
         }
     }
 
@@ -735,7 +933,10 @@ impl Lab {
     /// leader streams again.
     pub fn switchover(&self, candidate: Option<&str>, wait: bool) -> Result<(String, String)> {
         let before = self.cluster()?;
-        let old = before.leader().ok_or_else(|| anyhow!("no leader:\n{}", before.summary()))?.clone();
+        let old = before
+            .leader()
+            .ok_or_else(|| anyhow!("no leader:\n{}", before.summary()))?
+            .clone();
         let replicas = before.streaming_replicas().len();
         let body = match candidate {
             Some(c) => serde_json::json!({ "leader": old.name, "candidate": node_name(c)? }),
@@ -744,15 +945,30 @@ impl Lab {
         .to_string();
         let addr = format!("{}:8008", host(&old.name)?.addr);
         println!("lab: switchover: POST http://{addr}/switchover {body}");
-        let (code, resp) = http(CLIENT_NS, &addr, "POST", "/switchover", Some(&body), Duration::from_secs(60))?;
+        let (code, resp) = http(
+            CLIENT_NS,
+            &addr,
+            "POST",
+            "/switchover",
+            Some(&body),
+            Duration::from_secs(60),
+        )?;
         if code != 200 {
             bail!("switchover refused: HTTP {code}: {}", resp.trim());
         }
         println!("lab: switchover: {}", resp.trim());
-        let new = wait_for("a new leader", Duration::from_secs(60), Duration::from_millis(300), || {
-            let st = self.cluster()?;
-            Ok(st.leader().filter(|l| l.name != old.name).map(|l| l.name.clone()))
-        })?;
+        let new = wait_for(
+            "a new leader",
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            || {
+                let st = self.cluster()?;
+                Ok(st
+                    .leader()
+                    .filter(|l| l.name != old.name)
+                    .map(|l| l.name.clone()))
+            },
+        )?;
         println!("lab: switchover: leader {} -> {new}", old.name);
         if wait {
             let st = self.wait_healthy(replicas, Duration::from_secs(90))?;
@@ -782,7 +998,10 @@ impl Lab {
         if !wait_gone(&pids, Duration::from_secs(10)) {
             bail!("{}: processes {pids:?} survived SIGKILL", h.name);
         }
-        println!("lab: {}: SIGKILLed Patroni+PostgreSQL pids {pids:?}", h.name);
+        println!(
+            "lab: {}: SIGKILLed Patroni+PostgreSQL pids {pids:?}",
+            h.name
+        );
         Ok(pids)
     }
 
@@ -794,10 +1013,22 @@ impl Lab {
         let t = Instant::now();
         self.kill_node(&l.name)?;
         if wait {
-            let new = wait_for("a new leader after kill", Duration::from_secs(90), Duration::from_millis(250), || {
-                Ok(self.cluster().ok().and_then(|st| st.leader().filter(|m| m.name != l.name).map(|m| m.name.clone())))
-            })?;
-            println!("lab: kill-primary: new leader {new} after {:.1?}", t.elapsed());
+            let new = wait_for(
+                "a new leader after kill",
+                Duration::from_secs(90),
+                Duration::from_millis(250),
+                || {
+                    Ok(self.cluster().ok().and_then(|st| {
+                        st.leader()
+                            .filter(|m| m.name != l.name)
+                            .map(|m| m.name.clone())
+                    }))
+                },
+            )?;
+            println!(
+                "lab: kill-primary: new leader {new} after {:.1?}",
+                t.elapsed()
+            );
         }
         Ok(l.name)
     }
@@ -812,18 +1043,34 @@ impl Lab {
         self.start_node_process(n)?;
         if wait {
             let t = Instant::now();
-            let st = wait_for(&format!("{n} to run"), Duration::from_secs(120), Duration::from_millis(500), || {
-                let st = self.cluster()?;
-                Ok(st
-                    .member(n)
-                    .filter(|m| (m.is_leader() && m.state == "running") || m.state == "streaming")
-                    .map(|_| st.clone()))
-            })
+            let st = wait_for(
+                &format!("{n} to run"),
+                Duration::from_secs(120),
+                Duration::from_millis(500),
+                || {
+                    let st = self.cluster()?;
+                    Ok(st
+                        .member(n)
+                        .filter(|m| {
+                            (m.is_leader() && m.state == "running") || m.state == "streaming"
+                        })
+                        .map(|_| st.clone()))
+                },
+            )
             .inspect_err(|_| {
-                eprintln!("==== {} (tail)\n{}", self.patroni_log(n).display(), tail(&self.patroni_log(n), 30))
+                eprintln!(
+                    "==== {} (tail)\n{}",
+                    self.patroni_log(n).display(),
+                    tail(&self.patroni_log(n), 30)
+                )
             })?;
             let m = st.member(n).unwrap();
-            println!("lab: {n} is {}/{} after {:.1?}", m.role, m.state, t.elapsed());
+            println!(
+                "lab: {n} is {}/{} after {:.1?}",
+                m.role,
+                m.state,
+                t.elapsed()
+            );
         }
         Ok(())
     }
@@ -874,8 +1121,11 @@ impl Lab {
 
     /// Starts every node whose Patroni is not running. Returns their names.
     pub fn start_stopped(&self, wait: bool) -> Result<Vec<String>> {
-        let stopped: Vec<String> =
-            PG_NODES.iter().filter(|n| self.patroni_pid(n).is_none()).map(|n| n.to_string()).collect();
+        let stopped: Vec<String> = PG_NODES
+            .iter()
+            .filter(|n| self.patroni_pid(n).is_none())
+            .map(|n| n.to_string())
+            .collect();
         for n in &stopped {
             self.start_node_process(n)?;
         }
@@ -910,19 +1160,32 @@ impl Lab {
                 sql,
             ],
         );
-        c.env("PGPASSWORD", SUPERUSER_PASSWORD).env("PGCONNECT_TIMEOUT", "5");
+        c.env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "5");
         run(&mut c).map(|s| s.trim().to_string())
     }
 
     /// PIDs and titles of the children of node `node`'s postmaster.
     pub fn postmaster_children(&self, node: &str) -> Vec<(i32, String)> {
-        let Some(pm) = self.postmaster_pid(node) else { return vec![] };
+        let Some(pm) = self.postmaster_pid(node) else {
+            return vec![];
+        };
         let mut out = vec![];
         for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-            let ppid: i32 = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let ppid: i32 = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
             if ppid == pm {
                 out.push((pid, cmdline(pid)));
             }
@@ -931,7 +1194,10 @@ impl Lab {
     }
 
     fn startup_pid(&self, node: &str) -> Option<i32> {
-        self.postmaster_children(node).into_iter().find(|(_, c)| c.contains("startup")).map(|(p, _)| p)
+        self.postmaster_children(node)
+            .into_iter()
+            .find(|(_, c)| c.contains("startup"))
+            .map(|(p, _)| p)
     }
 
     /// Makes replica `node` lag in replay: freezes its startup (WAL replay)
@@ -946,16 +1212,21 @@ impl Lab {
     pub fn lag_replica(&self, node: &str, mb: u32) -> Result<u64> {
         let n = node_name(node)?;
         let st = self.cluster()?;
-        let leader = st.leader().ok_or_else(|| anyhow!("no leader:\n{}", st.summary()))?.clone();
+        let leader = st
+            .leader()
+            .ok_or_else(|| anyhow!("no leader:\n{}", st.summary()))?
+            .clone();
         if leader.name == n {
             bail!("{n} is the leader; lag-replica needs a replica");
         }
         let h = host(n)?;
-        let startup = self
-            .startup_pid(n)
-            .ok_or_else(|| anyhow!("{n}: no startup (recovery) process found: is it a running replica?"))?;
+        let startup = self.startup_pid(n).ok_or_else(|| {
+            anyhow!("{n}: no startup (recovery) process found: is it a running replica?")
+        })?;
         signal(startup, libc::SIGSTOP);
-        println!("lab: lag-replica: WAL replay on {n} frozen (SIGSTOP startup process pid {startup})");
+        println!(
+            "lab: lag-replica: WAL replay on {n} frozen (SIGSTOP startup process pid {startup})"
+        );
         let rows = mb as u64 * 1024;
         let t = Instant::now();
         self.psql(
@@ -965,7 +1236,11 @@ impl Lab {
                  INSERT INTO pgrlab_lag SELECT repeat(md5(g::text), 32) FROM generate_series(1, {rows}) g"
             ),
         )?;
-        println!("lab: lag-replica: wrote ~{mb} MB on leader {} in {:.1?}", leader.name, t.elapsed());
+        println!(
+            "lab: lag-replica: wrote ~{mb} MB on leader {} in {:.1?}",
+            leader.name,
+            t.elapsed()
+        );
         let threshold = format!("{}MB", (mb / 2).max(1));
         let addr = format!("{}:8008", h.addr);
         wait_for(
@@ -973,7 +1248,14 @@ impl Lab {
             Duration::from_secs(30),
             Duration::from_millis(300),
             || {
-                let (code, _) = http(CLIENT_NS, &addr, "GET", &format!("/replica?lag={threshold}"), None, REST_TIMEOUT)?;
+                let (code, _) = http(
+                    CLIENT_NS,
+                    &addr,
+                    "GET",
+                    &format!("/replica?lag={threshold}"),
+                    None,
+                    REST_TIMEOUT,
+                )?;
                 Ok((code == 503).then_some(()))
             },
         )?;
@@ -1017,10 +1299,22 @@ impl Lab {
             }
             println!("lab: unlag: WAL replay on {n} resumed (SIGCONT {stopped:?})");
             let addr = format!("{}:8008", host(n)?.addr);
-            wait_for(&format!("{n} to catch up"), Duration::from_secs(60), Duration::from_millis(300), || {
-                let (code, _) = http(CLIENT_NS, &addr, "GET", "/replica?lag=1MB", None, REST_TIMEOUT)?;
-                Ok((code == 200).then_some(()))
-            })?;
+            wait_for(
+                &format!("{n} to catch up"),
+                Duration::from_secs(60),
+                Duration::from_millis(300),
+                || {
+                    let (code, _) = http(
+                        CLIENT_NS,
+                        &addr,
+                        "GET",
+                        "/replica?lag=1MB",
+                        None,
+                        REST_TIMEOUT,
+                    )?;
+                    Ok((code == 200).then_some(()))
+                },
+            )?;
             println!("lab: unlag: {n} caught up");
             resumed.push(n.to_string());
         }
@@ -1037,7 +1331,11 @@ impl Lab {
     /// pgrouter on an edge. `down` stops it with the namespace. Returns the PID.
     pub fn spawn(&self, ns: &str, name: &str, argv: &[String]) -> Result<i32> {
         let ns = ns_name(ns)?;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             bail!("spawn: name {name:?} must be [A-Za-z0-9_-]+");
         }
         if PG_NODES.contains(&name) || name == "etcd" {
@@ -1056,7 +1354,10 @@ impl Lab {
         let log = self.dir.join(format!("{name}.log"));
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let pid = spawn_daemon(ns_cmd(&ns, argv), &log, &pidfile, &cwd)?;
-        println!("lab: spawned {name} in {ns} (pid {pid}), log {}", log.display());
+        println!(
+            "lab: spawned {name} in {ns} (pid {pid}), log {}",
+            log.display()
+        );
         Ok(pid)
     }
 
@@ -1069,7 +1370,10 @@ impl Lab {
             println!("lab: {name}: no pidfile {}", pidfile.display());
             return Ok(false);
         };
-        let pid: i32 = text.trim().parse().with_context(|| format!("bad pidfile {}", pidfile.display()))?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .with_context(|| format!("bad pidfile {}", pidfile.display()))?;
         if !pid_alive(pid) {
             println!("lab: {name} (pid {pid}) is not running");
             return Ok(false);
@@ -1094,8 +1398,14 @@ impl Lab {
         let ns = ns_name(ns)?;
         let name = ns.trim_start_matches("pgrlab-");
         let hv = host(name)?.host_veth();
-        run(&mut cmd("ip", ["link", "set", &hv, if up { "up" } else { "down" }]))?;
-        println!("lab: link {hv} (to {ns} eth0) {}", if up { "up" } else { "down" });
+        run(&mut cmd(
+            "ip",
+            ["link", "set", &hv, if up { "up" } else { "down" }],
+        ))?;
+        println!(
+            "lab: link {hv} (to {ns} eth0) {}",
+            if up { "up" } else { "down" }
+        );
         Ok(())
     }
 
@@ -1107,7 +1417,9 @@ impl Lab {
             bail!("exec: no command given (usage: cargo xtask lab exec {ns} -- cmd args…)");
         }
         let mut c = ns_cmd(&ns, argv);
-        let st = c.status().with_context(|| format!("could not run `{}`", show(&c)))?;
+        let st = c
+            .status()
+            .with_context(|| format!("could not run `{}`", show(&c)))?;
         Ok(st.code().unwrap_or(128 + 9))
     }
 }
@@ -1120,7 +1432,10 @@ fn spawn_daemon(mut c: Command, log: &Path, pidfile: &Path, cwd: &Path) -> Resul
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
-    c.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).current_dir(cwd);
+    c.stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .current_dir(cwd);
     // SAFETY: setsid is async-signal-safe; detaches from our terminal/session
     // so Ctrl-C on cargo does not reach the daemon.
     unsafe {
@@ -1130,9 +1445,12 @@ fn spawn_daemon(mut c: Command, log: &Path, pidfile: &Path, cwd: &Path) -> Resul
         });
     }
     let desc = show(&c);
-    let child = c.spawn().with_context(|| format!("could not start `{desc}`"))?;
+    let child = c
+        .spawn()
+        .with_context(|| format!("could not start `{desc}`"))?;
     let pid = child.id() as i32;
-    fs::write(pidfile, format!("{pid}\n")).with_context(|| format!("write {}", pidfile.display()))?;
+    fs::write(pidfile, format!("{pid}\n"))
+        .with_context(|| format!("write {}", pidfile.display()))?;
     std::thread::sleep(Duration::from_millis(300));
     if !pid_alive(pid) {
         bail!("`{desc}` exited at once:\n{}", tail(log, 20));
@@ -1141,5 +1459,8 @@ fn spawn_daemon(mut c: Command, log: &Path, pidfile: &Path, cwd: &Path) -> Resul
 }
 
 fn disable_ipv6_root(ifname: &str) {
-    let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+    let _ = fs::write(
+        format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+        "1",
+    );
 }

@@ -31,7 +31,37 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// While alive, `/usr/sbin/policy-rc.d` denies service starts, so package
+/// postinsts (etcd-server's init script, postgresql) start nothing in the
+/// root namespace on machines without systemd. Only created if absent.
+struct NoServiceStarts(bool);
+
+impl NoServiceStarts {
+    fn new() -> Self {
+        let p = Path::new("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return NoServiceStarts(false);
+        }
+        let ok = fs::write(
+            p,
+            "#!/bin/sh\n# temporary, from `cargo xtask lab up`\nexit 101\n",
+        )
+        .is_ok()
+            && run_quiet(&mut cmd("chmod", ["755", "/usr/sbin/policy-rc.d"]));
+        NoServiceStarts(ok)
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = fs::remove_file("/usr/sbin/policy-rc.d");
+        }
+    }
+}
+
 fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let _guard = NoServiceStarts::new();
     let mut c = cmd(
         "apt-get",
         [
@@ -53,8 +83,11 @@ pub fn ensure_installed() -> Result<()> {
     let t = Instant::now();
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
-        println!("lab: install: missing Debian packages: {}", missing.join(" "));
-        run(&mut cmd("apt-get", ["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
+        println!(
+            "lab: install: missing Debian packages: {}",
+            missing.join(" ")
+        );
+        run(cmd("apt-get", ["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
             .context("apt-get update")?;
         if missing.contains(&"postgresql-15") {
             // Keep postgresql-15's postinst from creating (and starting) the
@@ -86,11 +119,16 @@ pub fn ensure_installed() -> Result<()> {
 /// Stops Debian's default cluster (15/main) if it runs: it would hold
 /// 127.0.0.1:5432 and /var/run/postgresql in the root namespace.
 fn stop_debian_main_cluster() {
-    let Ok(out) = run(&mut cmd("pg_lsclusters", ["-h"])) else { return };
+    let Ok(out) = run(&mut cmd("pg_lsclusters", ["-h"])) else {
+        return;
+    };
     for l in out.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() >= 4 && f[3].starts_with("online") {
-            println!("lab: stopping Debian's PostgreSQL cluster {} {} (port {})", f[0], f[1], f[2]);
+            println!(
+                "lab: stopping Debian's PostgreSQL cluster {} {} (port {})",
+                f[0], f[1], f[2]
+            );
             if !run_quiet(&mut cmd("pg_ctlcluster", [f[0], f[1], "stop"])) {
                 println!("lab: warning: pg_ctlcluster {} {} stop failed", f[0], f[1]);
             }
@@ -100,7 +138,10 @@ fn stop_debian_main_cluster() {
 
 fn venv_ok() -> bool {
     Path::new(&format!("{VENV}/bin/patroni")).exists()
-        && run_quiet(&mut cmd(&format!("{VENV}/bin/python"), ["-c", "import patroni, psycopg2, etcd"]))
+        && run_quiet(&mut cmd(
+            &format!("{VENV}/bin/python"),
+            ["-c", "import patroni, psycopg2, etcd"],
+        ))
 }
 
 fn ensure_venv() -> Result<()> {
@@ -114,9 +155,15 @@ fn ensure_venv() -> Result<()> {
     }
     let parent = Path::new(VENV).parent().unwrap();
     fs::create_dir_all(parent).with_context(|| format!("mkdir {}", parent.display()))?;
-    println!("lab: install: creating {VENV} (system python3) with {}", PIP_PACKAGES.join(" "));
+    println!(
+        "lab: install: creating {VENV} (system python3) with {}",
+        PIP_PACKAGES.join(" ")
+    );
     run(&mut cmd("/usr/bin/python3", ["-m", "venv", VENV]))?;
-    let mut pip = cmd(&format!("{VENV}/bin/pip"), ["install", "-q", "--disable-pip-version-check"]);
+    let mut pip = cmd(
+        &format!("{VENV}/bin/pip"),
+        ["install", "-q", "--disable-pip-version-check"],
+    );
     pip.args(PIP_PACKAGES);
     run(&mut pip)?;
     // Readable and executable by the postgres user.

@@ -102,7 +102,9 @@ pub fn http(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String)> {
-    let sa: SocketAddr = addr.parse().with_context(|| format!("bad address {addr}"))?;
+    let sa: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address {addr}"))?;
     let req = match body {
         Some(b) => format!(
             "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
@@ -148,7 +150,10 @@ pub fn wait_for<T>(
             Err(e) => last = format!("{e:#}"),
         }
         if start.elapsed() >= timeout {
-            bail!("timed out after {:?} waiting for {what} (last error: {last})", timeout);
+            bail!(
+                "timed out after {:?} waiting for {what} (last error: {last})",
+                timeout
+            );
         }
         std::thread::sleep(every);
     }
@@ -169,7 +174,12 @@ pub fn pid_alive(pid: i32) -> bool {
 /// Command line of `pid` (NULs replaced by spaces).
 pub fn cmdline(pid: i32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -204,7 +214,11 @@ pub fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
 /// PIDs of all processes in network namespace `ns` (`ip netns pids`).
 pub fn netns_pids(ns: &str) -> Vec<i32> {
     run(&mut cmd("ip", ["netns", "pids", ns]))
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -223,7 +237,9 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// /proc/sys from a thread that joined the namespace.
 pub fn ns_sysctl(ns: &str, key: &str, val: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    in_netns(ns, || fs::write(&path, val).with_context(|| format!("write {path} in {ns}")))
+    in_netns(ns, || {
+        fs::write(&path, val).with_context(|| format!("write {path} in {ns}"))
+    })
 }
 
 /// Exclusive lab lock (`/run/pgrouter-lab.lock`), so two lab actions never

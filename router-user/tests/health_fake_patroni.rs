@@ -500,3 +500,26 @@ fallback = "primary"
     h.shutdown();
     h.join().await;
 }
+
+/// `kind = "read-only"` (Patroni's `/read-only`): primary and replicas alike.
+#[tokio::test]
+async fn read_only_listener_serves_primary_and_replicas() {
+    let a = FakePatroni::sim(Sim::primary(3)).await;
+    let b = FakePatroni::sim(Sim::replica(3)).await;
+    let extra = "[[cluster.listener]]\nname = \"RO\"\nvip = \"198.18.0.100\"\nport = 5003\n\
+                 kind = \"read-only\"\n";
+    let h = health::spawn_cluster(&cluster(&[&a, &b], extra));
+    let mut rx = h.desired();
+    wait_for(&mut rx, "RO=[n0,n1]", |s| is(s, "RO", &["n0", "n1"])).await;
+    assert!(
+        b.requests().iter().any(|p| p == "/read-only"),
+        "{:?}",
+        b.requests()
+    );
+    let mut stopped = Sim::replica(3);
+    stopped.state = "stopped".into();
+    b.set_sim(stopped);
+    let s = wait_for(&mut rx, "RO=[n0]", |s| is(s, "RO", &["n0"])).await;
+    assert_eq!(state(&s, "RO", "n1"), Some(BackendState::Shutdown));
+    h.shutdown();
+}

@@ -783,3 +783,97 @@ fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("worker panicked"))??;
     Ok(())
 }
+
+/// MAC address of `ns`'s eth0.
+fn mac_of(ns: &str) -> anyhow::Result<String> {
+    let out = sh(&format!(
+        "ip netns exec {ns} cat /sys/class/net/eth0/address"
+    ))?;
+    Ok(out.trim().to_string())
+}
+
+/// Becoming master announces the VIPs: a neighbour that accepts unsolicited announcements
+/// (`arp_accept`; `accept_untracked_na`, which the kernel applies to routers only) learns VIP → master's MAC from our gratuitous ARP
+/// and unsolicited NA without asking.
+#[test]
+fn master_announces_vips() -> anyhow::Result<()> {
+    let mut net = Net::new("pgrv-ga-", 41)?;
+    let (a, b) = (net.a.clone(), net.b.clone());
+    net.lab.exec(
+        &b,
+        "sysctl -qw net.ipv4.conf.all.arp_accept=1 net.ipv4.conf.eth0.arp_accept=1 \
+         net.ipv6.conf.all.forwarding=1 net.ipv6.conf.all.accept_untracked_na=1 \
+         net.ipv6.conf.eth0.accept_untracked_na=1",
+    )?;
+    let (v4, v6) = (net.vip4(), net.vip6());
+    let four = [format!("{v4}/24")];
+    let six = [format!("{v6}/64")];
+    let s4 = Speaker {
+        iface: "eth0",
+        vrid: 41,
+        prio: 150,
+        advert: "100ms",
+        version: 3,
+        vips: &four,
+        extra: "",
+    };
+    let t4 = pg_toml(&s4);
+    let t6 = pg_toml(&Speaker { vips: &six, ..s4 }).replace("VI_1", "VI_6");
+    net.pgrouter(&a, "pg", &format!("{t4}\n{t6}"))?;
+    net.converge_on(&a, &v4, CONVERGE)?;
+    net.converge_on(&a, &v6, CONVERGE)?;
+    let mac = mac_of(&a)?;
+    for vip in [&v4, &v6] {
+        wait_for(
+            &format!("neighbour entry {vip} -> {mac} on b"),
+            Duration::from_secs(3),
+            || {
+                let out = sh(&format!("ip -n {b} neigh show {vip}")).ok()?;
+                out.contains(&mac).then_some(())
+            },
+        )
+        .with_context(|| net.logs())?;
+    }
+    Ok(())
+}
+
+/// Split brain heals by the RFC's tie-break: two pgrouters of equal priority are cut apart
+/// (b's bridge port detached, carrier kept), both become master; once joined again the one with
+/// the higher primary address keeps the VIP (RFC 5798 §6.4.3) and the other drops it.
+#[test]
+fn split_brain_heals_higher_address_wins() -> anyhow::Result<()> {
+    let mut net = Net::new("pgrv-eq-", 42)?;
+    let vips = [format!("{}/24", net.vip4())];
+    let (a, b) = (net.a.clone(), net.b.clone());
+    let sw = net.lab.ns("sw");
+    let s = Speaker {
+        iface: "eth0",
+        vrid: 42,
+        prio: 100,
+        advert: "100ms",
+        version: 3,
+        vips: &vips,
+        extra: "",
+    };
+    net.pgrouter(&a, "pga", &pg_toml(&s))?;
+    net.converge_on(&a, &net.vip4(), CONVERGE)?;
+    net.pgrouter(&b, "pgb", &pg_toml(&s))?;
+    // As backup, b does not preempt an equal priority (§6.4.2).
+    net.stays_on(&a, &net.vip4(), Duration::from_secs(1))?;
+    sh(&format!("ip -n {sw} link set portb nomaster"))?;
+    wait_for(
+        "both masters while partitioned",
+        Duration::from_secs(3),
+        || (net.holders(&net.vip4()) == (true, true)).then_some(()),
+    )
+    .with_context(|| net.logs())?;
+    let t = Instant::now();
+    sh(&format!("ip -n {sw} link set portb master br0"))?;
+    net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
+    println!(
+        "split brain healed in {:?}; higher address 198.18.42.2 kept the VIP",
+        t.elapsed()
+    );
+    net.stays_on(&b, &net.vip4(), Duration::from_secs(1))?;
+    Ok(())
+}

@@ -104,6 +104,11 @@ pub struct Computed {
 /// Applies the set rules to every listener of `cluster`. `views` is indexed like
 /// `cluster.nodes`.
 pub fn compute(cluster: &Cluster, views: &[NodeView]) -> Computed {
+    // One view per configured node (missing ones count as not yet judged), so node indices
+    // and the backends list always line up with `cluster.nodes`.
+    let mut padded = views.to_vec();
+    padded.resize(cluster.nodes.len(), NodeView::default());
+    let views = padded.as_slice();
     let primary = choose_primary(views);
     let mut listeners = Vec::with_capacity(cluster.listeners.len());
     let mut sets = Vec::with_capacity(cluster.listeners.len());

@@ -106,7 +106,8 @@ pub struct Counters {
     pub set_changes: u64,
 }
 
-/// A running cluster health task.
+/// A running cluster health task. Dropping the handle stops it too; once it has stopped,
+/// receivers' `changed()` returns an error.
 #[derive(Debug)]
 pub struct ClusterHandle {
     desired: watch::Receiver<ClusterSnapshot>,

@@ -1,1 +1,161 @@
-fn main() {}
+//! `pgrouter`: the command line.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use pgrouter::{config, control, controller, dataplane, status, vrrp};
+
+const DEFAULT_SOCKET: &str = "/run/pgrouter/pgrouter.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "pgrouter",
+    version,
+    about = "XDP PostgreSQL router for Patroni clusters: HAProxy + Keepalived in one program"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the controller: attach the data path, check Patroni, run VRRP.
+    Run {
+        #[arg(short, long, default_value = "/etc/pgrouter/pgrouter.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; every error names file, line and field.
+    CheckConfig { config: PathBuf },
+    /// Show the running daemon's view: nodes, checks, sets, flows, VRRP.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ask the running daemon to reload its configuration (as SIGHUP does); a bad file is
+    /// refused and the running configuration stays.
+    Reload {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Remove pgrouter's XDP program from the configured interfaces and delete its pins.
+    Detach {
+        #[arg(short, long, default_value = "/etc/pgrouter/pgrouter.toml")]
+        config: PathBuf,
+    },
+    /// Run only the VRRP instances of a file with `[[vrrp]]` tables (no data path).
+    Vrrp {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    // aya-log records arrive through the `log` facade.
+    let _ = LogBridge::install();
+}
+
+/// Forwards `log` records (the kernel program's aya-log events) to tracing.
+struct LogBridge;
+
+impl LogBridge {
+    fn install() -> Result<(), log::SetLoggerError> {
+        log::set_logger(&LogBridge).map(|()| log::set_max_level(log::LevelFilter::Info))
+    }
+}
+
+impl log::Log for LogBridge {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        match r.level() {
+            log::Level::Error => tracing::error!(source = "xdp", "{}", r.args()),
+            log::Level::Warn => tracing::warn!(source = "xdp", "{}", r.args()),
+            _ => tracing::info!(source = "xdp", "{}", r.args()),
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pgrouter: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            init_logging();
+            controller::run(config).await
+        }
+        Cmd::CheckConfig { config } => match config::check(&config) {
+            Ok(summary) => {
+                print!("{summary}");
+                Ok(())
+            }
+            Err(e) => {
+                eprint!("{e}");
+                anyhow::bail!("{} has errors", config.display())
+            }
+        },
+        Cmd::Status { json, socket } => {
+            let out = control::request(&socket, "status").await?;
+            if json {
+                print!("{out}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&out).context("daemon answer")?;
+                print!("{}", status::render(&v));
+            }
+            Ok(())
+        }
+        Cmd::Reload { socket } => {
+            let out = control::request(&socket, "reload").await?;
+            let v: serde_json::Value = serde_json::from_str(&out).context("daemon answer")?;
+            let msg = v["message"].as_str().unwrap_or("");
+            if v["ok"].as_bool() == Some(true) {
+                println!("{msg}");
+                Ok(())
+            } else {
+                anyhow::bail!("reload refused; the running configuration stays:\n{msg}")
+            }
+        }
+        Cmd::Detach { config } => {
+            let cfg = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for iface in &cfg.datapath.interfaces {
+                if dataplane::loader::detach(&cfg.datapath.pin_path, iface)? {
+                    println!("detached from {iface}");
+                }
+            }
+            let dir = dataplane::loader::versioned(&cfg.datapath.pin_path);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+                println!("removed pins in {}", dir.display());
+            }
+            Ok(())
+        }
+        Cmd::Vrrp { config } => {
+            init_logging();
+            let instances = vrrp::load_vrrp_only(&config)?;
+            vrrp::run_standalone(instances).await
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The daemon: wires configuration, health tasks, the data path, VRRP, the control socket and
+//! metrics. It owns no policy of its own: health decides sets (pure), `dataplane::plan`
+//! decides map writes (pure); this loop only moves events between them.
+//!
+//! ```text
+//!  health::ClusterHandle ──watch──┐
+//!  SIGHUP / `pgrouter reload` ────┼──▶ loop ──plan──▶ Maps::apply ──▶ XDP maps
+//!  control socket (status) ───────┤            └──▶ sweep (shutdown-sessions RSTs)
+//!  1 s tick ──────────────────────┘──▶ vrrp tracks, neighbour warm-up, kernel logs
+//! ```
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, Config},
+    control,
+    dataplane::{self, Applied, AttachMode, Datapath, LoadOptions, Maps},
+    health::{self, ClusterHandle, ClusterSnapshot},
+    metrics,
+    model::DesiredListener,
+    status::{self, Status},
+    vrrp::{self, InstanceHandle, Tracks},
+};
+
+/// Requests from the control socket.
+pub enum Request {
+    Status(oneshot::Sender<Status>),
+    Reload(oneshot::Sender<Result<String, String>>),
+}
+
+struct Cluster {
+    cfg: config::Cluster,
+    handle: ClusterHandle,
+    /// The previous handle while a reloaded cluster's checks warm up: its sets stay in force
+    /// so a reload never sends traffic nowhere or resets sessions.
+    previous: Option<ClusterHandle>,
+}
+
+struct Daemon {
+    cfg: Config,
+    _dp: Datapath,
+    maps: Maps,
+    applied: Applied,
+    attached: Vec<(String, String)>,
+    clusters: Vec<Cluster>,
+    vrrp: Vec<InstanceHandle>,
+    tracks: watch::Sender<Tracks>,
+    changed_tx: mpsc::UnboundedSender<()>,
+    started: Instant,
+    shared: Arc<Mutex<Status>>,
+    last_error: Option<String>,
+    /// Set when pinned state from an earlier run was adopted: nothing is published until every
+    /// cluster's first checks are in, so a restart never marks healthy nodes down (which
+    /// would reset their sessions).
+    hold_until_warm: bool,
+}
+
+/// Runs until SIGTERM/SIGINT. The XDP program and its maps stay pinned afterwards, so a
+/// restarted (or upgraded) controller takes over without dropping a session; `pgrouter
+/// detach` removes them.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let cfg = config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snat = (cfg.datapath.snat_ports.first, cfg.datapath.snat_ports.last);
+    dataplane::host::prepare(&cfg.datapath.interfaces, snat)?;
+    let mut dp = Datapath::load(&LoadOptions {
+        pin_path: Some(cfg.datapath.pin_path.clone()),
+        conntrack_entries: cfg.datapath.conntrack_entries,
+    })?;
+    let mut maps = Maps::take(&mut dp.ebpf)?;
+    let mode = match cfg.datapath.mode {
+        config::XdpMode::Auto => AttachMode::Auto,
+        config::XdpMode::Native => AttachMode::Native,
+        config::XdpMode::Generic => AttachMode::Generic,
+    };
+    let mut attached = Vec::new();
+    for iface in &cfg.datapath.interfaces {
+        let how = dp.attach(iface, mode)?;
+        let idx = ifindex(iface)?;
+        maps.allow_iface(idx)?;
+        attached.push((iface.clone(), how.to_string()));
+    }
+    // Whatever an earlier controller left in the pinned maps is adopted, not rewritten.
+    let applied = maps.read_applied();
+    if !applied.services.is_empty() {
+        info!(
+            services = applied.services.len(),
+            "found pinned state from an earlier run"
+        );
+    }
+
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
+    let mut clusters = Vec::new();
+    for c in &cfg.clusters {
+        clusters.push(start_cluster(c, &changed_tx, None));
+    }
+    let (tracks, tracks_rx) = watch::channel(Tracks::default());
+    let mut vrrp_handles = Vec::new();
+    for v in &cfg.vrrp {
+        vrrp_handles.push(
+            vrrp::spawn(v.clone(), tracks_rx.clone())
+                .with_context(|| format!("starting vrrp instance {:?}", v.name))?,
+        );
+    }
+    let shared = Arc::new(Mutex::new(Status::default()));
+    let mut d = Daemon {
+        cfg,
+        _dp: dp,
+        maps,
+        applied,
+        attached,
+        clusters,
+        vrrp: vrrp_handles,
+        tracks,
+        changed_tx,
+        started: Instant::now(),
+        shared: shared.clone(),
+        last_error: None,
+        hold_until_warm: false,
+    };
+    d.hold_until_warm = !d.applied.services.is_empty();
+    d.adopt_pinned();
+
+    let (req_tx, mut req_rx) = mpsc::channel(16);
+    let socket = d.cfg.control.socket.clone();
+    let _control = control::serve(&socket, req_tx)?;
+    if let Some(addr) = d.cfg.control.metrics {
+        metrics::serve(addr, shared.clone()).await?;
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
+    d.sync();
+    info!(config = %config_path.display(), "pgrouter running");
+    loop {
+        tokio::select! {
+            Some(()) = changed_rx.recv() => {
+                while changed_rx.try_recv().is_ok() {}
+                d.sync();
+            }
+            Some(req) = req_rx.recv() => match req {
+                Request::Status(reply) => {
+                    d.refresh_status();
+                    let _ = reply.send(d.snapshot_status());
+                }
+                Request::Reload(reply) => {
+                    let _ = reply.send(d.reload(&config_path));
+                }
+            },
+            _ = hup.recv() => {
+                let _ = d.reload(&config_path);
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                d.update_tracks();
+                if ticks % 5 == 1 {
+                    dataplane::host::warm_neighbours(&d.backend_addrs());
+                }
+                d.refresh_status();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("shutting down: leaving VRRP; the XDP program and maps stay pinned");
+    for h in d.vrrp.drain(..) {
+        h.shutdown().await;
+    }
+    for c in &d.clusters {
+        c.handle.shutdown();
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn start_cluster(
+    cfg: &config::Cluster,
+    changed: &mpsc::UnboundedSender<()>,
+    previous: Option<ClusterHandle>,
+) -> Cluster {
+    let handle = health::spawn_cluster(cfg);
+    let mut rx = handle.desired();
+    let tx = changed.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Cluster {
+        cfg: cfg.clone(),
+        handle,
+        previous,
+    }
+}
+
+/// A reloaded cluster is ready once every check of every node has answered and none is part
+/// way up (HAProxy's rise): until then the old sets stay in force.
+fn warmed_up(s: &ClusterSnapshot) -> bool {
+    s.status.nodes.iter().all(|n| {
+        n.checks
+            .iter()
+            .all(|c| c.last.is_some() && (c.up || c.successes == 0))
+    })
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(iface)?;
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        anyhow::bail!("interface {iface} not found");
+    }
+    Ok(idx)
+}
+
+impl Daemon {
+    fn snapshots(&mut self) -> Vec<ClusterSnapshot> {
+        let mut out = Vec::new();
+        for c in &mut self.clusters {
+            let new = c.handle.desired().borrow().clone();
+            if let Some(prev) = &c.previous {
+                if warmed_up(&new) {
+                    prev.shutdown();
+                    c.previous = None;
+                    info!(cluster = %c.cfg.name, "reloaded cluster warmed up; its sets are now in force");
+                } else {
+                    out.push(prev.desired().borrow().clone());
+                    continue;
+                }
+            }
+            out.push(new);
+        }
+        out
+    }
+
+    fn desired(&mut self) -> Vec<DesiredListener> {
+        self.snapshots()
+            .into_iter()
+            .flat_map(|s| s.listeners)
+            .collect()
+    }
+
+    fn adopt_pinned(&mut self) {
+        let desired = self.desired();
+        self.applied.adopt(&desired);
+    }
+
+    /// Publishes the current desired sets; on failure the running maps stay as they are.
+    fn sync(&mut self) {
+        if self.hold_until_warm {
+            let warm = self
+                .clusters
+                .iter()
+                .all(|c| warmed_up(&c.handle.desired().borrow()));
+            if !warm {
+                return;
+            }
+            self.hold_until_warm = false;
+            info!("first checks complete; taking over the pinned data path");
+        }
+        let desired = self.desired();
+        let snat = (
+            self.cfg.datapath.snat_ports.first,
+            self.cfg.datapath.snat_ports.last,
+        );
+        let (delta, next) = match dataplane::plan(&desired, &self.applied, snat) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("cannot publish backend sets: {e}; keeping the running ones");
+                self.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        if delta.is_empty() {
+            return;
+        }
+        if let Err(e) = self.maps.apply(&delta) {
+            error!("writing maps: {e:#}");
+            self.last_error = Some(format!("{e:#}"));
+            return;
+        }
+        for l in &desired {
+            let active: Vec<&str> = l
+                .backends
+                .iter()
+                .filter(|b| b.state == crate::model::BackendState::Active)
+                .map(|b| b.node.as_str())
+                .collect();
+            info!(listener = %l.name, active = ?active, "published set");
+        }
+        self.applied = next;
+        let down: BTreeSet<u32> = delta.newly_shutdown.iter().copied().collect();
+        dataplane::sweep::shutdown_sessions(&mut self.maps, &down);
+    }
+
+    fn reload(&mut self, path: &std::path::Path) -> Result<String, String> {
+        let new = match config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload refused, running configuration kept:\n{e}");
+                return Err(e.to_string());
+            }
+        };
+        if new.datapath != self.cfg.datapath {
+            warn!("datapath settings changed; they apply at the next restart");
+        }
+        let mut old: BTreeMap<String, Cluster> = self
+            .clusters
+            .drain(..)
+            .map(|c| (c.cfg.name.clone(), c))
+            .collect();
+        let mut clusters = Vec::new();
+        for c in &new.clusters {
+            match old.remove(&c.name) {
+                Some(o) if o.cfg == *c => clusters.push(o),
+                Some(o) => {
+                    if let Some(p) = o.previous {
+                        p.shutdown();
+                    }
+                    clusters.push(start_cluster(c, &self.changed_tx, Some(o.handle)));
+                }
+                None => clusters.push(start_cluster(c, &self.changed_tx, None)),
+            }
+        }
+        for (_, o) in old {
+            o.handle.shutdown();
+        }
+        self.clusters = clusters;
+        if new.vrrp != self.cfg.vrrp {
+            warn!("vrrp settings changed; they apply at the next restart");
+        }
+        self.cfg = new;
+        self.sync();
+        info!(config = %path.display(), "reloaded");
+        Ok(format!("reloaded {}", path.display()))
+    }
+
+    fn update_tracks(&mut self) {
+        let mut t = Tracks::default();
+        t.named
+            .insert("xdp-attached".into(), !self.attached.is_empty());
+        for c in &self.clusters {
+            let s = c.handle.desired().borrow().clone();
+            let reachable = s.status.nodes.iter().any(|n| {
+                n.checks
+                    .iter()
+                    .any(|c| c.last.as_ref().is_some_and(|l| l.http_status.is_some()))
+            });
+            let ok = c.cfg.checks == config::Checks::Static || reachable;
+            t.named.insert(format!("patroni:{}", c.cfg.name), ok);
+        }
+        self.tracks.send_if_modified(|cur| {
+            if *cur == t {
+                false
+            } else {
+                *cur = t;
+                true
+            }
+        });
+    }
+
+    fn backend_addrs(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .cfg
+            .clusters
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(|n| n.host))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn refresh_status(&mut self) {
+        let snaps = self.snapshots();
+        let st = status::collect(
+            &self.cfg,
+            &snaps,
+            &self.applied,
+            &self.maps,
+            &self.attached,
+            self.vrrp.iter().map(|h| h.status()).collect(),
+            self.started.elapsed(),
+            self.last_error.clone(),
+        );
+        if let Ok(mut s) = self.shared.lock() {
+            *s = st;
+        }
+    }
+
+    fn snapshot_status(&self) -> Status {
+        match self.shared.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Prometheus text exposition of the daemon's status, on a configurable address (loopback by
+//! default). Hand-written: a handful of families, rendered from the same `Status` as
+//! `pgrouter status`, so the two never disagree.
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::status::Status;
+
+pub async fn serve(addr: SocketAddr, status: Arc<Mutex<Status>>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics on {addr}"))?;
+    tracing::info!(%addr, "metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = match status.lock() {
+                Ok(st) => render(&st),
+                Err(p) => render(&p.into_inner()),
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// Renders every metric family.
+pub fn render(st: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# TYPE pgrouter_up gauge\npgrouter_up 1");
+    let _ = writeln!(o, "# TYPE pgrouter_datapath_packets_total counter");
+    for (k, v) in &st.datapath.counters {
+        let _ = writeln!(o, "pgrouter_datapath_packets_total{{verdict=\"{k}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# TYPE pgrouter_conntrack_entries gauge\npgrouter_conntrack_entries {}",
+        st.datapath.tracked_entries
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE pgrouter_check_up gauge\n# TYPE pgrouter_check_latency_seconds gauge\n# TYPE pgrouter_checks_total counter\n# TYPE pgrouter_checks_failed_total counter\n# TYPE pgrouter_set_changes_total counter\n# TYPE pgrouter_split_brain gauge"
+    );
+    for c in &st.clusters {
+        let cl = esc(c["cluster"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            o,
+            "pgrouter_checks_total{{cluster=\"{cl}\"}} {}",
+            num(&c["counters"]["checks_total"])
+        );
+        let _ = writeln!(
+            o,
+            "pgrouter_checks_failed_total{{cluster=\"{cl}\"}} {}",
+            num(&c["counters"]["checks_failed"])
+        );
+        let _ = writeln!(
+            o,
+            "pgrouter_set_changes_total{{cluster=\"{cl}\"}} {}",
+            num(&c["counters"]["set_changes"])
+        );
+        let _ = writeln!(
+            o,
+            "pgrouter_split_brain{{cluster=\"{cl}\"}} {}",
+            u8::from(c["split_brain"].as_bool() == Some(true))
+        );
+        for n in c["nodes"].as_array().into_iter().flatten() {
+            let node = esc(n["name"].as_str().unwrap_or(""));
+            for ch in n["checks"].as_array().into_iter().flatten() {
+                let check = esc(ch["check"].as_str().unwrap_or(""));
+                let l = format!("cluster=\"{cl}\",node=\"{node}\",check=\"{check}\"");
+                let _ = writeln!(
+                    o,
+                    "pgrouter_check_up{{{l}}} {}",
+                    u8::from(ch["up"].as_bool() == Some(true))
+                );
+                let _ = writeln!(
+                    o,
+                    "pgrouter_check_latency_seconds{{{l}}} {}",
+                    num(&ch["last"]["latency_ms"]) / 1000.0
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# TYPE pgrouter_fallback_active gauge\n# TYPE pgrouter_listener_drops_total counter\n# TYPE pgrouter_backend_active_flows gauge\n# TYPE pgrouter_backend_flows_total counter\n# TYPE pgrouter_backend_bytes_total counter\n# TYPE pgrouter_backend_resets_total counter"
+    );
+    for l in &st.listeners {
+        let ln = esc(&l.name);
+        let _ = writeln!(
+            o,
+            "pgrouter_fallback_active{{listener=\"{ln}\"}} {}",
+            u8::from(l.fallback_active)
+        );
+        for (reason, v) in [
+            ("no_backend", l.drop_no_backend),
+            ("maxconn", l.drop_maxconn),
+            ("snat_exhausted", l.drop_snat_exhausted),
+        ] {
+            let _ = writeln!(
+                o,
+                "pgrouter_listener_drops_total{{listener=\"{ln}\",reason=\"{reason}\"}} {v}"
+            );
+        }
+        for b in &l.backends {
+            let lb = format!("listener=\"{ln}\",node=\"{}\"", esc(&b.node));
+            let _ = writeln!(
+                o,
+                "pgrouter_backend_active_flows{{{lb}}} {}",
+                b.active_flows
+            );
+            let _ = writeln!(o, "pgrouter_backend_flows_total{{{lb}}} {}", b.new_flows);
+            let _ = writeln!(
+                o,
+                "pgrouter_backend_bytes_total{{{lb},direction=\"in\"}} {}",
+                b.bytes_in
+            );
+            let _ = writeln!(
+                o,
+                "pgrouter_backend_bytes_total{{{lb},direction=\"out\"}} {}",
+                b.bytes_out
+            );
+            let _ = writeln!(o, "pgrouter_backend_resets_total{{{lb}}} {}", b.rst_sent);
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# TYPE pgrouter_vrrp_master gauge\n# TYPE pgrouter_vrrp_transitions_total counter\n# TYPE pgrouter_vrrp_two_masters_seen_total counter"
+    );
+    for v in &st.vrrp {
+        let name = esc(v["name"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            o,
+            "pgrouter_vrrp_master{{instance=\"{name}\"}} {}",
+            u8::from(v["state"].as_str() == Some("Master"))
+        );
+        let _ = writeln!(
+            o,
+            "pgrouter_vrrp_transitions_total{{instance=\"{name}\"}} {}",
+            num(&v["counters"]["transitions"])
+        );
+        let _ = writeln!(
+            o,
+            "pgrouter_vrrp_two_masters_seen_total{{instance=\"{name}\"}} {}",
+            num(&v["counters"]["two_masters_seen"])
+        );
+    }
+    o
+}

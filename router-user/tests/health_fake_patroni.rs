@@ -523,3 +523,29 @@ async fn read_only_listener_serves_primary_and_replicas() {
     assert_eq!(state(&s, "RO", "n1"), Some(BackendState::Shutdown));
     h.shutdown();
 }
+
+/// `shutdown()` (or dropping the handle) stops probing and closes the snapshot channel.
+#[tokio::test]
+async fn shutdown_stops_probing() {
+    let a = FakePatroni::sim(Sim::primary(3)).await;
+    let h = health::spawn_cluster(&cluster(&[&a], ""));
+    let mut rx = h.desired();
+    wait_for(&mut rx, "W=[n0]", |s| is(s, "W", &["n0"])).await;
+    drop(h);
+    let closed = tokio::time::timeout(WITHIN, async { while rx.changed().await.is_ok() {} }).await;
+    assert!(
+        closed.is_ok(),
+        "snapshot channel still open after the handle was dropped"
+    );
+    // Let a request that was already in flight finish (timeout is 300ms), then expect
+    // silence for more than two intervals.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..8 {
+        tick.tick().await;
+    }
+    let seen = a.requests().len();
+    for _ in 0..14 {
+        tick.tick().await;
+    }
+    assert_eq!(a.requests().len(), seen, "checks continued after shutdown");
+}

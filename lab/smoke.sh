@@ -36,6 +36,12 @@ step "leader is pg1"     bash -c "$XTASK lab leader | grep -q '^pg1 198.18.0.11$
 step "write on leader"   sql 198.18.0.11 "CREATE TABLE smoke(x int); INSERT INTO smoke VALUES (1)"
 step "read on replica"   bash -c "sleep 1; PGPASSWORD=pgrouter ip netns exec pgrlab-client /usr/lib/postgresql/15/bin/psql -h 198.18.0.12 -U postgres -XAtqc 'SELECT count(*) FROM smoke' | grep -qx 1"
 step "edge1 ip_forward"  bash -c "$XTASK lab exec edge1 -- sysctl -n net.ipv4.ip_forward | grep -qx 1"
+step "spawn"             lab spawn edge2 smoke-sleep -- sleep 300
+step "kill-proc"         lab kill-proc smoke-sleep
+step "link down"         lab link edge2 down
+step "edge2 unreachable" bash -c "! ip netns exec pgrlab-client ping -c1 -W1 198.18.0.22 >/dev/null"
+step "link up"           lab link edge2 up
+step "edge2 reachable"   bash -c "sleep 0.5; ip netns exec pgrlab-client ping -c1 -W2 198.18.0.22 >/dev/null"
 step "switchover"        lab switchover
 step "leader changed"    check_new_leader pg1
 old=$(leader)

@@ -81,6 +81,13 @@ mod entry {
         xdp_action::XDP_TX
     }
 
+    /// Passes everything. A veth delivers XDP_TX/redirected frames in native mode only when
+    /// its peer has an XDP program; attach this one to the peer (containers, test hosts).
+    #[xdp]
+    pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
     #[cfg(not(test))]
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {

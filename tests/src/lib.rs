@@ -53,3 +53,35 @@ pub fn enter_private_netns() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs `f` on a thread that has joined the named namespace `ns` (from `ip netns add`), so
+/// test code can open real sockets as a host of the lab would.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let h = std::thread::spawn(move || -> anyhow::Result<T> {
+        let file = std::fs::File::open(&path)?;
+        use std::os::fd::AsRawFd as _;
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    h.join()
+        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+/// The `pgrouter` binary next to this test binary (built by `cargo xtask test` first).
+pub fn pgrouter_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("pgrouter");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p router-user` first",
+        bin.display()
+    );
+    bin
+}

@@ -1,0 +1,307 @@
+//! Network tests of the data path: a client, an edge host running `pgrouter run` and three
+//! stand-in PostgreSQL nodes, each in its own network namespace on one bridge, with real TCP
+//! through the VIP in native and generic XDP mode.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use tests::{in_netns, netns::Lab, wait_for};
+
+const VIP: &str = "198.18.0.100";
+const NODES: [(&str, &str); 3] = [
+    ("pg1", "198.18.0.11"),
+    ("pg2", "198.18.0.12"),
+    ("pg3", "198.18.0.13"),
+];
+
+struct Setup {
+    lab: Lab,
+    client: String,
+    socket: String,
+    config: std::path::PathBuf,
+    _peer_xdp: Option<aya::Ebpf>,
+}
+
+fn config(lab: &Lab, mode: &str, primary: &str) -> String {
+    let mut nodes = String::new();
+    for (name, ip) in NODES {
+        let role = if name == primary {
+            "primary"
+        } else {
+            "replica"
+        };
+        nodes.push_str(&format!(
+            "[[cluster.node]]\nname = \"{name}\"\nhost = \"{ip}\"\nrole = \"{role}\"\n\n"
+        ));
+    }
+    format!(
+        r#"[datapath]
+interfaces = ["eth0"]
+mode = "{mode}"
+pin_path = "{dir}/bpf"
+snat_ports = "40000-44999"
+
+[control]
+socket = "{dir}/pgrouter.sock"
+metrics = ""
+
+[[cluster]]
+name = "pg"
+checks = "static"
+
+{nodes}[[cluster.listener]]
+name = "PG1"
+vip = "{VIP}"
+port = 5000
+kind = "primary"
+
+[[cluster.listener]]
+name = "PG1_ro"
+vip = "{VIP}"
+port = 5001
+kind = "replica"
+fallback = "primary"
+"#,
+        dir = lab.dir.display()
+    )
+}
+
+fn setup(prefix: &str, mode: &str) -> Setup {
+    let mut lab = Lab::new(prefix).expect("lab");
+    let br = lab.add_bridge("br").expect("bridge");
+    let client = lab.add_ns("cl").expect("ns");
+    let edge = lab.add_ns("edge").expect("ns");
+    lab.connect(&client, "eth0", &br, "198.18.0.30/24")
+        .expect("client link");
+    lab.connect(&edge, "eth0", &br, "198.18.0.21/24")
+        .expect("edge link");
+    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
+        .expect("vip");
+    for (name, ip) in NODES {
+        let ns = lab.add_ns(name).expect("ns");
+        lab.connect(&ns, "eth0", &br, &format!("{ip}/24"))
+            .expect("node link");
+        lab.spawn(
+            &ns,
+            name,
+            &[env!("CARGO_BIN_EXE_pgr-echo"), name, &format!("{ip}:5432")],
+        )
+        .expect("echo");
+    }
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let peer_xdp = if mode == "native" {
+        let mut ebpf = aya::Ebpf::load(pgrouter::dataplane::loader::EBPF_OBJECT).expect("object");
+        let p: &mut aya::programs::Xdp = ebpf
+            .program_mut("xdp_pass")
+            .expect("xdp_pass")
+            .try_into()
+            .expect("xdp");
+        p.load().expect("load xdp_pass");
+        p.attach(&format!("{prefix}v2"), aya::programs::XdpMode::Driver)
+            .expect("attach peer");
+        Some(ebpf)
+    } else {
+        None
+    };
+    let cfg_path = lab.dir.join("pgrouter.toml");
+    std::fs::write(&cfg_path, config(&lab, mode, "pg1")).expect("config");
+    let bin = tests::pgrouter_bin();
+    lab.spawn(
+        &edge,
+        "pgrouter",
+        &[
+            bin.to_str().expect("utf8"),
+            "run",
+            "-c",
+            cfg_path.to_str().expect("utf8"),
+        ],
+    )
+    .expect("pgrouter");
+    let socket = lab.dir.join("pgrouter.sock").display().to_string();
+    let s2 = socket.clone();
+    wait_for("pgrouter to publish sets", Duration::from_secs(20), || {
+        let out = std::process::Command::new(tests::pgrouter_bin())
+            .args(["status", "--json", "--socket", &s2])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ready = v["listeners"]
+            .as_array()?
+            .iter()
+            .all(|l| l["generation"].as_u64().unwrap_or(0) > 0);
+        ready.then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log("pgrouter")));
+    Setup {
+        lab,
+        client,
+        socket,
+        config: cfg_path,
+        _peer_xdp: peer_xdp,
+    }
+}
+
+/// Connects from the client host and returns the node name the backend announces.
+fn who(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut name = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        stream.read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&name).into_owned());
+        }
+        name.push(b[0]);
+    }
+}
+
+fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let addr: SocketAddr = format!("{VIP}:{port}").parse().expect("addr");
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+}
+
+fn routes_and_moves(prefix: &str, mode: &str) {
+    let s = setup(prefix, mode);
+    let client = s.client.clone();
+    // Writes reach the primary; reads the replicas; bytes come back intact.
+    let (writes, reads) = in_netns(&client, || {
+        let mut w = Vec::new();
+        let mut r = Vec::new();
+        for _ in 0..6 {
+            let mut c = connect(5000).expect("connect 5000");
+            w.push(who(&mut c).expect("banner 5000"));
+            let mut c = connect(5001).expect("connect 5001");
+            r.push(who(&mut c).expect("banner 5001"));
+        }
+        (w, r)
+    })
+    .expect("client");
+    assert!(
+        writes.iter().all(|n| n == "pg1"),
+        "writes went to {writes:?}"
+    );
+    assert!(
+        reads.iter().all(|n| n == "pg2" || n == "pg3"),
+        "reads went to {reads:?}"
+    );
+    assert!(
+        reads.iter().any(|n| n == "pg2") && reads.iter().any(|n| n == "pg3"),
+        "reads spread: {reads:?}"
+    );
+
+    // Hold a write session open, then move the primary to pg2 (reload with a new config).
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (res_tx, res_rx) = std::sync::mpsc::channel();
+    let client2 = client.clone();
+    let holder = std::thread::spawn(move || {
+        in_netns(&client2, move || {
+            let mut c = connect(5000).expect("connect");
+            let first = who(&mut c).expect("banner");
+            res_tx.send(first).expect("send");
+            rx.recv().expect("go");
+            // The old primary's session must be reset promptly, without us sending anything.
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut b = [0u8; 16];
+            match c.read(&mut b) {
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(()),
+                other => Err(format!("expected a reset, got {other:?}")),
+            }
+        })
+        .expect("client thread")
+    });
+    assert_eq!(
+        res_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("session open"),
+        "pg1"
+    );
+    std::fs::write(&s.config, config(&s.lab, mode, "pg2")).expect("config");
+    let out = std::process::Command::new(tests::pgrouter_bin())
+        .args(["reload", "--socket", &s.socket])
+        .output()
+        .expect("reload");
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tx.send(()).expect("go");
+    let reset = holder.join().expect("holder");
+    assert_eq!(
+        reset,
+        Ok(()),
+        "old write session reset\n{}",
+        s.lab.log("pgrouter")
+    );
+    let writes = in_netns(&client, || {
+        (0..4)
+            .map(|_| who(&mut connect(5000).expect("connect")).expect("banner"))
+            .collect::<Vec<_>>()
+    })
+    .expect("client");
+    assert!(
+        writes.iter().all(|n| n == "pg2"),
+        "after the move writes went to {writes:?}"
+    );
+
+    // A bad config is refused and the running one stays.
+    std::fs::write(&s.config, "[datapath\n").expect("config");
+    let out = std::process::Command::new(tests::pgrouter_bin())
+        .args(["reload", "--socket", &s.socket])
+        .output()
+        .expect("reload");
+    assert!(!out.status.success(), "bad config must be refused");
+    let w = in_netns(&client, || {
+        who(&mut connect(5000).expect("connect")).expect("banner")
+    })
+    .expect("client");
+    assert_eq!(w, "pg2");
+}
+
+#[test]
+fn native_xdp_routes_writes_and_reads_and_follows_a_moved_primary() {
+    routes_and_moves("pgrn", "native");
+}
+
+#[test]
+fn generic_xdp_routes_writes_and_reads_and_follows_a_moved_primary() {
+    routes_and_moves("pgrg", "generic");
+}
+
+#[test]
+fn thousand_concurrent_connections_keep_their_bytes() {
+    let s = setup("pgrk", "native");
+    let result = in_netns(&s.client, || -> Result<usize, String> {
+        let mut conns = Vec::new();
+        for i in 0..1000u32 {
+            let port = if i % 2 == 0 { 5000 } else { 5001 };
+            let mut c = connect(port).map_err(|e| format!("connect #{i}: {e}"))?;
+            who(&mut c).map_err(|e| format!("banner #{i}: {e}"))?;
+            conns.push((i, c));
+        }
+        let mut ok = 0;
+        for (i, c) in &mut conns {
+            let payload: Vec<u8> = (0..4096u32)
+                .map(|j| (j.wrapping_mul(31) ^ *i) as u8)
+                .collect();
+            c.write_all(&payload)
+                .map_err(|e| format!("write #{i}: {e}"))?;
+            let mut back = vec![0u8; payload.len()];
+            c.read_exact(&mut back)
+                .map_err(|e| format!("read #{i}: {e}"))?;
+            if back != payload {
+                return Err(format!("connection #{i}: bytes differ"));
+            }
+            ok += 1;
+        }
+        for (_, c) in &conns {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        Ok(ok)
+    })
+    .expect("client");
+    assert_eq!(result, Ok(1000), "{}", s.lab.log("pgrouter"));
+}

@@ -167,7 +167,8 @@ impl Lab {
         let start = std::time::Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(_)) = self.children[i].try_wait() {
-                self.children.remove(i);
+                let mut c = self.children.remove(i);
+                let _ = c.wait();
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

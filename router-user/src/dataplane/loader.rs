@@ -101,7 +101,7 @@ impl Datapath {
             .as_ref()
             .map(|d| d.join(format!("link_{iface}")));
         if let Some(link_pin) = link_pin.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(&link_pin)
+            let pinned = PinnedLink::from_pin(link_pin)
                 .with_context(|| format!("opening pinned link {}", link_pin.display()))?;
             let link = XdpLink::try_from(FdLink::from(pinned))
                 .map_err(|e| anyhow!("pinned link {} is not XDP: {e}", link_pin.display()))?;

@@ -6,6 +6,7 @@ pub mod control;
 pub mod controller;
 pub mod dataplane;
 pub mod health;
+pub mod import;
 pub mod metrics;
 pub mod model;
 pub mod status;

@@ -46,6 +46,8 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/pgrouter/pgrouter.toml")]
         config: PathBuf,
     },
+    /// Turn an haproxy.cfg (and keepalived.conf) into an equivalent pgrouter config.
+    Import(pgrouter::import::ImportArgs),
     /// Run only the VRRP instances of a file with `[[vrrp]]` tables (no data path).
     Vrrp {
         #[arg(short, long)]
@@ -152,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Import(args) => pgrouter::import::run(args),
         Cmd::Vrrp { config } => {
             init_logging();
             let instances = vrrp::load_vrrp_only(&config)?;

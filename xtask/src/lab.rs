@@ -108,6 +108,15 @@ pub enum Action {
     },
     /// Take a host's link down/up (bridge side of its veth): `link edge1 down`.
     Link { ns: String, state: String },
+    /// Print which edge(s) hold the VIP (`edge1`, `edge1 edge2`, or `none`).
+    Vip,
+    /// psql from the client namespace with the lab password; defaults to
+    /// `-h 198.18.0.100 -p 5000 -U postgres -d postgres`:
+    /// `psql -- -p 5001 -c 'select inet_server_addr()'`.
+    Psql {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a command in a lab namespace: `exec edge1 -- ip addr`.
     Exec {
         /// etcd, pg1..pg3, edge1, edge2, client (or pgrlab-<name>).
@@ -122,7 +131,12 @@ pub fn run(args: LabArgs) -> Result<()> {
     let action = args.action.unwrap_or(Action::Status);
     // Read-only actions and `exec` (which may run a long-lived daemon) don't lock.
     let _lock = match action {
-        Action::Status | Action::Leader | Action::WaitHealthy { .. } | Action::Exec { .. } => None,
+        Action::Status
+        | Action::Leader
+        | Action::Vip
+        | Action::WaitHealthy { .. }
+        | Action::Psql { .. }
+        | Action::Exec { .. } => None,
         _ => Some(util::lock("lab", Duration::from_secs(600))?),
     };
     match action {
@@ -205,6 +219,25 @@ pub fn run(args: LabArgs) -> Result<()> {
             "down" => lab.link(&ns, false)?,
             other => anyhow::bail!("link state must be up or down, not {other:?}"),
         },
+        Action::Vip => {
+            let h = lab.vip_holders();
+            println!(
+                "{}",
+                if h.is_empty() {
+                    "none".to_string()
+                } else {
+                    h.join(" ")
+                }
+            );
+        }
+        Action::Psql { args } => {
+            let args: Vec<String> = if args.first().map(|s| s == "--").unwrap_or(false) {
+                args[1..].to_vec()
+            } else {
+                args
+            };
+            std::process::exit(lab.psql_cli(&args)?);
+        }
         Action::Exec { ns, cmd } => {
             let cmd: Vec<String> = if cmd.first().map(|s| s == "--").unwrap_or(false) {
                 cmd[1..].to_vec()

@@ -884,6 +884,18 @@ impl Lab {
                 alive(self.postmaster_pid(n))
             );
         }
+        for (name, pid) in self.spawned() {
+            println!("  {name:<13} {}", alive(pid_alive(pid).then_some(pid)));
+        }
+        let holders = self.vip_holders();
+        println!(
+            "VIP {VIP}: {}",
+            if holders.is_empty() {
+                "not configured on any edge".to_string()
+            } else {
+                format!("on {}", holders.join(" "))
+            }
+        );
         match self.cluster() {
             Ok(st) => print!("cluster (GET /cluster):\n{}", st.summary()),
             Err(e) => println!("cluster: {e:#}"),
@@ -1407,6 +1419,76 @@ impl Lab {
             if up { "up" } else { "down" }
         );
         Ok(())
+    }
+
+    /// Names and PIDs (from pidfiles) of processes started by `spawn`.
+    pub fn spawned(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<(String, i32)> = fs::read_dir(self.run_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let f = e.file_name().to_string_lossy().into_owned();
+                let name = f.strip_suffix(".pid")?.to_string();
+                if name == "etcd" || PG_NODES.contains(&name.as_str()) {
+                    return None;
+                }
+                let pid = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+                Some((name, pid))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Edges (`edge1`, `edge2`) that have the VIP on an interface.
+    pub fn vip_holders(&self) -> Vec<&'static str> {
+        EDGES
+            .iter()
+            .copied()
+            .filter(|e| {
+                run(&mut cmd(
+                    "ip",
+                    ["-n", &format!("pgrlab-{e}"), "-4", "-o", "addr", "show"],
+                ))
+                .map(|out| out.contains(&format!(" {VIP}/")))
+                .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Runs psql in the client namespace with the lab's superuser password;
+    /// `args` are passed through (default target: the VIP, port 5000).
+    pub fn psql_cli(&self, args: &[String]) -> Result<i32> {
+        let mut argv = vec![format!("{PG_BIN}/psql")];
+        if !args
+            .iter()
+            .any(|a| a == "-h" || a.starts_with("--host") || a.starts_with("host="))
+        {
+            argv.extend(["-h".into(), VIP.into()]);
+        }
+        if !args.iter().any(|a| a == "-p" || a.starts_with("--port")) {
+            argv.extend(["-p".into(), "5000".into()]);
+        }
+        if !args
+            .iter()
+            .any(|a| a == "-U" || a.starts_with("--username"))
+        {
+            argv.extend(["-U".into(), SUPERUSER.into()]);
+        }
+        if !args.iter().any(|a| a == "-d" || a.starts_with("--dbname")) {
+            argv.extend(["-d".into(), "postgres".into()]);
+        }
+        argv.extend(args.iter().cloned());
+        let mut c = ns_cmd(CLIENT_NS, &argv);
+        c.env("PGPASSWORD", SUPERUSER_PASSWORD);
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            c.env("PGCONNECT_TIMEOUT", "5");
+        }
+        let st = c
+            .status()
+            .with_context(|| format!("could not run `{}`", show(&c)))?;
+        Ok(st.code().unwrap_or(128 + 9))
     }
 
     /// Runs `argv` in lab namespace `ns` (`edge1` or `pgrlab-edge1`) with

@@ -1,5 +1,8 @@
 //! `cargo xtask …`: set-up, build, test, lab, demo and bench entry points.
+mod dist;
 mod lab;
+mod setup;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -12,12 +15,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Install what a fresh machine lacks (Debian packages, rust-src, bpf-linker). Idempotent.
+    Setup,
+    /// Build the release `pgrouter` binary (it embeds the XDP object).
+    Build,
+    /// Set up, then run every test: unit, kernel (test_run) and network (namespaces).
+    Test {
+        /// Skip `setup` (already done on this machine).
+        #[arg(long)]
+        no_setup: bool,
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Build the Debian package.
+    Dist,
     /// Manage the local Patroni lab (network namespaces).
     Lab(lab::LabArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Setup => setup::run_setup(),
+        Cmd::Build => {
+            setup::run_setup()?;
+            let ok = std::process::Command::new("cargo")
+                .args(["build", "--release", "-p", "router-user", "--bins"])
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "cargo build failed");
+            println!("built target/release/pgrouter");
+            Ok(())
+        }
+        Cmd::Test { no_setup, filter } => {
+            if !no_setup {
+                setup::run_setup()?;
+            }
+            test::run(filter.as_deref())
+        }
+        Cmd::Dist => dist::run(),
         Cmd::Lab(args) => lab::run(args),
     }
 }

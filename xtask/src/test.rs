@@ -1,0 +1,32 @@
+//! `cargo xtask test`: every test, in layers. Unit and no-root integration tests first (fast),
+//! then the root-only kernel and network tests one at a time (they measure timing and share
+//! two cores).
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    println!("\n==> cargo {}", args.join(" "));
+    let status = Command::new("cargo").args(args).status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the kernel and network tests need root");
+    }
+    // The network tests run the real daemon binary.
+    cargo(&["build", "-p", "router-user", "--bins"])?;
+    let mut unit = vec!["test", "-p", "router-user", "-p", "xtask"];
+    let mut root = vec!["test", "-p", "tests"];
+    if let Some(f) = filter {
+        unit.push(f);
+        root.push(f);
+    }
+    cargo(&unit)?;
+    root.extend(["--", "--test-threads=1"]);
+    cargo(&root)
+}

@@ -108,6 +108,10 @@ pub enum Action {
     },
     /// Take a host's link down/up (bridge side of its veth): `link edge1 down`.
     Link { ns: String, state: String },
+    /// Stop etcd (DCS outage; Patroni demotes the leader after ~ttl).
+    StopEtcd,
+    /// Start etcd again (same data) and wait for it to be healthy.
+    StartEtcd,
     /// Print which edge(s) hold the VIP (`edge1`, `edge1 edge2`, or `none`).
     Vip,
     /// psql from the client namespace with the lab password; defaults to
@@ -219,6 +223,8 @@ pub fn run(args: LabArgs) -> Result<()> {
             "down" => lab.link(&ns, false)?,
             other => anyhow::bail!("link state must be up or down, not {other:?}"),
         },
+        Action::StopEtcd => lab.stop_etcd()?,
+        Action::StartEtcd => lab.start_etcd()?,
         Action::Vip => {
             let h = lab.vip_holders();
             println!(

@@ -472,7 +472,15 @@ impl Lab {
         Ok(())
     }
 
-    fn start_etcd(&self) -> Result<()> {
+    /// Starts etcd (same data dir) unless it runs, and waits for /health.
+    pub fn start_etcd(&self) -> Result<()> {
+        if let Some(pid) = pidfile_alive(&self.pidfile("etcd"), "etcd") {
+            println!("lab: etcd already running (pid {pid})");
+            return Ok(());
+        }
+        if !Path::new("/run/netns/pgrlab-etcd").exists() {
+            bail!("lab is not up (namespace pgrlab-etcd missing)");
+        }
         let data = self.dir.join("etcd/data");
         let client = format!("http://{ETCD_ADDR}:2379");
         let peer = format!("http://{ETCD_ADDR}:2380");
@@ -1455,6 +1463,23 @@ impl Lab {
                 .unwrap_or(false)
             })
             .collect()
+    }
+
+    /// Stops etcd (SIGTERM, SIGKILL after 10 s): a DCS outage. With
+    /// Patroni's defaults (no failsafe mode) the leader demotes itself once
+    /// it cannot update the leader key within retry_timeout/ttl.
+    pub fn stop_etcd(&self) -> Result<()> {
+        let Some(pid) = pidfile_alive(&self.pidfile("etcd"), "etcd") else {
+            println!("lab: etcd not running");
+            return Ok(());
+        };
+        signal(pid, libc::SIGTERM);
+        if !wait_gone(&[pid], Duration::from_secs(10)) {
+            signal(pid, libc::SIGKILL);
+            wait_gone(&[pid], Duration::from_secs(5));
+        }
+        println!("lab: etcd (pid {pid}) stopped");
+        Ok(())
     }
 
     /// Runs psql in the client namespace with the lab's superuser password;

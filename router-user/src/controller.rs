@@ -50,7 +50,7 @@ struct Cluster {
 
 struct Daemon {
     cfg: Config,
-    _dp: Datapath,
+    dp: Datapath,
     maps: Maps,
     applied: Applied,
     attached: Vec<(String, String)>,
@@ -116,7 +116,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let shared = Arc::new(Mutex::new(Status::default()));
     let mut d = Daemon {
         cfg,
-        _dp: dp,
+        dp,
         maps,
         applied,
         attached,
@@ -166,6 +166,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 ticks += 1;
+                // Kernel aya-log records (rare events such as SNAT exhaustion) → tracing.
+                if let Some(l) = d.dp.logger.as_mut() {
+                    l.flush();
+                }
                 d.update_tracks();
                 if ticks % 5 == 1 {
                     dataplane::host::warm_neighbours(&d.backend_addrs());

@@ -1,4 +1,5 @@
 //! `cargo xtask …`: set-up, build, test, lab, demo and bench entry points.
+mod bench;
 mod dist;
 mod lab;
 mod setup;
@@ -27,6 +28,8 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Benchmarks (ratios against baselines measured in the same run) → BENCHMARKS.md.
+    Bench,
     /// Build the Debian package.
     Dist,
     /// Manage the local Patroni lab (network namespaces).
@@ -51,6 +54,10 @@ fn main() -> anyhow::Result<()> {
                 setup::run_setup()?;
             }
             test::run(filter.as_deref())
+        }
+        Cmd::Bench => {
+            setup::run_setup()?;
+            bench::run()
         }
         Cmd::Dist => dist::run(),
         Cmd::Lab(args) => lab::run(args),

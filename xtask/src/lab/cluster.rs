@@ -536,7 +536,8 @@ impl Lab {
         )
     }
 
-    fn write_config(&self, node: &str) -> Result<()> {
+    /// Patroni configuration of `node` (lab/patroni.yml.tmpl filled in).
+    pub fn render_config(&self, node: &str) -> Result<String> {
         let h = host(node)?;
         let nd = self.node_dir(node);
         let cfg = TEMPLATE
@@ -552,6 +553,17 @@ impl Lab {
             .replace("{{REPLICATION_USER}}", REPLICATION_USER)
             .replace("{{REPLICATION_PASSWORD}}", REPLICATION_PASSWORD)
             .replace("{{SUBNET}}", SUBNET);
+        if let Some(i) = cfg.find("{{") {
+            bail!(
+                "patroni.yml.tmpl: unknown placeholder at {:?}",
+                &cfg[i..(i + 30).min(cfg.len())]
+            );
+        }
+        Ok(cfg)
+    }
+
+    fn write_config(&self, node: &str) -> Result<()> {
+        let cfg = self.render_config(node)?;
         let p = self.config_path(node);
         fs::write(&p, cfg).with_context(|| format!("write {}", p.display()))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600))?;
@@ -1570,4 +1582,143 @@ fn disable_ipv6_root(ifname: &str) {
         format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
         "1",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_and_namespace_names() {
+        assert_eq!(node_name("2").unwrap(), "pg2");
+        assert_eq!(node_name("pg3").unwrap(), "pg3");
+        assert_eq!(node_name("pgrlab-pg1").unwrap(), "pg1");
+        assert!(node_name("4").is_err());
+        assert!(node_name("edge1").is_err());
+        assert_eq!(ns_name("edge1").unwrap(), "pgrlab-edge1");
+        assert_eq!(ns_name("pgrlab-client").unwrap(), "pgrlab-client");
+        assert!(ns_name("nope").is_err());
+    }
+
+    #[test]
+    fn hosts_fit_the_lab_subnet_and_ifnamsiz() {
+        for h in HOSTS {
+            assert!(h.addr.starts_with("198.18.0."), "{}", h.addr);
+            assert!(
+                h.host_veth().len() <= 15,
+                "{} too long for IFNAMSIZ",
+                h.host_veth()
+            );
+            assert!(h.ns().starts_with("pgrlab-"));
+        }
+        assert_eq!(host("pg1").unwrap().mac(), "02:00:c6:12:00:0b");
+        assert_eq!(host("client").unwrap().mac(), "02:00:c6:12:00:1e");
+        assert!(BRIDGE.len() <= 15);
+    }
+
+    #[test]
+    fn timing_rules() {
+        assert!(Timing::default().validate().is_ok());
+        assert!(
+            Timing {
+                ttl: 19,
+                loop_wait: 1,
+                retry_timeout: 4
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Timing {
+                ttl: 20,
+                loop_wait: 5,
+                retry_timeout: 8
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Timing {
+                ttl: 30,
+                loop_wait: 2,
+                retry_timeout: 10
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn config_renders_every_placeholder() {
+        let lab = Lab::new(Timing {
+            ttl: 25,
+            loop_wait: 2,
+            retry_timeout: 5,
+        });
+        let cfg = lab.render_config("pg2").unwrap();
+        assert!(!cfg.contains("{{"));
+        for want in [
+            "name: pg2",
+            "listen: 198.18.0.12:8008",
+            "listen: 198.18.0.12:5432",
+            "hosts: 198.18.0.5:2379",
+            "ttl: 25",
+            "loop_wait: 2",
+            "retry_timeout: 5",
+            "use_pg_rewind: true",
+            "use_slots: true",
+            "data_dir: /var/lib/pgrouter-lab/pg2/data",
+            "bin_dir: /usr/lib/postgresql/15/bin",
+            "unix_socket_directories: /var/lib/pgrouter-lab/pg2/run",
+            "198.18.0.0/24",
+        ] {
+            assert!(cfg.contains(want), "missing {want:?} in\n{cfg}");
+        }
+    }
+
+    #[test]
+    fn parses_patroni_cluster_json() {
+        let body = r#"{"members": [
+            {"name": "pg2", "role": "replica", "state": "streaming", "host": "198.18.0.12",
+             "port": 5432, "timeline": 3, "receive_lag": 0, "replay_lag": 17886512, "lag": 0},
+            {"name": "pg1", "role": "leader", "state": "running", "host": "198.18.0.11",
+             "port": 5432, "timeline": 3},
+            {"name": "pg3", "role": "replica", "state": "stopped", "host": "198.18.0.13",
+             "port": 5432, "lag": "unknown"}], "scope": "pgrlab"}"#;
+        let st = ClusterState::parse(body).unwrap();
+        assert_eq!(st.members[0].name, "pg1");
+        assert_eq!(st.leader().unwrap().host, "198.18.0.11");
+        assert_eq!(st.streaming_replicas().len(), 1);
+        assert_eq!(st.member("pg2").unwrap().replay_lag, Some(17886512));
+        assert_eq!(st.member("pg3").unwrap().replay_lag, None);
+        assert!(st.summary().contains("pg3"));
+        // A leader that is not running (e.g. promoting) is not "the" leader.
+        let st = ClusterState::parse(
+            r#"{"members": [{"name": "pg1", "role": "leader", "state": "starting", "host": "198.18.0.11"}]}"#,
+        )
+        .unwrap();
+        assert!(st.leader().is_none());
+    }
+
+    /// Full cycle through the API. Needs root and installs packages:
+    /// `cargo test -p xtask -- --ignored lab_full_cycle`.
+    #[test]
+    #[ignore]
+    fn lab_full_cycle() {
+        let lab = Lab::default();
+        lab.up(Duration::from_secs(180)).unwrap();
+        assert_eq!(lab.leader().unwrap().name, "pg1");
+        let (old, new) = lab.switchover(None, true).unwrap();
+        assert_ne!(old, new);
+        let killed = lab.kill_primary(true).unwrap();
+        assert_ne!(lab.leader().unwrap().name, killed);
+        lab.start_node(&killed, true).unwrap();
+        let replica = lab.cluster().unwrap().streaming_replicas()[0].name.clone();
+        assert!(lab.lag_replica(&replica, 12).unwrap() > 10 << 20);
+        assert_eq!(lab.unlag(None).unwrap(), vec![replica]);
+        assert_eq!(lab.stop_replicas().unwrap().len(), 2);
+        assert_eq!(lab.start_stopped(true).unwrap().len(), 2);
+        lab.down().unwrap();
+        assert!(!Path::new(LAB_DIR).exists());
+    }
 }

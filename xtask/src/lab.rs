@@ -3,6 +3,7 @@
 //!
 //! Every action is also a method on [`cluster::Lab`], so scenario tests can either
 //! run `cargo xtask lab <action>` or call the API.
+pub mod baseline;
 pub mod cluster;
 pub mod install;
 pub mod util;
@@ -112,6 +113,11 @@ pub enum Action {
     StopEtcd,
     /// Start etcd again (same data) and wait for it to be healthy.
     StartEtcd,
+    /// Run the setup pgrouter replaces on the edges: HAProxy + Keepalived
+    /// (VIP on edge1, 5000 -> primary, 5001 -> replicas / primary fallback).
+    BaselineUp,
+    /// Stop the baseline HAProxy + Keepalived.
+    BaselineDown,
     /// Print which edge(s) hold the VIP (`edge1`, `edge1 edge2`, or `none`).
     Vip,
     /// psql from the client namespace with the lab password; defaults to
@@ -223,6 +229,8 @@ pub fn run(args: LabArgs) -> Result<()> {
             "down" => lab.link(&ns, false)?,
             other => anyhow::bail!("link state must be up or down, not {other:?}"),
         },
+        Action::BaselineUp => lab.baseline_up()?,
+        Action::BaselineDown => lab.baseline_down()?,
         Action::StopEtcd => lab.stop_etcd()?,
         Action::StartEtcd => lab.start_etcd()?,
         Action::Vip => {

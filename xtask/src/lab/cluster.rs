@@ -1138,16 +1138,21 @@ impl Lab {
     /// Stops every node that is currently not the leader. Returns their names.
     pub fn stop_replicas(&self) -> Result<Vec<String>> {
         let st = self.cluster()?;
-        let leader = st.leader().map(|l| l.name.clone());
+        let Some(leader) = st.leader().map(|l| l.name.clone()) else {
+            bail!(
+                "stop-replicas: no running leader, so no replicas to tell apart:\n{}",
+                st.summary()
+            );
+        };
         let mut stopped = vec![];
         for n in PG_NODES {
-            if Some(n.to_string()) == leader {
+            if n == leader {
                 continue;
             }
             self.stop_node(n)?;
             stopped.push(n.to_string());
         }
-        println!("lab: stop-replicas: stopped {stopped:?} (leader {leader:?} keeps running)");
+        println!("lab: stop-replicas: stopped {stopped:?} (leader {leader} keeps running)");
         Ok(stopped)
     }
 
@@ -1173,6 +1178,13 @@ impl Lab {
 
     /// Runs SQL via psql (from the client namespace) on `addr`:5432.
     pub fn psql(&self, addr: &str, sql: &str) -> Result<String> {
+        self.psql_port(addr, 5432, sql)
+    }
+
+    /// Runs SQL via psql (from the client namespace) on `addr`:`port`, e.g.
+    /// the VIP on 5000/5001. Returns trimmed stdout.
+    pub fn psql_port(&self, addr: &str, port: u16, sql: &str) -> Result<String> {
+        let port = port.to_string();
         let mut c = ns_cmd(
             CLIENT_NS,
             [
@@ -1180,7 +1192,7 @@ impl Lab {
                 "-h",
                 addr,
                 "-p",
-                "5432",
+                &port,
                 "-U",
                 SUPERUSER,
                 "-d",

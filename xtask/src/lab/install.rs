@@ -116,6 +116,21 @@ pub fn ensure_installed() -> Result<()> {
     Ok(())
 }
 
+/// Installs `pkgs` that are missing (one `apt-get update` first).
+pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "lab: install: missing Debian packages: {}",
+        missing.join(" ")
+    );
+    run(cmd("apt-get", ["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("apt-get update")?;
+    apt_install(&missing)
+}
+
 /// Stops Debian's default cluster (15/main) if it runs: it would hold
 /// 127.0.0.1:5432 and /var/run/postgresql in the root namespace.
 fn stop_debian_main_cluster() {

@@ -1,0 +1,1061 @@
+//! Network tests of the controller's Patroni health checks: a client, an edge host running
+//! `pgrouter run` with `checks = "patroni"`, and three nodes, each in its own namespace on one
+//! bridge. Every node runs `pgr-echo` (PostgreSQL stand-in, announces its name) on :5432 and
+//! `pgr-fake-patroni` on :8008, whose role the test switches by rewriting a state file in the
+//! lab dir (temp + rename; re-read on every request).
+//!
+//! Health timing in every test: interval 1s, fastinter 200ms, downinter 1s, timeout 500ms,
+//! fall 2, rise 1. Measured times are printed (`cargo test ... -- --nocapture`).
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{in_netns, netns::Lab, wait_for};
+
+const VIP: &str = "198.18.0.100";
+const NODES: [(&str, &str); 3] = [
+    ("pg1", "198.18.0.11"),
+    ("pg2", "198.18.0.12"),
+    ("pg3", "198.18.0.13"),
+];
+const INTERVAL: Duration = Duration::from_secs(1);
+const FASTINTER: Duration = Duration::from_millis(200);
+const FALL: u32 = 2;
+/// Scheduling, HTTP round trips, map writes and the client's own pacing on a shared 2-core
+/// machine.
+const MARGIN: Duration = Duration::from_millis(300);
+/// 10MB as Patroni counts it (powers of 1024).
+const LAG_LIMIT: u64 = 10 * 1024 * 1024;
+
+/// Extra config per test.
+#[derive(Clone, Copy, Default)]
+struct Opts {
+    /// Appended to the `PG1_ro` listener (e.g. `lag = "10MB"`).
+    ro_extra: &'static str,
+    /// Further listeners (TOML).
+    extra: &'static str,
+    /// `[control] metrics`.
+    metrics: &'static str,
+}
+
+struct Setup {
+    lab: Lab,
+    client: String,
+    edge: String,
+    socket: String,
+    _peer_xdp: aya::Ebpf,
+}
+
+fn config(lab: &Lab, o: Opts) -> String {
+    let mut nodes = String::new();
+    for (name, ip) in NODES {
+        nodes.push_str(&format!(
+            "[[cluster.node]]\nname = \"{name}\"\nhost = \"{ip}\"\n\n"
+        ));
+    }
+    format!(
+        r#"[datapath]
+interfaces = ["eth0"]
+mode = "native"
+pin_path = "{dir}/bpf"
+snat_ports = "40000-44999"
+
+[control]
+socket = "{dir}/pgrouter.sock"
+metrics = "{metrics}"
+
+[[cluster]]
+name = "pg"
+checks = "patroni"
+
+[cluster.health]
+interval = "1s"
+fastinter = "200ms"
+downinter = "1s"
+timeout = "500ms"
+fall = 2
+rise = 1
+
+{nodes}[[cluster.listener]]
+name = "PG1"
+vip = "{VIP}"
+port = 5000
+kind = "primary"
+
+[[cluster.listener]]
+name = "PG1_ro"
+vip = "{VIP}"
+port = 5001
+kind = "replica"
+fallback = "primary"
+{ro_extra}
+{extra}
+"#,
+        dir = lab.dir.display(),
+        metrics = o.metrics,
+        ro_extra = o.ro_extra,
+        extra = o.extra,
+    )
+}
+
+/// Sets a node's Patroni state atomically (the fake re-reads it on every request).
+fn set_state(dir: &Path, node: &str, state: &str) {
+    let tmp = dir.join(format!("{node}.state.tmp"));
+    std::fs::write(&tmp, format!("{state}\n")).expect("state file");
+    std::fs::rename(&tmp, dir.join(format!("{node}.state"))).expect("rename state");
+}
+
+/// Several nodes' states, written first and then renamed back to back, so they take effect
+/// together.
+fn set_states(dir: &Path, states: &[(&str, &str)]) {
+    for (node, state) in states {
+        std::fs::write(dir.join(format!("{node}.state.tmp")), format!("{state}\n"))
+            .expect("state file");
+    }
+    for (node, _) in states {
+        std::fs::rename(
+            dir.join(format!("{node}.state.tmp")),
+            dir.join(format!("{node}.state")),
+        )
+        .expect("rename state");
+    }
+}
+
+fn status(socket: &str) -> Option<Value> {
+    let out = std::process::Command::new(tests::pgrouter_bin())
+        .args(["status", "--json", "--socket", socket])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Members of a listener's set (cluster view), e.g. `set_members(&v, "PG1_ro")`.
+fn set_members(v: &Value, listener: &str) -> Option<Vec<String>> {
+    let l = v["clusters"][0]["listeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == listener)?;
+    Some(
+        l["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// A data-path listener's status (`pg/PG1`).
+fn listener<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["listeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == format!("pg/{name}"))
+}
+
+fn node<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["clusters"][0]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == name)
+}
+
+/// A node's check result by path prefix (`/primary`, `/replica`).
+fn check<'a>(v: &'a Value, node_name: &str, path: &str) -> Option<&'a Value> {
+    node(v, node_name)?["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["check"].as_str().is_some_and(|c| c.starts_with(path)))
+}
+
+fn setup(prefix: &str, o: Opts) -> Setup {
+    let mut lab = Lab::new(prefix).expect("lab");
+    let br = lab.add_bridge("br").expect("bridge");
+    let client = lab.add_ns("cl").expect("ns");
+    let edge = lab.add_ns("edge").expect("ns");
+    lab.connect(&client, "eth0", &br, "198.18.0.30/24")
+        .expect("client link");
+    lab.connect(&edge, "eth0", &br, "198.18.0.21/24")
+        .expect("edge link");
+    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
+        .expect("vip");
+    for (name, ip) in NODES {
+        let ns = lab.add_ns(name).expect("ns");
+        lab.connect(&ns, "eth0", &br, &format!("{ip}/24"))
+            .expect("node link");
+        lab.spawn(
+            &ns,
+            name,
+            &[env!("CARGO_BIN_EXE_pgr-echo"), name, &format!("{ip}:5432")],
+        )
+        .expect("echo");
+        let role = if name == "pg1" {
+            "primary tl=1"
+        } else {
+            "replica tl=1"
+        };
+        set_state(&lab.dir, name, role);
+        let state = lab.dir.join(format!("{name}.state"));
+        lab.spawn(
+            &ns,
+            &format!("{name}-api"),
+            &[
+                env!("CARGO_BIN_EXE_pgr-fake-patroni"),
+                name,
+                &format!("{ip}:8008"),
+                state.to_str().expect("utf8"),
+            ],
+        )
+        .expect("fake patroni");
+    }
+    // Every fake API answers before the controller starts.
+    for (name, ip) in NODES {
+        let addr: SocketAddr = format!("{ip}:8008").parse().expect("addr");
+        let e = edge.clone();
+        wait_for(&format!("{name}'s API"), Duration::from_secs(10), || {
+            in_netns(&e, move || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+            .ok()?
+            .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(&format!("{name}-api"))));
+    }
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let mut peer = aya::Ebpf::load(pgrouter::dataplane::loader::EBPF_OBJECT).expect("object");
+    let p: &mut aya::programs::Xdp = peer
+        .program_mut("xdp_pass")
+        .expect("xdp_pass")
+        .try_into()
+        .expect("xdp");
+    p.load().expect("load xdp_pass");
+    p.attach(&format!("{prefix}v2"), aya::programs::XdpMode::Driver)
+        .expect("attach peer");
+
+    let cfg_path = lab.dir.join("pgrouter.toml");
+    std::fs::write(&cfg_path, config(&lab, o)).expect("config");
+    let bin = tests::pgrouter_bin();
+    lab.spawn(
+        &edge,
+        "pgrouter",
+        &[
+            bin.to_str().expect("utf8"),
+            "run",
+            "-c",
+            cfg_path.to_str().expect("utf8"),
+        ],
+    )
+    .expect("pgrouter");
+    let socket = lab.dir.join("pgrouter.sock").display().to_string();
+    wait_for(
+        "pgrouter to publish the checked sets",
+        Duration::from_secs(20),
+        || {
+            let v = status(&socket)?;
+            let published = v["listeners"]
+                .as_array()?
+                .iter()
+                .all(|l| l["generation"].as_u64().unwrap_or(0) > 0);
+            let ok = published
+                && v["clusters"][0]["primary"] == "pg1"
+                && set_members(&v, "PG1_ro")? == ["pg2", "pg3"];
+            ok.then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log("pgrouter")));
+    Setup {
+        lab,
+        client,
+        edge,
+        socket,
+        _peer_xdp: peer,
+    }
+}
+
+impl Setup {
+    fn set(&self, node: &str, state: &str) {
+        set_state(&self.lab.dir, node, state);
+    }
+
+    fn status(&self) -> Value {
+        status(&self.socket).unwrap_or_else(|| panic!("status\n{}", self.lab.log("pgrouter")))
+    }
+
+    /// Waits for a status for which `f` holds; returns it and when it was seen.
+    fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> (Value, Instant) {
+        wait_for(what, timeout, || {
+            let v = status(&self.socket)?;
+            f(&v).then(|| (v, Instant::now()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.lab.log("pgrouter")))
+    }
+
+    /// Opens a connection from the client and reads the node's name.
+    fn session(&self, port: u16) -> (TcpStream, String) {
+        in_netns(&self.client, move || {
+            let mut s = connect(port, Duration::from_secs(2))?;
+            let name = who(&mut s, Duration::from_secs(2))?;
+            Ok::<_, std::io::Error>((s, name))
+        })
+        .expect("client ns")
+        .unwrap_or_else(|e| panic!("session to :{port}: {e}\n{}", self.lab.log("pgrouter")))
+    }
+
+    /// `n` new connections, one after the other: who served each (or the error).
+    fn names(&self, port: u16, n: usize) -> Vec<Result<String, String>> {
+        in_netns(&self.client, move || {
+            (0..n)
+                .map(|_| {
+                    connect(port, Duration::from_millis(300))
+                        .and_then(|mut s| who(&mut s, Duration::from_secs(1)))
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+        .expect("client ns")
+    }
+
+    fn metrics(&self) -> Option<String> {
+        in_netns(&self.edge, || -> std::io::Result<String> {
+            let addr: SocketAddr = "127.0.0.1:9188".parse().map_err(std::io::Error::other)?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .ok()?
+        .ok()
+    }
+}
+
+fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    let addr: SocketAddr = format!("{VIP}:{port}").parse().expect("addr");
+    TcpStream::connect_timeout(&addr, timeout)
+}
+
+/// Reads the name the backend announces.
+fn who(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<String> {
+    stream.set_read_timeout(Some(timeout))?;
+    let mut name = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        stream.read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&name).into_owned());
+        }
+        name.push(b[0]);
+    }
+}
+
+/// The session is alive: nothing (no reset, no EOF) arrives unasked, and bytes echo back.
+fn alive(s: &mut TcpStream) -> Result<(), String> {
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .map_err(|e| e.to_string())?;
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => return Err(format!("idle read: expected nothing, got {other:?}")),
+    }
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"still here")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).map_err(|e| format!("echo: {e}"))?;
+    if &back != b"still here" {
+        return Err(format!("echo differs: {back:?}"));
+    }
+    Ok(())
+}
+
+/// Waits (bounded) for the connection to be reset without sending; returns how long after
+/// `since` the reset arrived.
+fn wait_reset(s: &mut TcpStream, since: Instant, timeout: Duration) -> Result<Duration, String> {
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(since.elapsed()),
+        other => Err(format!("expected ECONNRESET, got {other:?}")),
+    }
+}
+
+/// Watches a held session for a reset on its own thread, so the time is measured when the
+/// RST arrives, not when the test gets round to reading.
+fn watch_reset(
+    mut s: TcpStream,
+    since: Instant,
+    timeout: Duration,
+) -> JoinHandle<Result<Duration, String>> {
+    std::thread::spawn(move || wait_reset(&mut s, since, timeout))
+}
+
+/// One attempt of the client loop.
+#[derive(Clone, Debug)]
+struct Rec {
+    start: Instant,
+    /// When the banner (or the error) arrived.
+    end: Instant,
+    res: Result<String, String>,
+}
+
+/// A client opening a new connection to VIP:port every ~20 ms, recording who served it.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    recs: Arc<Mutex<Vec<Rec>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(client: &str, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let recs = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, ns) = (stop.clone(), recs.clone(), client.to_owned());
+        let thread = std::thread::spawn(move || {
+            let _ = in_netns(&ns, move || {
+                while !s.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let res = connect(port, Duration::from_millis(150))
+                        .and_then(|mut c| who(&mut c, Duration::from_millis(500)))
+                        .map_err(|e| e.to_string());
+                    let end = Instant::now();
+                    r.lock().expect("recs").push(Rec { start, end, res });
+                    // Pacing of the load, not synchronisation.
+                    if let Some(rest) = Duration::from_millis(20).checked_sub(start.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+            });
+        });
+        Self {
+            stop,
+            recs,
+            thread: Some(thread),
+        }
+    }
+
+    fn recs(&self) -> Vec<Rec> {
+        self.recs.lock().expect("recs").clone()
+    }
+
+    /// The first attempt started at or after `since` that `node` served.
+    fn wait_served_by(&self, node: &str, since: Instant, timeout: Duration) -> Rec {
+        wait_for(&format!("a connection served by {node}"), timeout, || {
+            self.recs()
+                .into_iter()
+                .find(|r| r.start >= since && r.res.as_deref() == Ok(node))
+        })
+        .unwrap_or_else(|e| panic!("{e}; records: {}", summary(&self.recs(), since)))
+    }
+
+    /// Waits until `n` attempts started at or after `since` are recorded.
+    fn wait_count_after(&self, since: Instant, n: usize, timeout: Duration) {
+        wait_for("more client attempts", timeout, || {
+            (self.recs().iter().filter(|r| r.start >= since).count() >= n).then_some(())
+        })
+        .expect("client loop stalled");
+    }
+
+    fn stop(mut self) -> Vec<Rec> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.recs()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Compact run-length view of the records from `since`: `pg1×12 err×3 pg2×40`.
+fn summary(recs: &[Rec], since: Instant) -> String {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for r in recs.iter().filter(|r| r.start >= since) {
+        let k = match &r.res {
+            Ok(n) => n.clone(),
+            Err(_) => "err".into(),
+        };
+        match out.last_mut() {
+            Some((last, c)) if *last == k => *c += 1,
+            _ => out.push((k, 1)),
+        }
+    }
+    out.iter()
+        .map(|(k, c)| format!("{k}×{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// A Patroni switchover moves new writes to the new primary within fastinter + one check
+/// interval, and once the new primary has served a write no new connection reaches the old
+/// one.
+#[test]
+fn writes_follow_a_switchover_within_fastinter_plus_a_check() {
+    let s = setup("pgrh1", Opts::default());
+    let (old_session, first) = s.session(5000);
+    assert_eq!(first, "pg1");
+    let p = Prober::start(&s.client, 5000);
+    let warm = Instant::now();
+    p.wait_count_after(warm, 10, Duration::from_secs(5));
+    assert!(
+        p.recs().iter().all(|r| r.res.as_deref() == Ok("pg1")),
+        "before the switch writes go to pg1: {}",
+        summary(&p.recs(), warm)
+    );
+
+    let switch = Instant::now();
+    let old_reset = watch_reset(old_session, switch, Duration::from_secs(5));
+    set_states(
+        &s.lab.dir,
+        &[("pg1", "replica tl=2"), ("pg2", "primary tl=2")],
+    );
+    let first_new = p.wait_served_by("pg2", switch, Duration::from_secs(5));
+    let took = first_new.end - switch;
+    // Keep writing for a while after the new primary was seen.
+    p.wait_count_after(first_new.end, 40, Duration::from_secs(10));
+    let recs = p.stop();
+    let stale: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.start >= first_new.end && r.res.as_deref() != Ok("pg2"))
+        .collect();
+    let to_old_before = recs
+        .iter()
+        .filter(|r| r.start >= switch && r.start < first_new.start && r.res.as_deref() == Ok("pg1"))
+        .count();
+    let failed_between = recs
+        .iter()
+        .filter(|r| r.start >= switch && r.start < first_new.start && r.res.is_err())
+        .count();
+    // The held session on the demoted primary is reset (demoted = shutdown, whatever
+    // on_marked_down says).
+    let reset = old_reset.join().expect("reset watcher");
+    let limit = FASTINTER + INTERVAL + MARGIN;
+    println!(
+        "switchover: first write served by the new primary {} ms after the role switch \
+         (limit {} ms = fastinter 200 + interval 1000 + margin 300); before that {to_old_before} \
+         new connections still reached the old primary, {failed_between} failed; held session \
+         on the old primary reset after {:?} ms; records: {}",
+        ms(took),
+        ms(limit),
+        reset.as_ref().map(|d| ms(*d)),
+        summary(&recs, switch)
+    );
+    assert!(
+        took <= limit,
+        "switchover took {} ms > {} ms\n{}",
+        ms(took),
+        ms(limit),
+        s.lab.log("pgrouter")
+    );
+    assert!(
+        stale.is_empty(),
+        "after pg2 served a write, {} new connections did not go to pg2: {:?}",
+        stale.len(),
+        stale.iter().map(|r| &r.res).collect::<Vec<_>>()
+    );
+    assert!(reset.is_ok(), "old primary's session: {reset:?}");
+    let v = s.status();
+    assert_eq!(v["clusters"][0]["primary"], "pg2");
+    assert_eq!(v["clusters"][0]["split_brain"], false);
+}
+
+/// With every replica down, reads go to the primary within fall × interval; a replica that
+/// comes back takes new reads, and a read session on the primary stays (drain).
+#[test]
+fn reads_fall_back_to_the_primary_and_return() {
+    let s = setup("pgrh2", Opts::default());
+    let p = Prober::start(&s.client, 5001);
+    let warm = Instant::now();
+    p.wait_served_by("pg2", warm, Duration::from_secs(5));
+    p.wait_served_by("pg3", warm, Duration::from_secs(5));
+
+    let down = Instant::now();
+    set_states(&s.lab.dir, &[("pg2", "down"), ("pg3", "down")]);
+    let first_primary = p.wait_served_by("pg1", down, Duration::from_secs(6));
+    let took = first_primary.end - down;
+    p.wait_count_after(first_primary.end, 20, Duration::from_secs(10));
+    let after: Vec<Rec> = p
+        .recs()
+        .into_iter()
+        .filter(|r| r.start >= first_primary.end)
+        .collect();
+    let limit = INTERVAL * FALL + MARGIN;
+    println!(
+        "fallback: first read served by the primary {} ms after both replicas went down \
+         (limit {} ms = fall 2 × interval 1000 + margin 300); records: {}",
+        ms(took),
+        ms(limit),
+        summary(&p.recs(), down)
+    );
+    assert!(took <= limit, "fallback took {} ms", ms(took));
+    assert!(
+        after.iter().all(|r| r.res.as_deref() == Ok("pg1")),
+        "during fallback reads go only to the primary: {}",
+        summary(&after, first_primary.end)
+    );
+    let v = s.status();
+    assert_eq!(
+        listener(&v, "PG1_ro").expect("PG1_ro")["fallback_active"],
+        true
+    );
+
+    // A read session on the primary, then pg2 comes back.
+    let (mut held, on) = s.session(5001);
+    assert_eq!(on, "pg1", "fallback session");
+    let back = Instant::now();
+    s.set("pg2", "replica tl=1");
+    let first_back = p.wait_served_by("pg2", back, Duration::from_secs(5));
+    let took_back = first_back.end - back;
+    p.wait_count_after(first_back.end, 20, Duration::from_secs(10));
+    let recs = p.stop();
+    let wrong: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.start >= first_back.end && r.res.as_deref() != Ok("pg2"))
+        .collect();
+    // downinter (pg2 was down for every check) + rise 1.
+    let limit_back = INTERVAL + MARGIN;
+    println!(
+        "return: first read served by pg2 {} ms after it came back (limit {} ms = downinter \
+         1000 + margin 300); records: {}",
+        ms(took_back),
+        ms(limit_back),
+        summary(&recs, back)
+    );
+    assert!(took_back <= limit_back, "return took {} ms", ms(took_back));
+    assert!(
+        wrong.is_empty(),
+        "once pg2 is back new reads go to it: {}",
+        summary(&recs, first_back.end)
+    );
+    let v = s.status();
+    assert_eq!(
+        listener(&v, "PG1_ro").expect("PG1_ro")["fallback_active"],
+        false
+    );
+    let pg1 = listener(&v, "PG1_ro").expect("PG1_ro")["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["node"] == "pg1")
+        .cloned()
+        .expect("pg1 backend");
+    assert_eq!(pg1["state"], "drain", "{pg1}");
+    assert_eq!(
+        alive(&mut held),
+        Ok(()),
+        "the primary's read session is kept"
+    );
+}
+
+/// A replica lagging more than the listener's `lag` fails Patroni's `/replica?lag=` and takes
+/// no new reads; back under the limit it returns.
+#[test]
+fn lagging_replica_leaves_the_read_set() {
+    let s = setup(
+        "pgrh3",
+        Opts {
+            ro_extra: "lag = \"10MB\"",
+            ..Default::default()
+        },
+    );
+    let before = s.names(5001, 8);
+    assert!(
+        before.iter().any(|r| r.as_deref() == Ok("pg3")),
+        "pg3 takes reads before: {before:?}"
+    );
+    let lag = Instant::now();
+    s.set("pg3", &format!("replica tl=1 lag={}", 2 * LAG_LIMIT));
+    let (v, seen) = s.wait_status("pg3 out of the read set", Duration::from_secs(5), |v| {
+        set_members(v, "PG1_ro").is_some_and(|m| m == ["pg2"])
+    });
+    let took = seen - lag;
+    let c = check(&v, "pg3", "/replica").expect("pg3 replica check");
+    assert_eq!(c["check"], format!("/replica?lag={LAG_LIMIT}"));
+    assert_eq!(c["up"], false, "{c}");
+    assert_eq!(c["last"]["http_status"], 503, "{c}");
+    assert_eq!(
+        node(&v, "pg3").expect("pg3")["lag_bytes"],
+        2 * LAG_LIMIT,
+        "informational lag"
+    );
+    // The map write follows the status within the same controller loop; poll the data path.
+    let after = wait_for("reads avoid pg3", Duration::from_secs(3), || {
+        let n = s.names(5001, 20);
+        n.iter().all(|r| r.as_deref() == Ok("pg2")).then_some(n)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", s.names(5001, 20)));
+    println!(
+        "lag: pg3 (20MB behind, limit 10MB) left the read set {} ms after reporting it \
+         (limit {} ms = fall 2 × interval 1000 + margin 300); next {} reads all on pg2",
+        ms(took),
+        ms(INTERVAL * FALL + MARGIN),
+        after.len()
+    );
+    assert!(took <= INTERVAL * FALL + MARGIN, "took {} ms", ms(took));
+
+    // Under the limit again (5MB): back in the set.
+    s.set("pg3", &format!("replica tl=1 lag={}", LAG_LIMIT / 2));
+    s.wait_status("pg3 back in the read set", Duration::from_secs(5), |v| {
+        set_members(v, "PG1_ro").is_some_and(|m| m == ["pg2", "pg3"])
+    });
+    wait_for("reads reach pg3 again", Duration::from_secs(3), || {
+        s.names(5001, 6)
+            .iter()
+            .any(|r| r.as_deref() == Ok("pg3"))
+            .then_some(())
+    })
+    .expect("pg3 back");
+}
+
+/// A primary that stops passing the primary check (its Patroni goes away: no answer, so `fall`
+/// applies) has its sessions reset on a `shutdown-sessions` listener, and kept on a `keep`
+/// one.
+#[test]
+fn marked_down_primary_sessions_are_reset() {
+    let s = setup(
+        "pgrh4",
+        Opts {
+            extra: "[[cluster.listener]]\nname = \"PG1_keep\"\nvip = \"198.18.0.100\"\n\
+                    port = 5002\nkind = \"primary\"\non_marked_down = \"keep\"\n",
+            ..Default::default()
+        },
+    );
+    s.wait_status("PG1_keep published", Duration::from_secs(5), |v| {
+        listener(v, "PG1_keep").is_some_and(|l| l["generation"].as_u64() > Some(0))
+    });
+    let (mut shut, a) = s.session(5000);
+    let (mut keep, b) = s.session(5002);
+    assert_eq!((a.as_str(), b.as_str()), ("pg1", "pg1"));
+
+    let down = Instant::now();
+    s.set("pg1", "down");
+    let reset = wait_reset(&mut shut, down, Duration::from_secs(5));
+    let limit = INTERVAL * FALL + MARGIN;
+    println!(
+        "marked down: shutdown-sessions session reset {:?} ms after pg1's API went down \
+         (limit {} ms = fall 2 × interval 1000 + margin 300)",
+        reset.as_ref().map(|d| ms(*d)),
+        ms(limit)
+    );
+    let reset = reset.unwrap_or_else(|e| panic!("{e}\n{}", s.lab.log("pgrouter")));
+    assert!(reset <= limit, "reset after {} ms", ms(reset));
+    let v = s.status();
+    let c = check(&v, "pg1", "/primary").expect("check");
+    assert_eq!(c["verdict"], "down", "{c}");
+    assert_eq!(v["clusters"][0]["primary"], Value::Null);
+    let kb = listener(&v, "PG1_keep").expect("PG1_keep")["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["node"] == "pg1")
+        .cloned()
+        .expect("pg1");
+    assert_eq!(kb["state"], "drain", "{kb}");
+    assert_eq!(alive(&mut keep), Ok(()), "on_marked_down = keep");
+    // And no new writes anywhere while no node passes the primary check.
+    let w = s.names(5000, 3);
+    assert!(w.iter().all(|r| r.is_err()), "no primary, no writes: {w:?}");
+}
+
+/// Two nodes claiming primary on the same timeline get no new writes at all; once their
+/// timelines differ only the higher one does, and the loser's sessions are reset.
+#[test]
+fn split_brain_never_writes_to_two_nodes() {
+    let s = setup("pgrh5", Opts::default());
+    let (mut held, on) = s.session(5000);
+    assert_eq!(on, "pg1");
+    let gen_before = listener(&s.status(), "PG1").expect("PG1")["generation"]
+        .as_u64()
+        .expect("generation");
+    let p = Prober::start(&s.client, 5000);
+    let warm = Instant::now();
+    p.wait_served_by("pg1", warm, Duration::from_secs(5));
+
+    let split = Instant::now();
+    s.set("pg2", "primary tl=1");
+    // Split seen by the health task *and* the emptied set written to the maps (generation).
+    let (v, blocked) = s.wait_status("split brain", Duration::from_secs(5), |v| {
+        v["clusters"][0]["split_brain"] == true
+            && v["clusters"][0]["writes_blocked"] == true
+            && listener(v, "PG1").is_some_and(|l| l["generation"].as_u64() > Some(gen_before))
+    });
+    assert_eq!(v["clusters"][0]["primary"], Value::Null);
+    assert_eq!(set_members(&v, "PG1").expect("PG1"), Vec::<String>::new());
+    p.wait_count_after(blocked, 10, Duration::from_secs(10));
+    // The undecided side's sessions are kept (drain): it may be the real primary.
+    assert_eq!(alive(&mut held), Ok(()), "pg1 session during the split");
+
+    let resolve = Instant::now();
+    let held_reset = watch_reset(held, resolve, Duration::from_secs(5));
+    s.set("pg2", "primary tl=2");
+    let first_new = p.wait_served_by("pg2", resolve, Duration::from_secs(5));
+    let reset = held_reset.join().expect("reset watcher");
+    p.wait_count_after(first_new.end, 20, Duration::from_secs(10));
+    let recs = p.stop();
+
+    let to_pg2_early: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.start < resolve && r.res.as_deref() == Ok("pg2"))
+        .collect();
+    let during: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.start >= blocked && r.start < resolve)
+        .collect();
+    let after: Vec<&Rec> = recs.iter().filter(|r| r.start >= first_new.end).collect();
+    println!(
+        "split brain: writes blocked (status + maps) {} ms after pg2 claimed primary on the \
+         same timeline; {} attempts during the split all refused; pg2 (timeline 2) served \
+         writes {} ms after its timeline rose; pg1's held session reset after {:?} ms; \
+         records: {}",
+        ms(blocked - split),
+        during.len(),
+        ms(first_new.end - resolve),
+        reset.as_ref().map(|d| ms(*d)),
+        summary(&recs, split)
+    );
+    assert!(
+        to_pg2_early.is_empty(),
+        "pg2 must get no write while timelines are equal"
+    );
+    assert!(
+        during.iter().all(|r| r.res.is_err()),
+        "no new write during the undecided split: {}",
+        summary(&recs, blocked)
+    );
+    assert!(
+        after.iter().all(|r| r.res.as_deref() == Ok("pg2")),
+        "only the higher timeline gets writes: {}",
+        summary(&recs, first_new.end)
+    );
+    assert!(
+        reset.is_ok(),
+        "pg1's session after losing on timeline: {reset:?}"
+    );
+    let v = s.status();
+    let c = &v["clusters"][0];
+    assert_eq!(c["split_brain"], true, "both still pass /primary");
+    assert_eq!(c["writes_blocked"], false);
+    assert_eq!(c["primary"], "pg2");
+    let d = listener(&v, "PG1").expect("PG1")["drop_no_backend"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(d > 0, "blocked SYNs are counted as drop_no_backend");
+}
+
+/// Parses a Prometheus text page into `series → value`.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `pgrouter status` (table and JSON) names every node with its role and check results, and
+/// the metrics endpoint in the edge namespace exposes check, fallback and flow gauges.
+#[test]
+fn status_and_metrics_report_the_cluster() {
+    let s = setup(
+        "pgrh6",
+        Opts {
+            metrics: "127.0.0.1:9188",
+            ..Default::default()
+        },
+    );
+    // Every check judged (pg1's `/replica` needs `fall` failures before it is down).
+    s.wait_status("every check judged", Duration::from_secs(5), |v| {
+        NODES.iter().all(|(n, _)| {
+            node(v, n).is_some_and(|n| {
+                n["checks"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().all(|c| c["verdict"] != "unknown"))
+            })
+        })
+    });
+    let out = std::process::Command::new(tests::pgrouter_bin())
+        .args(["status", "--socket", &s.socket])
+        .output()
+        .expect("status");
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{table}");
+    assert!(table.contains("cluster pg: primary pg1"), "{table}");
+    for (name, ip) in NODES {
+        let line = table
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")) && l.contains(":5432"))
+            .unwrap_or_else(|| panic!("no node line for {name}:\n{table}"));
+        assert!(line.contains(ip), "{line}");
+        assert!(line.contains("running"), "{line}");
+        if name == "pg1" {
+            assert!(line.contains(" primary "), "{line}");
+            assert!(line.contains("/primary=up(200)"), "{line}");
+            assert!(line.contains("/replica=down(503)"), "{line}");
+        } else {
+            assert!(line.contains(" replica "), "{line}");
+            assert!(line.contains("/primary=down(503)"), "{line}");
+            assert!(line.contains("/replica=up(200)"), "{line}");
+        }
+    }
+    let v = s.status();
+    for (name, _) in NODES {
+        let n = node(&v, name).unwrap_or_else(|| panic!("{name} in {v}"));
+        let primary = name == "pg1";
+        assert_eq!(n["role"], if primary { "primary" } else { "replica" });
+        assert_eq!(n["timeline"], 1);
+        let p = check(&v, name, "/primary").expect("primary check");
+        let r = check(&v, name, "/replica").expect("replica check");
+        assert_eq!(p["up"], primary, "{p}");
+        assert_eq!(r["up"], !primary, "{r}");
+        assert_eq!(p["last"]["http_status"], if primary { 200 } else { 503 });
+        assert!(p["last"]["latency_ms"].as_f64().is_some(), "{p}");
+    }
+
+    // Three held write sessions and two reads.
+    let sessions: Vec<(TcpStream, String)> = (0..3)
+        .map(|_| s.session(5000))
+        .chain((0..2).map(|_| s.session(5001)))
+        .collect();
+    let key = |n: &str, c: &str| {
+        format!("pgrouter_check_up{{cluster=\"pg\",node=\"{n}\",check=\"{c}\"}}")
+    };
+    let flows = |l: &str, n: &str| {
+        format!("pgrouter_backend_active_flows{{listener=\"pg/{l}\",node=\"{n}\"}}")
+    };
+    let fallback = "pgrouter_fallback_active{listener=\"pg/PG1_ro\"}".to_owned();
+    let m = wait_for(
+        "metrics with the held flows",
+        Duration::from_secs(5),
+        || {
+            let m = parse_metrics(&s.metrics()?);
+            (m.get(&flows("PG1", "pg1")) == Some(&3.0)).then_some(m)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.metrics().unwrap_or_default()));
+    assert_eq!(m.get(&key("pg1", "/primary")), Some(&1.0));
+    assert_eq!(m.get(&key("pg1", "/replica")), Some(&0.0));
+    for n in ["pg2", "pg3"] {
+        assert_eq!(m.get(&key(n, "/primary")), Some(&0.0), "{n}");
+        assert_eq!(m.get(&key(n, "/replica")), Some(&1.0), "{n}");
+        assert_eq!(m.get(&flows("PG1", n)), Some(&0.0), "{n}");
+    }
+    assert_eq!(m.get(&fallback), Some(&0.0));
+    let reads = m.get(&flows("PG1_ro", "pg2")).copied().unwrap_or(-1.0)
+        + m.get(&flows("PG1_ro", "pg3")).copied().unwrap_or(-1.0);
+    assert_eq!(reads, 2.0, "two read sessions on the replicas");
+    assert_eq!(m.get(&flows("PG1_ro", "pg1")), Some(&0.0));
+    assert_eq!(m.get("pgrouter_split_brain{cluster=\"pg\"}"), Some(&0.0));
+
+    // Every replica down: fallback shows, and the replica checks report 0.
+    set_states(&s.lab.dir, &[("pg2", "down"), ("pg3", "down")]);
+    let m = wait_for("fallback in metrics", Duration::from_secs(6), || {
+        let m = parse_metrics(&s.metrics()?);
+        (m.get(&fallback) == Some(&1.0)).then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.metrics().unwrap_or_default()));
+    for n in ["pg2", "pg3"] {
+        assert_eq!(m.get(&key(n, "/replica")), Some(&0.0), "{n}");
+    }
+    // The replicas' read sessions were reset (shutdown-sessions) and their flows are gone:
+    // only the three write flows (two conntrack entries each) remain.
+    let mut sessions = sessions;
+    for (st, name) in sessions.iter_mut().skip(3) {
+        let r = wait_reset(st, Instant::now(), Duration::from_secs(2));
+        assert!(r.is_ok(), "read session on {name}: {r:?}");
+    }
+    wait_for("read flows swept", Duration::from_secs(5), || {
+        let m = parse_metrics(&s.metrics()?);
+        (m.get("pgrouter_conntrack_entries") == Some(&6.0)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.metrics().unwrap_or_default()));
+    let v = s.status();
+    let out = std::process::Command::new(tests::pgrouter_bin())
+        .args(["status", "--socket", &s.socket])
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.contains("FALLBACK"), "{table}");
+    assert_eq!(listener(&v, "PG1_ro").expect("ro")["fallback_active"], true);
+
+    // A write session the client closes leaves the gauge.
+    sessions.truncate(2);
+    wait_for(
+        "a closed write flow leaves the gauge",
+        Duration::from_secs(5),
+        || {
+            let m = parse_metrics(&s.metrics()?);
+            (m.get(&flows("PG1", "pg1")) == Some(&2.0)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.metrics().unwrap_or_default()));
+}
+
+/// `pgrouter_backend_active_flows` of a node whose sessions shutdown-sessions has reset should
+/// fall to 0 (its flows are gone from conntrack); it keeps the old count until the node is
+/// active again.
+#[test]
+fn active_flows_gauge_drops_when_sessions_are_shut_down() {
+    let s = setup(
+        "pgrh7",
+        Opts {
+            metrics: "127.0.0.1:9188",
+            ..Default::default()
+        },
+    );
+    let (mut read, on) = s.session(5001);
+    let flows = format!("pgrouter_backend_active_flows{{listener=\"pg/PG1_ro\",node=\"{on}\"}}");
+    wait_for("the read flow in the gauge", Duration::from_secs(5), || {
+        let m = parse_metrics(&s.metrics()?);
+        (m.get(&flows) == Some(&1.0)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.metrics().unwrap_or_default()));
+    let down = Instant::now();
+    s.set(&on, "down");
+    let r = wait_reset(&mut read, down, Duration::from_secs(5));
+    assert!(r.is_ok(), "read session on {on}: {r:?}");
+    // Only the health checks' own traffic is left: no conntrack entry of the read flow.
+    wait_for("the read flow swept", Duration::from_secs(5), || {
+        let m = parse_metrics(&s.metrics()?);
+        (m.get("pgrouter_conntrack_entries") == Some(&0.0)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.metrics().unwrap_or_default()));
+    let stale = wait_for("the gauge to drop to 0", Duration::from_secs(5), || {
+        let m = parse_metrics(&s.metrics()?);
+        (m.get(&flows) == Some(&0.0)).then_some(())
+    });
+    let now = s.metrics().unwrap_or_default();
+    let line = now.lines().find(|l| l.starts_with(&flows)).unwrap_or("");
+    assert!(
+        stale.is_ok(),
+        "{on} has no flow left (conntrack empty, session reset) but the gauge still says: {line}"
+    );
+}

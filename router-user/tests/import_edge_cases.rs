@@ -1,0 +1,210 @@
+//! `pgrouter import` on small inline inputs: what cannot be expressed becomes a warning and a
+//! placeholder that still parses; the CLI fails only when nothing can be produced.
+use std::process::Command;
+
+use pgrouter::config;
+use pgrouter::import::{self, Imported, Source};
+
+const SEED_RW: &str = "listen PG1\n    bind *:5000\n    option httpchk\n    \
+    default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions\n    \
+    server a 10.5.5.147:5432 maxconn 100 check port 8008\n    \
+    server b 10.5.5.148:5432 maxconn 100 check port 8008\n";
+
+fn run(haproxy: &str, keepalived: Option<&str>) -> Imported {
+    let h = Source {
+        path: "haproxy.cfg",
+        text: haproxy,
+    };
+    let k = keepalived.map(|text| Source {
+        path: "keepalived.conf",
+        text,
+    });
+    let out = import::import(&h, k.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = config::parse(&out.toml, "x.toml") {
+        panic!("does not parse: {e}\n{}", out.toml);
+    }
+    out
+}
+
+fn warned(out: &Imported, needle: &str) -> bool {
+    out.warnings.iter().any(|w| w.message.contains(needle))
+}
+
+/// A server given by name gets a TEST-NET placeholder and a warning (no DNS in the data path).
+#[test]
+fn hostnames_become_placeholders() {
+    let out = run(
+        "listen rw\n bind 10.0.0.1:5000\n option httpchk GET /primary\n \
+         server a pg-a.example:5432 check port 8008\n server b 10.0.0.12:5432 check port 8008\n",
+        None,
+    );
+    assert!(warned(&out, "\"pg-a.example\" is a name"));
+    assert!(out.toml.contains("host = \"192.0.2.102\""));
+}
+
+/// keepalived details: unicast without a source address, v3 with authentication, IPv6,
+/// nopreempt and preempt_delay, an include, a sync group.
+#[test]
+fn keepalived_variants() {
+    let k = "global_defs {\n vrrp_version 3\n}\ninclude /etc/keepalived/other.conf\n\
+             vrrp_sync_group G { group { VI_1 } }\n\
+             vrrp_instance VI_1 {\n interface eth1\n virtual_router_id 7\n advert_int 0.5\n \
+             nopreempt\n preempt_delay 30\n authentication {\n auth_type PASS\n auth_pass secret\n }\n \
+             unicast_peer {\n 10.0.0.3\n }\n virtual_ipaddress {\n 10.0.0.1/24 dev eth1\n }\n}\n";
+    let out = run(SEED_RW, Some(k));
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    let v = &cfg.vrrp[0];
+    assert_eq!(v.version, 3);
+    assert_eq!(
+        v.auth_pass, None,
+        "keepalived ignores authentication with v3"
+    );
+    assert!(warned(&out, "authentication with VRRPv3"));
+    assert!(v.nopreempt);
+    assert_eq!(
+        v.preempt_delay.map(|d| d.0),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(v.advert_int.0, std::time::Duration::from_millis(500));
+    assert_eq!(v.unicast_peer.len(), 1);
+    assert_eq!(
+        v.unicast_src_ip.map(|a| a.to_string()).as_deref(),
+        Some("192.0.2.254")
+    );
+    assert!(warned(&out, "unicast_peer without unicast_src_ip"));
+    assert!(warned(
+        &out,
+        "`include /etc/keepalived/other.conf` is not followed"
+    ));
+    assert!(warned(&out, "vrrp_sync_group"));
+    assert_eq!(v.virtual_ipaddress[0].0.prefix, 24);
+    assert_eq!(v.priority, 100, "keepalived's default priority");
+    // No track_script: pgrouter's own tracks, FAULT while failing (weight 0).
+    let tracks: Vec<_> = v
+        .track
+        .iter()
+        .map(|t| (t.name.as_str(), t.weight))
+        .collect();
+    assert_eq!(tracks, vec![("xdp-attached", 0), ("patroni:PG1", 0)]);
+}
+
+/// IPv6 VIPs: keepalived speaks VRRPv3 for them, and `bind *` takes the IPv6 VIP when the
+/// nodes are IPv6.
+#[test]
+fn ipv6_vip() {
+    let h = "listen rw\n bind :::5000\n option httpchk\n \
+             server a [2001:db8::11]:5432 check port 8008\n server b [2001:db8::12]:5432 check port 8008\n";
+    let k = "vrrp_instance V6 {\n interface eth0\n virtual_router_id 9\n \
+             virtual_ipaddress {\n 2001:db8::100/64\n }\n}\n";
+    let out = run(h, Some(k));
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.vrrp[0].version, 3);
+    assert_eq!(
+        cfg.clusters[0].listeners[0].vip.to_string(),
+        "2001:db8::100"
+    );
+}
+
+/// Checks Patroni answers differently: /read-only, /health, tags, bad lag, unknown paths,
+/// TCP-only checks, and conditional routing pgrouter cannot express.
+#[test]
+fn check_variants() {
+    let h = "defaults\n mode tcp\n\
+             listen ro\n bind 10.0.0.1:5002\n option httpchk GET /read-only?lag=1mb\n \
+             server a 10.0.0.11:5432 check port 8008\n\
+             listen tcp\n bind 10.0.0.1:5003\n option tcp-check\n \
+             server a 10.0.0.11:5432 check\n\
+             listen odd\n bind 10.0.0.1:5004\n option httpchk GET /status\n balance first\n \
+             use_backend x if { src 10.0.0.0/8 }\n server a 10.0.0.11:5432 check port 8008\n";
+    let out = run(h, None);
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    let ls = &cfg.clusters[0].listeners;
+    assert_eq!(ls[0].kind, config::ListenerKind::ReadOnly);
+    assert_eq!(
+        ls[0].lag, None,
+        "Patroni ignores `1mb`; so does the translation"
+    );
+    assert!(warned(&out, "`lag=1mb` is not a size Patroni understands"));
+    assert!(warned(&out, "has only a TCP check"));
+    assert!(warned(&out, "is checked on port 5432 here but on 8008 elsewhere"));
+    assert!(warned(&out, "`/status` is not a Patroni health endpoint"));
+    assert!(warned(&out, "`balance first` has no pgrouter equivalent"));
+    assert!(warned(&out, "use_backend x if { src 10.0.0.0/8 }"));
+}
+
+/// Directives pgrouter does not know are warned about, never silently dropped.
+#[test]
+fn unknown_directives_are_warned() {
+    let h = format!("{SEED_RW}    tcp-request content reject if {{ src 1.2.3.4 }}\n");
+    let out = run(&h, None);
+    assert!(warned(
+        &out,
+        "`tcp-request content reject if { src 1.2.3.4 }` in `PG1` is not translated"
+    ));
+}
+
+fn pgrouter() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+}
+
+/// The command: config on stdout (or --output), warnings on stderr, exit 0; non-zero only
+/// when nothing can be produced.
+#[test]
+fn cli_exit_codes_and_output() {
+    let dir = std::env::temp_dir().join(format!("pgrouter-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let good = dir.join("haproxy.cfg");
+    std::fs::write(&good, SEED_RW).unwrap_or_else(|e| panic!("{e}"));
+    let out = pgrouter()
+        .args(["import", "--haproxy"])
+        .arg(&good)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(config::parse(&stdout, "stdout").is_ok(), "{stdout}");
+    assert!(stderr.contains("warning: "), "{stderr}");
+    assert!(stderr.contains("placeholder 192.0.2.1"), "{stderr}");
+
+    let written = dir.join("out.toml");
+    let out = pgrouter()
+        .args(["import", "--haproxy"])
+        .arg(&good)
+        .arg("--output")
+        .arg(&written)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let text = std::fs::read_to_string(&written).unwrap_or_default();
+    assert!(config::parse(&text, &written).is_ok());
+    let check = pgrouter()
+        .arg("check-config")
+        .arg(&written)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(check.status.success(), "{check:?}");
+
+    // Only a stats page: nothing to translate.
+    let stats = dir.join("stats.cfg");
+    std::fs::write(
+        &stats,
+        "listen stats\n mode http\n bind *:7000\n stats enable\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = pgrouter()
+        .args(["import", "--haproxy"])
+        .arg(&stats)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to translate"));
+
+    let out = pgrouter()
+        .args(["import", "--haproxy", "/nonexistent/haproxy.cfg"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

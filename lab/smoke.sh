@@ -42,6 +42,11 @@ step "link down"         lab link edge2 down
 step "edge2 unreachable" bash -c "! ip netns exec pgrlab-client ping -c1 -W1 198.18.0.22 >/dev/null"
 step "link up"           lab link edge2 up
 step "edge2 reachable"   bash -c "sleep 0.5; ip netns exec pgrlab-client ping -c1 -W2 198.18.0.22 >/dev/null"
+step "baseline-up"       lab baseline-up
+step "VIP:5000 primary"  bash -c "$XTASK lab psql -- -Atc 'select pg_is_in_recovery()' | grep -qx f"
+step "VIP:5001 replica"  bash -c "$XTASK lab psql -- -p 5001 -Atc 'select pg_is_in_recovery()' | grep -qx t"
+step "baseline-down"     lab baseline-down
+step "VIP released"      bash -c "$XTASK lab vip | grep -qx none"
 step "switchover"        lab switchover
 step "leader changed"    check_new_leader pg1
 old=$(leader)
@@ -54,6 +59,12 @@ step "lag-replica $r"    lab lag-replica "$r"
 step "lagging -> 503"    bash -c "[ \"\$(ip netns exec pgrlab-client curl -s -o /dev/null -w '%{http_code}' 'http://198.18.0.1$r:8008/replica?lag=10MB')\" = 503 ]"
 step "unlag"             lab unlag
 step "caught up -> 200"  bash -c "[ \"\$(ip netns exec pgrlab-client curl -s -o /dev/null -w '%{http_code}' 'http://198.18.0.1$r:8008/replica?lag=10MB')\" = 200 ]"
+cur=$(leader)
+step "$cur /primary 200" bash -c "[ \"\$(ip netns exec pgrlab-client curl -s -o /dev/null -w '%{http_code}' http://198.18.0.1${cur#pg}:8008/primary)\" = 200 ]"
+step "stop-etcd"         lab stop-etcd
+step "$cur demoted"      bash -c "for i in \$(seq 1 40); do sleep 0.5; c=\$(ip netns exec pgrlab-client curl -s -o /dev/null -w '%{http_code}' http://198.18.0.1${cur#pg}:8008/primary); [ \"\$c\" = 503 ] && exit 0; done; exit 1"
+step "start-etcd"        lab start-etcd
+step "healthy again"     lab wait-healthy --timeout 60
 step "stop-replicas"     lab stop-replicas
 step "replicas 503"      bash -c "for n in 1 2 3; do c=\$(ip netns exec pgrlab-client curl -s -o /dev/null -w '%{http_code}' http://198.18.0.1\$n:8008/replica); [ \"\$c\" = 200 ] && exit 1; done; exit 0"
 step "start-replicas"    lab start-replicas

@@ -286,6 +286,25 @@ impl Setup {
         set_state(&self.lab.dir, node, state);
     }
 
+    /// Returns right after `node`'s Patroni answered a `/primary` check (the fake logs every
+    /// request; polled every 10 ms).
+    fn wait_for_check(&self, node: &str) {
+        let log = format!("{node}-api");
+        let count = |l: &Lab| {
+            l.log(&log)
+                .lines()
+                .filter(|l| l.contains("GET /primary"))
+                .count()
+        };
+        let before = count(&self.lab);
+        wait_for(
+            &format!("a check of {node}"),
+            Duration::from_secs(5),
+            || (count(&self.lab) > before).then_some(()),
+        )
+        .expect("checks stopped");
+    }
+
     fn status(&self) -> Value {
         status(&self.socket).unwrap_or_else(|| panic!("status\n{}", self.lab.log("pgrouter")))
     }
@@ -515,12 +534,12 @@ fn ms(d: Duration) -> u128 {
 
 /// A Patroni switchover moves new writes to the new primary within fastinter + one check
 /// interval, and once the new primary has served a write no new connection reaches the old
-/// one.
+/// one. Three switchovers: the first right after the old primary answered a check (the worst
+/// phase: a whole interval passes before anyone is asked again), the others at whatever phase
+/// the previous one left.
 #[test]
 fn writes_follow_a_switchover_within_fastinter_plus_a_check() {
     let s = setup("pgrh1", Opts::default());
-    let (old_session, first) = s.session(5000);
-    assert_eq!(first, "pg1");
     let p = Prober::start(&s.client, 5000);
     let warm = Instant::now();
     p.wait_count_after(warm, 10, Duration::from_secs(5));
@@ -529,61 +548,86 @@ fn writes_follow_a_switchover_within_fastinter_plus_a_check() {
         "before the switch writes go to pg1: {}",
         summary(&p.recs(), warm)
     );
-
-    let switch = Instant::now();
-    let old_reset = watch_reset(old_session, switch, Duration::from_secs(5));
-    set_states(
-        &s.lab.dir,
-        &[("pg1", "replica tl=2"), ("pg2", "primary tl=2")],
-    );
-    let first_new = p.wait_served_by("pg2", switch, Duration::from_secs(5));
-    let took = first_new.end - switch;
-    // Keep writing for a while after the new primary was seen.
-    p.wait_count_after(first_new.end, 40, Duration::from_secs(10));
-    let recs = p.stop();
-    let stale: Vec<&Rec> = recs
-        .iter()
-        .filter(|r| r.start >= first_new.end && r.res.as_deref() != Ok("pg2"))
-        .collect();
-    let to_old_before = recs
-        .iter()
-        .filter(|r| r.start >= switch && r.start < first_new.start && r.res.as_deref() == Ok("pg1"))
-        .count();
-    let failed_between = recs
-        .iter()
-        .filter(|r| r.start >= switch && r.start < first_new.start && r.res.is_err())
-        .count();
-    // The held session on the demoted primary is reset (demoted = shutdown, whatever
-    // on_marked_down says).
-    let reset = old_reset.join().expect("reset watcher");
     let limit = FASTINTER + INTERVAL + MARGIN;
-    println!(
-        "switchover: first write served by the new primary {} ms after the role switch \
-         (limit {} ms = fastinter 200 + interval 1000 + margin 300); before that {to_old_before} \
-         new connections still reached the old primary, {failed_between} failed; held session \
-         on the old primary reset after {:?} ms; records: {}",
-        ms(took),
-        ms(limit),
-        reset.as_ref().map(|d| ms(*d)),
-        summary(&recs, switch)
-    );
-    assert!(
-        took <= limit,
-        "switchover took {} ms > {} ms\n{}",
-        ms(took),
-        ms(limit),
-        s.lab.log("pgrouter")
-    );
-    assert!(
-        stale.is_empty(),
-        "after pg2 served a write, {} new connections did not go to pg2: {:?}",
-        stale.len(),
-        stale.iter().map(|r| &r.res).collect::<Vec<_>>()
-    );
-    assert!(reset.is_ok(), "old primary's session: {reset:?}");
-    let v = s.status();
-    assert_eq!(v["clusters"][0]["primary"], "pg2");
-    assert_eq!(v["clusters"][0]["split_brain"], false);
+    // (old, new, new timeline, switch right after a check of the old primary)
+    let rounds = [
+        ("pg1", "pg2", 2, true),
+        ("pg2", "pg3", 3, false),
+        ("pg3", "pg1", 4, false),
+    ];
+    let mut results = Vec::new();
+    for (old, new, tl, aligned) in rounds {
+        let (held, on) = s.session(5000);
+        assert_eq!(on, old, "write session before the switch");
+        if aligned {
+            s.wait_for_check(old);
+        }
+        let switch = Instant::now();
+        let held_reset = watch_reset(held, switch, Duration::from_secs(5));
+        set_states(
+            &s.lab.dir,
+            &[
+                (old, &format!("replica tl={}", tl - 1)),
+                (new, &format!("primary tl={tl}")),
+            ],
+        );
+        let first_new = p.wait_served_by(new, switch, Duration::from_secs(5));
+        let took = first_new.end - switch;
+        // Keep writing for a while after the new primary was seen.
+        p.wait_count_after(first_new.end, 40, Duration::from_secs(10));
+        let recs = p.recs();
+        let stale: Vec<&Rec> = recs
+            .iter()
+            .filter(|r| r.start >= first_new.end && r.res.as_deref() != Ok(new))
+            .collect();
+        let between = |ok: bool| {
+            recs.iter()
+                .filter(|r| r.start >= switch && r.start < first_new.start)
+                .filter(|r| r.res.is_ok() == ok)
+                .count()
+        };
+        // The held session on the demoted primary is reset (demoted = shutdown, whatever
+        // on_marked_down says).
+        let reset = held_reset.join().expect("reset watcher");
+        println!(
+            "switchover {old}->{new} ({}): first write served by {new} {} ms after the role \
+             switch (limit {} ms = fastinter 200 + interval 1000 + margin 300); before that {} \
+             new connections still reached {old}, {} failed; held session on {old} reset \
+             after {:?} ms; records: {}",
+            if aligned {
+                "right after a check"
+            } else {
+                "any phase"
+            },
+            ms(took),
+            ms(limit),
+            between(true),
+            between(false),
+            reset.as_ref().map(|d| ms(*d)),
+            summary(&recs, switch)
+        );
+        assert!(
+            stale.is_empty(),
+            "after {new} served a write, {} new connections did not go to it: {:?}",
+            stale.len(),
+            stale.iter().map(|r| &r.res).collect::<Vec<_>>()
+        );
+        assert!(reset.is_ok(), "{old}'s held session: {reset:?}");
+        let v = s.status();
+        assert_eq!(v["clusters"][0]["primary"], new);
+        assert_eq!(v["clusters"][0]["split_brain"], false);
+        results.push((old, new, took));
+    }
+    drop(p);
+    for (old, new, took) in results {
+        assert!(
+            took <= limit,
+            "switchover {old}->{new} took {} ms > {} ms\n{}",
+            ms(took),
+            ms(limit),
+            s.lab.log("pgrouter")
+        );
+    }
 }
 
 /// With every replica down, reads go to the primary within fall × interval; a replica that

@@ -15,7 +15,7 @@
 //! `down` closes the port (connection refused), like a stopped Patroni; the file is polled
 //! every 10 ms for that. Answers follow Patroni's `do_GET` rules through the shared
 //! [`fake_patroni::Sim`] (`/primary`, `/replica?lag=`, `/read-only`, ...), HTTP/1.0 style, one
-//! request per connection.
+//! request per connection. Every request is logged to stderr (`NAME: GET /path`).
 #[path = "../../../router-user/tests/common/fake_patroni.rs"]
 mod fake_patroni;
 
@@ -73,6 +73,8 @@ async fn handle(mut s: TcpStream, state: PathBuf, name: String) {
     }
     let head = String::from_utf8_lossy(&buf);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    // The test reads this log to act right after a check.
+    eprintln!("{name}: GET {path}");
     let out = match read_state(&state) {
         Some(sim) => {
             let body = sim

@@ -37,6 +37,10 @@ pub enum Action {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 180)]
         timeout: u64,
+        /// Keep a lab that is already up and healthy (same timing, no
+        /// spawned processes, VIP free) instead of rebuilding it.
+        #[arg(long)]
+        reuse: bool,
     },
     /// Stop everything, delete namespaces, bridge and data. Idempotent.
     Down,
@@ -155,12 +159,18 @@ pub fn run(args: LabArgs) -> Result<()> {
             loop_wait,
             retry_timeout,
             timeout,
+            reuse,
         } => {
             let mut t = lab.timing;
             t.ttl = ttl.unwrap_or(t.ttl);
             t.loop_wait = loop_wait.unwrap_or(t.loop_wait);
             t.retry_timeout = retry_timeout.unwrap_or(t.retry_timeout);
-            Lab::new(t).up(Duration::from_secs(timeout))?;
+            let lab = Lab::new(t);
+            if reuse {
+                lab.up_or_reuse(Duration::from_secs(timeout))?;
+            } else {
+                lab.up(Duration::from_secs(timeout))?;
+            }
         }
         Action::Down => lab.down()?,
         Action::Status => lab.status()?,

@@ -309,6 +309,41 @@ impl Lab {
 
     // ------------------------------------------------------------------ up
 
+    /// True if the lab is fully up: etcd and three Patronis running, a leader
+    /// and two streaming replicas, all replay un-frozen, nothing `spawn`ed
+    /// still running, VIP free.
+    pub fn is_healthy(&self) -> bool {
+        pidfile_alive(&self.pidfile("etcd"), "etcd").is_some()
+            && PG_NODES.iter().all(|n| self.patroni_pid(n).is_some())
+            && self.spawned().iter().all(|(_, p)| !pid_alive(*p))
+            && self.vip_holders().is_empty()
+            && PG_NODES.iter().all(|n| {
+                self.postmaster_children(n)
+                    .iter()
+                    .all(|(p, _)| proc_state(*p) != Some('T'))
+            })
+            && self
+                .cluster()
+                .map(|st| st.leader().is_some() && st.streaming_replicas().len() == 2)
+                .unwrap_or(false)
+    }
+
+    /// `up`, unless the lab is already healthy (see `is_healthy`) with the
+    /// same timing: then only prints so. For test suites.
+    pub fn up_or_reuse(&self, timeout: Duration) -> Result<Duration> {
+        let same_timing = fs::read_to_string(self.config_path("pg1")).is_ok_and(|c| {
+            c.contains(&format!("ttl: {}\n", self.timing.ttl))
+                && c.contains(&format!("loop_wait: {}\n", self.timing.loop_wait))
+                && c.contains(&format!("retry_timeout: {}\n", self.timing.retry_timeout))
+        });
+        if same_timing && self.is_healthy() {
+            let st = self.cluster()?;
+            print!("lab: already up and healthy; reusing it\n{}", st.summary());
+            return Ok(Duration::ZERO);
+        }
+        self.up(timeout)
+    }
+
     /// Installs what is missing, removes leftovers, builds network, etcd and
     /// the three nodes, and waits for a leader plus two streaming replicas.
     pub fn up(&self, timeout: Duration) -> Result<Duration> {

@@ -9,5 +9,6 @@ pub mod health;
 pub mod import;
 pub mod metrics;
 pub mod model;
+pub mod sdnotify;
 pub mod status;
 pub mod vrrp;

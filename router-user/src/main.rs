@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (pgrouter.8, pgrouter-SUBCOMMAND.8) into DIR, for packaging.
+    #[command(hide = true)]
+    Manpage { dir: PathBuf },
 }
 
 fn init_logging() {
@@ -155,6 +160,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Import(args) => pgrouter::import::run(args),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pgrouter",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Manpage { dir } => {
+            use clap::CommandFactory as _;
+            let top = Cli::command();
+            let mut pages = vec![top.clone()];
+            for sub in top.get_subcommands().filter(|c| !c.is_hide_set()) {
+                // clap names are `&'static str` without its `string` feature; one-shot command.
+                let name: &'static str = format!("pgrouter-{}", sub.get_name()).leak();
+                let bin: &'static str = format!("pgrouter {}", sub.get_name()).leak();
+                pages.push(sub.clone().name(name).bin_name(bin));
+            }
+            for page in pages {
+                let path = dir.join(format!("{}.8", page.get_name()));
+                let mut out = Vec::new();
+                clap_mangen::Man::new(page).section("8").render(&mut out)?;
+                std::fs::write(&path, out)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Cmd::Vrrp { config } => {
             init_logging();
             let instances = vrrp::load_vrrp_only(&config)?;

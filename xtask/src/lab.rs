@@ -87,13 +87,14 @@ pub enum Action {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Pause WAL replay on replica N and write MB megabytes of WAL on the primary.
+    /// Freeze WAL replay on replica N (SIGSTOP of its startup process) and
+    /// write MB megabytes of WAL on the primary; waits for /replica?lag to fail.
     LagReplica {
         node: String,
         #[arg(long, default_value_t = 16)]
         mb: u32,
     },
-    /// Resume WAL replay on node N (default: every paused replica).
+    /// Thaw WAL replay on node N (default: every frozen replica); waits to catch up.
     Unlag { node: Option<String> },
     /// Start a command detached in a namespace, with pidfile and log:
     /// `spawn edge1 pgrouter1 -- target/release/pgrouter -c …`.
@@ -113,7 +114,7 @@ pub enum Action {
     },
     /// Take a host's link down/up (bridge side of its veth): `link edge1 down`.
     Link { ns: String, state: String },
-    /// Stop etcd (DCS outage; Patroni demotes the leader after ~ttl).
+    /// Stop etcd: a DCS outage (Patroni demotes the leader within ~6 s).
     StopEtcd,
     /// Start etcd again (same data) and wait for it to be healthy.
     StartEtcd,

@@ -1103,3 +1103,77 @@ fn active_flows_gauge_drops_when_sessions_are_shut_down() {
         "{on} has no flow left (conntrack empty, session reset) but the gauge still says: {line}"
     );
 }
+
+/// Patroni's `/primary` answers 200 while the leader lock holder's PostgreSQL is still
+/// starting (patroni#2756): that node gets no writes, and its sessions are reset after `fall`.
+/// A Patroni that accepts but never answers fails each check after `timeout`, so the primary
+/// leaves within interval + 2 × timeout + fastinter.
+#[test]
+fn starting_or_hanging_primary_leaves_the_write_set() {
+    let s = setup("pgrh8", Opts::default());
+    let timeout = Duration::from_millis(500);
+    let mut results = Vec::new();
+    for (what, state, limit) in [
+        // Two failures: the next check (≤ interval), then one fastinter later.
+        (
+            "state=starting with HTTP 200",
+            "primary tl=1 state=starting",
+            INTERVAL + FASTINTER + MARGIN,
+        ),
+        // Each failure also takes `timeout`; the second check starts when the first gave up.
+        (
+            "hanging API",
+            "hang",
+            INTERVAL + timeout * 2 + FASTINTER + MARGIN,
+        ),
+    ] {
+        let (held, on) = s.session(5000);
+        assert_eq!(on, "pg1");
+        s.wait_for_check("pg1");
+        let t0 = Instant::now();
+        let reset = watch_reset(held, t0, Duration::from_secs(5));
+        s.set("pg1", state);
+        let reset = reset.join().expect("watcher");
+        let v = s.status();
+        let c = check(&v, "pg1", "/primary").expect("check").clone();
+        let writes = s.names(5000, 3);
+        println!(
+            "{what}: pg1's write session reset {:?} ms after the change (limit {} ms); last \
+             check: {}",
+            reset.as_ref().map(|d| ms(*d)),
+            ms(limit),
+            c["last"]
+        );
+        let took = reset.unwrap_or_else(|e| panic!("{what}: {e}\n{}", s.lab.log("pgrouter")));
+        assert_eq!(c["verdict"], "down", "{what}: {c}");
+        assert_eq!(v["clusters"][0]["primary"], Value::Null, "{what}");
+        assert!(
+            writes.iter().all(|w| w.is_err()),
+            "{what}: no writes anywhere: {writes:?}"
+        );
+        if state == "hang" {
+            assert!(
+                c["last"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("timeout")),
+                "{c}"
+            );
+        } else {
+            assert_eq!(
+                c["last"]["http_status"], 200,
+                "200 alone is not a primary: {c}"
+            );
+            assert_eq!(node(&v, "pg1").expect("pg1")["state"], "starting");
+        }
+        results.push((what, took, limit));
+        // Back to a running primary: writes return.
+        s.set("pg1", "primary tl=1");
+        wait_for("writes back on pg1", Duration::from_secs(5), || {
+            (s.names(5000, 1)[0].as_deref() == Ok("pg1")).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.log("pgrouter")));
+    }
+    for (what, took, limit) in results {
+        assert!(took <= limit, "{what}: {} ms > {} ms", ms(took), ms(limit));
+    }
+}

@@ -8,12 +8,12 @@
 //! is re-read on every request, so a role switch takes effect on the very next check. One
 //! line of whitespace-separated words:
 //!
-//! - `primary`, `replica` or `down` first;
+//! - `primary`, `replica`, `down` or `hang` first;
 //! - then any of `tl=N` (timeline, default 1), `lag=BYTES` (replica lag behind the leader,
 //!   default 0), `state=S` (Patroni's PostgreSQL state, default `running`).
 //!
 //! `down` closes the port (connection refused), like a stopped Patroni; the file is polled
-//! every 10 ms for that. Answers follow Patroni's `do_GET` rules through the shared
+//! every 10 ms for that. `hang` accepts and reads requests but never answers (a frozen host). Answers follow Patroni's `do_GET` rules through the shared
 //! [`fake_patroni::Sim`] (`/primary`, `/replica?lag=`, `/read-only`, ...), HTTP/1.0 style, one
 //! request per connection. Every request is logged to stderr (`NAME: GET /path`).
 #[path = "../../../router-user/tests/common/fake_patroni.rs"]
@@ -27,15 +27,24 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// The parsed state file: `None` = down.
-fn read_state(path: &PathBuf) -> Option<Sim> {
-    // A missing or unreadable file counts as down (the test writes it before starting us).
-    let text = std::fs::read_to_string(path).ok()?;
+enum State {
+    Down,
+    Hang,
+    Up(Sim),
+}
+
+/// The parsed state file. A missing or unreadable file counts as down (the test writes it
+/// before starting us).
+fn read_state(path: &PathBuf) -> State {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return State::Down;
+    };
     let mut words = text.split_whitespace();
-    let mut sim = match words.next()? {
-        "primary" => Sim::primary(1),
-        "replica" => Sim::replica(1),
-        _ => return None,
+    let mut sim = match words.next() {
+        Some("primary") => Sim::primary(1),
+        Some("replica") => Sim::replica(1),
+        Some("hang") => return State::Hang,
+        _ => return State::Down,
     };
     for w in words {
         if let Some(v) = w.strip_prefix("tl=") {
@@ -46,7 +55,7 @@ fn read_state(path: &PathBuf) -> Option<Sim> {
             sim.state = v.to_owned();
         }
     }
-    Some(sim)
+    State::Up(sim)
 }
 
 fn response(status: u16, body: &str) -> Vec<u8> {
@@ -76,14 +85,19 @@ async fn handle(mut s: TcpStream, state: PathBuf, name: String) {
     // The test reads this log to act right after a check.
     eprintln!("{name}: GET {path}");
     let out = match read_state(&state) {
-        Some(sim) => {
+        State::Up(sim) => {
             let body = sim
                 .body()
                 .replace(r#""name": "fake""#, &format!(r#""name": "{name}""#));
             response(sim.status_for(&path), &body)
         }
         // Raced with a switch to down: answer like a node whose PostgreSQL is gone.
-        None => response(503, ""),
+        State::Down => response(503, ""),
+        // Never answer; hold the connection until the client gives up (bounded).
+        State::Hang => {
+            let _ = tokio::time::timeout(Duration::from_secs(60), s.read(&mut chunk)).await;
+            return;
+        }
     };
     let _ = s.write_all(&out).await;
     let _ = s.shutdown().await;
@@ -102,7 +116,7 @@ async fn main() -> std::io::Result<()> {
     let mut listener: Option<TcpListener> = None;
     let mut poll = tokio::time::interval(Duration::from_millis(10));
     loop {
-        let down = read_state(&state).is_none();
+        let down = matches!(read_state(&state), State::Down);
         if down && listener.is_some() {
             listener = None;
             eprintln!("{name}: down, port {addr} closed");

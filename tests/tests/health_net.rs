@@ -53,6 +53,8 @@ struct Setup {
     client: String,
     edge: String,
     socket: String,
+    /// The running `pgrouter run`.
+    pgrouter: u32,
     _peer_xdp: aya::Ebpf,
 }
 
@@ -241,20 +243,27 @@ fn setup(prefix: &str, o: Opts) -> Setup {
     p.attach(&format!("{prefix}v2"), aya::programs::XdpMode::Driver)
         .expect("attach peer");
 
+    // bpffs for the pins, mounted here in the root mount namespace: `ip netns exec` gives
+    // pgrouter a private mount namespace, and a bpffs it mounted there itself would vanish
+    // (with the pinned link and maps) when it exits, unlike on a real host.
+    let pins = lab.dir.join("bpf");
+    std::fs::create_dir_all(&pins).expect("pin dir");
+    tests::run("mount", &["-t", "bpf", "bpf", pins.to_str().expect("utf8")]).expect("bpffs");
     let cfg_path = lab.dir.join("pgrouter.toml");
     std::fs::write(&cfg_path, config(&lab, o)).expect("config");
     let bin = tests::pgrouter_bin();
-    lab.spawn(
-        &edge,
-        "pgrouter",
-        &[
-            bin.to_str().expect("utf8"),
-            "run",
-            "-c",
-            cfg_path.to_str().expect("utf8"),
-        ],
-    )
-    .expect("pgrouter");
+    let pgrouter = lab
+        .spawn(
+            &edge,
+            "pgrouter",
+            &[
+                bin.to_str().expect("utf8"),
+                "run",
+                "-c",
+                cfg_path.to_str().expect("utf8"),
+            ],
+        )
+        .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     wait_for(
         "pgrouter to publish the checked sets",
@@ -277,11 +286,42 @@ fn setup(prefix: &str, o: Opts) -> Setup {
         client,
         edge,
         socket,
+        pgrouter,
         _peer_xdp: peer,
     }
 }
 
 impl Setup {
+    /// Stops `pgrouter run` with SIGTERM (XDP program and maps stay pinned).
+    fn stop_pgrouter(&mut self) {
+        assert!(
+            self.lab
+                .signal_and_wait(self.pgrouter, libc::SIGTERM, Duration::from_secs(10)),
+            "pgrouter did not exit on SIGTERM\n{}",
+            self.lab.log("pgrouter")
+        );
+    }
+
+    /// Starts `pgrouter run` again, logging to `<log>.log`.
+    fn start_pgrouter(&mut self, log: &str) {
+        let bin = tests::pgrouter_bin();
+        let cfg = self.lab.dir.join("pgrouter.toml");
+        let edge = self.edge.clone();
+        self.pgrouter = self
+            .lab
+            .spawn(
+                &edge,
+                log,
+                &[
+                    bin.to_str().expect("utf8"),
+                    "run",
+                    "-c",
+                    cfg.to_str().expect("utf8"),
+                ],
+            )
+            .expect("pgrouter");
+    }
+
     fn set(&self, node: &str, state: &str) {
         set_state(&self.lab.dir, node, state);
     }
@@ -1176,4 +1216,79 @@ fn starting_or_hanging_primary_leaves_the_write_set() {
     for (what, took, limit) in results {
         assert!(took <= limit, "{what}: {} ms > {} ms", ms(took), ms(limit));
     }
+}
+
+/// A restarted controller adopts the pinned data path and changes nothing until its first
+/// checks are in: sessions survive a plain restart; a switchover made while it was stopped is
+/// applied once the checks are in (old primary's session reset, writes move), and no new
+/// write reaches the old primary after the new one served one.
+#[test]
+fn restart_keeps_sessions_and_applies_a_switchover_made_meanwhile() {
+    let mut s = setup("pgrh9", Opts::default());
+    let (mut w, on) = s.session(5000);
+    assert_eq!(on, "pg1");
+    let mut r = wait_for("a read session on pg3", Duration::from_secs(5), || {
+        let (r, on) = s.session(5001);
+        (on == "pg3").then_some(r)
+    })
+    .expect("read session");
+
+    // 1. Plain restart: nothing changes, nothing is reset.
+    s.stop_pgrouter();
+    let idle = s.names(5000, 2);
+    assert!(
+        idle.iter().all(|n| n.as_deref() == Ok("pg1")),
+        "the pinned data path works without the controller: {idle:?}"
+    );
+    let t = Instant::now();
+    s.start_pgrouter("pgrouter-2");
+    wait_for(
+        "the restarted controller to take over",
+        Duration::from_secs(10),
+        || {
+            s.lab
+                .log("pgrouter-2")
+                .contains("first checks complete")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.log("pgrouter-2")));
+    println!(
+        "restart: took over the pinned data path {} ms after start",
+        ms(t.elapsed())
+    );
+    // A whole check cycle more (each node answered again), then the sessions.
+    s.wait_for_check("pg1");
+    s.wait_for_check("pg3");
+    assert_eq!(alive(&mut w), Ok(()), "write session across a restart");
+    assert_eq!(alive(&mut r), Ok(()), "read session across a restart");
+
+    // 2. Switchover while the controller is stopped.
+    s.stop_pgrouter();
+    let p = Prober::start(&s.client, 5000);
+    set_states(
+        &s.lab.dir,
+        &[("pg1", "replica tl=2"), ("pg2", "primary tl=2")],
+    );
+    let t = Instant::now();
+    let w_reset = watch_reset(w, t, Duration::from_secs(10));
+    s.start_pgrouter("pgrouter-3");
+    let first_new = p.wait_served_by("pg2", t, Duration::from_secs(10));
+    p.wait_count_after(first_new.end, 20, Duration::from_secs(10));
+    let recs = p.stop();
+    let reset = w_reset.join().expect("watcher");
+    println!(
+        "restart after a switchover: first write on pg2 {} ms after the controller started; \
+         pg1's held session reset after {:?} ms; records: {}",
+        ms(first_new.end - t),
+        reset.as_ref().map(|d| ms(*d)),
+        summary(&recs, t)
+    );
+    assert!(reset.is_ok(), "demoted pg1's session: {reset:?}");
+    let stale: Vec<&Rec> = recs
+        .iter()
+        .filter(|x| x.start >= first_new.end && x.res.as_deref() != Ok("pg2"))
+        .collect();
+    assert!(stale.is_empty(), "{}", summary(&recs, first_new.end));
+    assert_eq!(alive(&mut r), Ok(()), "pg3's read session is untouched");
 }

@@ -305,3 +305,96 @@ fn thousand_concurrent_connections_keep_their_bytes() {
     .expect("client");
     assert_eq!(result, Ok(1000), "{}", s.lab.log("pgrouter"));
 }
+
+/// `kill -9` of the controller while sessions are open: the pinned program and maps keep
+/// forwarding, and a restarted controller adopts them without resetting anything.
+#[test]
+fn killed_controller_keeps_sessions_and_restart_adopts_the_pinned_data_path() {
+    let mut s = setup("pgrr", "native");
+    let client = s.client.clone();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        in_netns(&client, move || -> Result<(), String> {
+            let mut sessions = Vec::new();
+            for port in [5000, 5001, 5000, 5001] {
+                let mut c = connect(port).map_err(|e| e.to_string())?;
+                let name = who(&mut c).map_err(|e| e.to_string())?;
+                sessions.push((name, c));
+            }
+            ready_tx.send(()).map_err(|e| e.to_string())?;
+            for round in 0..2 {
+                go_rx.recv().map_err(|e| e.to_string())?;
+                for (i, (name, c)) in sessions.iter_mut().enumerate() {
+                    let msg = format!("round {round} session {i} on {name}");
+                    c.write_all(msg.as_bytes())
+                        .map_err(|e| format!("{msg}: {e}"))?;
+                    let mut back = vec![0u8; msg.len()];
+                    c.read_exact(&mut back).map_err(|e| format!("{msg}: {e}"))?;
+                    if back != msg.as_bytes() {
+                        return Err(format!("{msg}: bytes differ"));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .expect("client thread")
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("sessions open");
+    let pid: u32 = std::fs::read_to_string(s.lab.dir.join("pgrouter.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    s.lab.kill(pid);
+    // Controller gone: the pinned data path still carries the sessions.
+    go_tx.send(()).expect("round 0");
+    let edge = s.lab.ns("edge");
+    let bin = tests::pgrouter_bin();
+    s.lab
+        .spawn(
+            &edge,
+            "pgrouter2",
+            &[
+                bin.to_str().expect("utf8"),
+                "run",
+                "-c",
+                s.config.to_str().expect("utf8"),
+            ],
+        )
+        .expect("restart");
+    let sock = s.socket.clone();
+    wait_for(
+        "restarted pgrouter to answer",
+        Duration::from_secs(20),
+        || {
+            let out = std::process::Command::new(tests::pgrouter_bin())
+                .args(["status", "--json", "--socket", &sock])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    )
+    .expect("restart answers");
+    go_tx.send(()).expect("round 1");
+    let r = holder.join().expect("holder");
+    assert_eq!(
+        r,
+        Ok(()),
+        "{}\n{}",
+        s.lab.log("pgrouter"),
+        s.lab.log("pgrouter2")
+    );
+    assert!(
+        s.lab.log("pgrouter2").contains("pinned"),
+        "restart adopted the pinned state:\n{}",
+        s.lab.log("pgrouter2")
+    );
+    let w = in_netns(&s.client, || {
+        who(&mut connect(5000).expect("connect")).expect("banner")
+    })
+    .expect("client");
+    assert_eq!(w, "pg1", "new connections after the restart");
+}

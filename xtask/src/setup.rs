@@ -10,7 +10,14 @@ use anyhow::{Context as _, bail};
 use crate::lab;
 
 /// Debian packages the tests need beyond the lab's own list.
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "keepalived", "haproxy", "tcpdump"];
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "keepalived",
+    "haproxy",
+    "tcpdump",
+];
 const LLVM_PREFIX: &str = "/opt/pgrouter-llvm";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -35,7 +42,9 @@ pub fn run_setup() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         println!("setup: installing {}", missing.join(" "));
-        run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
@@ -61,18 +70,29 @@ fn nightly_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = home.join("toolchains");
     for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let p = e?.path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("nightly-")) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("nightly-"))
+        {
             return Ok(p);
         }
     }
-    bail!("no nightly toolchain under {} (the eBPF program needs one)", dir.display())
+    bail!(
+        "no nightly toolchain under {} (the eBPF program needs one)",
+        dir.display()
+    )
 }
 
 fn rust_toolchain() -> anyhow::Result<()> {
     let nightly = nightly_dir()?;
     if !nightly.join("lib/rustlib/src/rust/library/core").exists() {
         println!("setup: adding rust-src to nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -91,10 +111,12 @@ fn bpf_linker() -> anyhow::Result<()> {
     let lib = nightly.join("lib");
     let llvm = std::fs::read_dir(&lib)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with("libLLVM.so.") && n.contains("-rust-")
-        }))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("libLLVM.so.") && n.contains("-rust-")
+            })
+        })
         .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     let prefix_lib = Path::new(LLVM_PREFIX).join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
@@ -104,7 +126,10 @@ fn bpf_linker() -> anyhow::Result<()> {
         std::os::unix::fs::symlink(&llvm, &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against {}", llvm.display());
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {}",
+        llvm.display()
+    );
     run(Command::new("cargo")
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", "llvm-22"])

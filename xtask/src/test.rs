@@ -7,7 +7,10 @@ use anyhow::{Context as _, bail};
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     println!("\n==> cargo {}", args.join(" "));
-    let status = Command::new("cargo").args(args).status().context("running cargo")?;
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }

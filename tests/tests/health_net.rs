@@ -769,11 +769,13 @@ fn lagging_replica_leaves_the_read_set() {
             ..Default::default()
         },
     );
-    let before = s.names(5001, 8);
-    assert!(
-        before.iter().any(|r| r.as_deref() == Ok("pg3")),
-        "pg3 takes reads before: {before:?}"
-    );
+    wait_for("pg3 takes reads before", Duration::from_secs(3), || {
+        s.names(5001, 4)
+            .iter()
+            .any(|r| r.as_deref() == Ok("pg3"))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", s.names(5001, 8)));
     let lag = Instant::now();
     s.set("pg3", &format!("replica tl=1 lag={}", 2 * LAG_LIMIT));
     let (v, seen) = s.wait_status("pg3 out of the read set", Duration::from_secs(5), |v| {

@@ -174,7 +174,26 @@ fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// A bpffs mounted from a private mount namespace (e.g. under `ip netns exec`) goes away with
+/// the process, and every pin with it: the data path would not outlive a restart.
+fn private_mount_ns() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
+}
+
 fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
+    if private_mount_ns() {
+        warn!(
+            at = %at.display(),
+            "mounting bpffs from a private mount namespace: pins vanish when pgrouter exits; \
+             mount a bpffs there from the host's namespace so the data path survives restarts"
+        );
+    }
     let target = CString::new(at.as_os_str().as_encoded_bytes())?;
     let src = CString::new("bpf")?;
     let rc = unsafe {

@@ -1294,3 +1294,79 @@ fn restart_keeps_sessions_and_applies_a_switchover_made_meanwhile() {
     assert!(stale.is_empty(), "{}", summary(&recs, first_new.end));
     assert_eq!(alive(&mut r), Ok(()), "pg3's read session is untouched");
 }
+
+/// On a primary listener, `on_marked_down = "keep"` covers a node that merely stopped
+/// answering; it must not keep sessions on a node Patroni reports as demoted, nor on the
+/// losing side of a split brain (docs/config.md, "What happens to established sessions":
+/// reset, whatever on_marked_down says). The `shutdown-sessions` listener on :5000 is the
+/// control.
+#[test]
+fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
+    let s = setup(
+        "pgrha",
+        Opts {
+            extra: "[[cluster.listener]]\nname = \"PG1_keep\"\nvip = \"198.18.0.100\"\n\
+                    port = 5002\nkind = \"primary\"\non_marked_down = \"keep\"\n",
+            ..Default::default()
+        },
+    );
+    s.wait_status("PG1_keep published", Duration::from_secs(5), |v| {
+        listener(v, "PG1_keep").is_some_and(|l| l["generation"].as_u64() > Some(0))
+    });
+    let mut results = Vec::new();
+    // (what, old primary, new primary, states written together)
+    type Phase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let phases: [Phase; 2] = [
+        (
+            "demoted (switchover)",
+            "pg1",
+            "pg2",
+            &[("pg1", "replica tl=1"), ("pg2", "primary tl=2")],
+        ),
+        (
+            "split brain lost on timeline",
+            "pg2",
+            "pg3",
+            &[("pg3", "primary tl=3")],
+        ),
+    ];
+    for (what, old, new, states) in phases {
+        let (c, a) = s.session(5000);
+        let (k, b) = s.session(5002);
+        assert_eq!((a.as_str(), b.as_str()), (old, old), "{what}");
+        let t = Instant::now();
+        let control = watch_reset(c, t, Duration::from_secs(5));
+        let keep = std::thread::spawn(move || {
+            let mut k = k;
+            let r = wait_reset(&mut k, t, Duration::from_secs(5));
+            (k, r)
+        });
+        set_states(&s.lab.dir, states);
+        let control = control.join().expect("watcher");
+        let (mut k, keep) = keep.join().expect("watcher");
+        s.wait_status("the new primary", Duration::from_secs(5), |v| {
+            v["clusters"][0]["primary"] == new
+        });
+        // Not reset: can the client still write through it?
+        let still = keep.is_err().then(|| alive(&mut k));
+        println!(
+            "{what}: {old}'s session on the shutdown-sessions listener: {:?}; on the keep \
+             listener: {:?}{}",
+            control.as_ref().map(|d| ms(*d)),
+            keep.as_ref().map(|d| ms(*d)),
+            match still {
+                Some(Ok(())) => format!(" and still carries bytes to {old} (echoed)"),
+                Some(Err(e)) => format!(" ({e})"),
+                None => String::new(),
+            }
+        );
+        results.push((what, control, keep));
+    }
+    for (what, control, keep) in results {
+        assert!(control.is_ok(), "{what}, shutdown-sessions: {control:?}");
+        assert!(
+            keep.is_ok(),
+            "{what}: the keep listener kept a session on a node that must get no writes: {keep:?}"
+        );
+    }
+}

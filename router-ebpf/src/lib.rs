@@ -284,6 +284,38 @@ pub mod counter {
     pub const COUNT: u32 = 16;
 }
 
+/// Field-wise sums, for adding up per-CPU values in userspace.
+macro_rules! impl_accumulate {
+    ($t:ty { $($f:ident),+ }) => {
+        impl $t {
+            pub fn accumulate(&mut self, o: &Self) {
+                $(self.$f += o.$f;)+
+            }
+        }
+    };
+}
+impl_accumulate!(ServiceStats {
+    packets_in,
+    bytes_in,
+    packets_out,
+    bytes_out,
+    new_flows,
+    rst_sent,
+    drop_no_backend,
+    drop_maxconn,
+    drop_snat_exhausted,
+    ct_miss
+});
+impl_accumulate!(BackendStats {
+    packets_in,
+    bytes_in,
+    packets_out,
+    bytes_out,
+    new_flows,
+    rst_sent,
+    drop_maxconn
+});
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

@@ -100,37 +100,20 @@ impl Maps {
             .with_context(|| format!("adding ifindex {ifindex} to the devmap"))
     }
 
+    /// A service's counters summed over CPUs.
     pub fn service_stats(&self, id: u32) -> ServiceStats {
         let mut t = ServiceStats::default();
         if let Ok(v) = self.service_stats.get(&id, 0) {
-            for s in v.iter() {
-                t.packets_in += s.packets_in;
-                t.bytes_in += s.bytes_in;
-                t.packets_out += s.packets_out;
-                t.bytes_out += s.bytes_out;
-                t.new_flows += s.new_flows;
-                t.rst_sent += s.rst_sent;
-                t.drop_no_backend += s.drop_no_backend;
-                t.drop_maxconn += s.drop_maxconn;
-                t.drop_snat_exhausted += s.drop_snat_exhausted;
-                t.ct_miss += s.ct_miss;
-            }
+            v.iter().for_each(|s| t.accumulate(s));
         }
         t
     }
 
+    /// A backend's counters summed over CPUs.
     pub fn backend_stats(&self, id: u32) -> BackendStats {
         let mut t = BackendStats::default();
         if let Ok(v) = self.backend_stats.get(&id, 0) {
-            for s in v.iter() {
-                t.packets_in += s.packets_in;
-                t.bytes_in += s.bytes_in;
-                t.packets_out += s.packets_out;
-                t.bytes_out += s.bytes_out;
-                t.new_flows += s.new_flows;
-                t.rst_sent += s.rst_sent;
-                t.drop_maxconn += s.drop_maxconn;
-            }
+            v.iter().for_each(|s| t.accumulate(s));
         }
         t
     }

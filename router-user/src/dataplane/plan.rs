@@ -169,9 +169,10 @@ pub fn plan(
             let state = match b.state {
                 BackendState::Active => BACKEND_ACTIVE,
                 BackendState::Drain => BACKEND_DRAIN,
-                // Without shutdown-sessions a marked-down node only drains.
-                BackendState::Shutdown if l.shutdown_sessions => BACKEND_SHUTDOWN,
-                BackendState::Shutdown => BACKEND_DRAIN,
+                // The health layer has already applied `on_marked_down`: a Shutdown that
+                // reaches here must reset sessions even on a `keep` listener (a demoted or
+                // split-brain-losing primary must never keep taking writes).
+                BackendState::Shutdown => BACKEND_SHUTDOWN,
             };
             next.backends.insert(
                 bid,
@@ -392,12 +393,16 @@ mod tests {
     }
 
     #[test]
-    fn keep_mode_turns_mark_down_into_drain() {
+    fn shutdown_is_written_as_shutdown_even_on_a_keep_listener() {
+        // `keep` is applied by the health layer (it emits Drain for a plain mark-down); a
+        // Shutdown it still emits (demoted primary, split-brain loser) must reset sessions.
         let mut l = write_read();
         l[0].shutdown_sessions = false;
         let (_, a) = plan(&l, &Applied::default(), PORTS).unwrap();
         let b = a.backend_ids[&("pg/w".into(), "b".into())];
-        assert_eq!(a.backends[&b].state, BACKEND_DRAIN);
+        assert_eq!(a.backends[&b].state, BACKEND_SHUTDOWN);
+        let drained = a.backend_ids[&("pg/r".into(), "a".into())];
+        assert_eq!(a.backends[&drained].state, BACKEND_DRAIN);
     }
 
     #[test]

@@ -133,6 +133,10 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
     if sock >= 0 {
         unsafe { libc::close(sock) };
     }
+    // While shut down the kernel leaves these counts alone; the flows are gone now.
+    for id in backends {
+        let _ = maps.conns.set(*id, 0, 0);
+    }
     if !victims.is_empty() {
         info!(
             flows = victims.len(),

@@ -46,8 +46,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "PGR_COUNTERS";
     pub const RR_CURSOR: &str = "PGR_RR_CURSOR";
     pub const IFACES: &str = "PGR_IFACES";
+    pub const IFACE_MACS: &str = "PGR_IFACE_MACS";
     /// Every map pgrouter pins, in a stable order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         BACKEND_SETS,
         BACKENDS,
@@ -58,6 +59,7 @@ pub mod map_names {
         COUNTERS,
         RR_CURSOR,
         IFACES,
+        IFACE_MACS,
     ];
 }
 
@@ -211,6 +213,16 @@ pub struct Flow {
 const _: () = assert!(size_of::<Flow>() == 56);
 const _: () = assert!(core::mem::offset_of!(Flow, flags) == 48);
 
+/// Value of `PGR_IFACE_MACS` (hash, key: ifindex): the interface's MAC address, so the
+/// program ignores frames a switch flooded to it that are meant for another host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<IfaceMac>() == 8);
+
 /// Per-service counters (`PGR_SERVICE_STATS`, per-CPU array, key: service id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -281,6 +293,9 @@ pub mod counter {
     pub const PASS_NO_IFACE: u32 = 13;
     /// Dropped: a packet of a service arrived with a RST flag and no flow (never answer a RST).
     pub const DROP_RST_NO_FLOW: u32 = 14;
+    /// Passed: the frame is addressed to another host's MAC (flooded by a switch that lost
+    /// track of the VIP owner). Only the host the frame is for may answer it.
+    pub const PASS_OTHER_HOST: u32 = 15;
     pub const COUNT: u32 = 16;
 }
 
@@ -326,6 +341,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for IfaceMac {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for BackendStats {}
 }

@@ -34,7 +34,7 @@ mod entry {
 
     use crate::{
         flow,
-        maps::{PGR_CONNTRACK, PGR_SERVICES, count},
+        maps::{PGR_CONNTRACK, PGR_IFACE_MACS, PGR_SERVICES, count},
         parse::{self, Skip},
     };
 
@@ -62,16 +62,36 @@ mod entry {
             family: key.family,
         };
         if let Some(svc) = PGR_SERVICES.get_ptr(&skey) {
+            if !for_us(&ctx, &h) {
+                count(counter::PASS_OTHER_HOST);
+                return xdp_action::XDP_PASS;
+            }
             let svc = unsafe { *svc };
             return flow::forward(&ctx, &h, &key, &svc);
         }
         if let Some(entry) = PGR_CONNTRACK.get_ptr_mut(&key) {
             if unsafe { (*entry).flags } & FLOW_F_REPLY != 0 {
+                if !for_us(&ctx, &h) {
+                    count(counter::PASS_OTHER_HOST);
+                    return xdp_action::XDP_PASS;
+                }
                 return flow::reply(&ctx, &h, &key, entry);
             }
         }
         count(counter::PASS_NOT_OURS);
         xdp_action::XDP_PASS
+    }
+
+    /// A frame is ours unless its destination MAC is unicast and differs from the ingress
+    /// interface's (known from `PGR_IFACE_MACS`; an interface without an entry accepts all).
+    #[inline(always)]
+    fn for_us(ctx: &XdpContext, h: &parse::Headers) -> bool {
+        let ifindex = ctx.ingress_ifindex() as u32;
+        let Some(m) = PGR_IFACE_MACS.get_ptr(&ifindex) else {
+            return true;
+        };
+        let dst = unsafe { (*h.eth).dst };
+        dst[0] & 1 != 0 || dst == unsafe { (*m).mac }
     }
 
     /// Benchmark baseline only, never attached: the cheapest useful XDP program (bounce every

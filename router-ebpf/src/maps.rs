@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use router_ebpf::{
-    Backend, BackendSet, BackendStats, DEFAULT_CT_ENTRIES, Flow, FlowKey, MAX_BACKENDS, MAX_IFACES,
-    MAX_SERVICES, Service, ServiceKey, ServiceStats, counter,
+    Backend, BackendSet, BackendStats, DEFAULT_CT_ENTRIES, Flow, FlowKey, IfaceMac, MAX_BACKENDS,
+    MAX_IFACES, MAX_SERVICES, Service, ServiceKey, ServiceStats, counter,
 };
 
 /// VIP:port → service. Written by userspace.
@@ -49,6 +49,10 @@ pub static PGR_RR_CURSOR: PerCpuArray<u32, { MAX_SERVICES as usize }> = PerCpuAr
 /// Interfaces the program may redirect to (ifindex → ifindex), filled by userspace.
 #[btf_map]
 pub static PGR_IFACES: DevMapHash<{ MAX_IFACES as usize }> = DevMapHash::new();
+
+/// Ingress ifindex → its MAC, filled by userspace at attach.
+#[btf_map]
+pub static PGR_IFACE_MACS: HashMap<u32, IfaceMac, { MAX_IFACES as usize }> = HashMap::new();
 
 #[inline(always)]
 pub fn count(idx: u32) {

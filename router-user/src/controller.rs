@@ -88,7 +88,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for iface in &cfg.datapath.interfaces {
         let how = dp.attach(iface, mode)?;
         let idx = ifindex(iface)?;
-        maps.allow_iface(idx)?;
+        maps.allow_iface(idx, dataplane::host::iface_mac(iface))?;
         attached.push((iface.clone(), how.to_string()));
     }
     // Whatever an earlier controller left in the pinned maps is adopted, not rewritten.

@@ -69,7 +69,7 @@ pub struct BackendStatus {
     pub drop_maxconn: u64,
 }
 
-pub const COUNTER_NAMES: [&str; 15] = [
+pub const COUNTER_NAMES: [&str; 16] = [
     "pass_not_ipv4",
     "pass_not_tcp",
     "pass_not_ours",
@@ -85,6 +85,7 @@ pub const COUNTER_NAMES: [&str; 15] = [
     "ct_insert_failed",
     "pass_no_iface",
     "drop_rst_no_flow",
+    "pass_other_host",
 ];
 
 #[expect(

@@ -67,7 +67,8 @@ impl K {
             conntrack_entries: 4096,
         })
         .expect("load the XDP object");
-        let maps = Maps::take(&mut dp.ebpf).expect("maps");
+        let mut maps = Maps::take(&mut dp.ebpf).expect("maps");
+        maps.allow_iface(ifindex, Some(EDGE_MAC)).expect("iface");
         Self {
             dp,
             maps,
@@ -605,6 +606,24 @@ fn traffic_not_for_a_service_passes_untouched() {
         assert_eq!(out, frame, "{what}: untouched");
     }
     assert!(k.flows().is_empty());
+}
+
+#[test]
+fn frames_flooded_to_us_for_another_host_are_left_alone() {
+    let mut k = K::new();
+    k.publish(&standard());
+    // A switch that lost track of the VIP owner floods the frame: its destination MAC is the
+    // other edge host's. Answering it would open a second flow for the same client.
+    let other = client_syn(51050, 5000)
+        .macs(CLIENT_MAC, [0x02, 0xed, 0, 0, 0, 0x02])
+        .build(&[]);
+    let (v, out) = k.run(&other);
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(out, other, "untouched");
+    assert!(k.flows().is_empty());
+    assert_eq!(k.maps.counter(counter::PASS_OTHER_HOST), 1);
+    // Addressed to us: served.
+    assert_eq!(k.run(&client_syn(51050, 5000).build(&[])).0, XDP_TX);
 }
 
 #[test]

@@ -63,3 +63,14 @@ pub fn warm_neighbours(addrs: &[IpAddr]) {
         }
     }
 }
+
+/// The interface's MAC address, from sysfs (`None` for interfaces without one).
+pub fn iface_mac(iface: &str) -> Option<[u8; 6]> {
+    let text = fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    (parts.next().is_none() && mac != [0; 6]).then_some(mac)
+}

@@ -2,7 +2,7 @@
 use anyhow::{Context as _, anyhow};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, xdp::DevMapHash};
 use router_ebpf::{
-    Backend, BackendSet, BackendStats, Flow, FlowKey, Service, ServiceKey, ServiceStats,
+    Backend, BackendSet, BackendStats, Flow, FlowKey, IfaceMac, Service, ServiceKey, ServiceStats,
     map_names as n,
 };
 
@@ -19,6 +19,7 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub ifaces: DevMapHash<MapData>,
+    pub iface_macs: HashMap<MapData, u32, IfaceMac>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -38,6 +39,7 @@ impl Maps {
             backend_stats: PerCpuArray::try_from(take(ebpf, n::BACKEND_STATS)?)?,
             counters: PerCpuArray::try_from(take(ebpf, n::COUNTERS)?)?,
             ifaces: DevMapHash::try_from(take(ebpf, n::IFACES)?)?,
+            iface_macs: HashMap::try_from(take(ebpf, n::IFACE_MACS)?)?,
         })
     }
 
@@ -93,11 +95,18 @@ impl Maps {
         a
     }
 
-    /// Allows redirects to `ifindex` (the program's devmap).
-    pub fn allow_iface(&mut self, ifindex: u32) -> anyhow::Result<()> {
+    /// Allows redirects to `ifindex` (the program's devmap) and records its MAC, so frames
+    /// flooded to this host for another one are left alone.
+    pub fn allow_iface(&mut self, ifindex: u32, mac: Option<[u8; 6]>) -> anyhow::Result<()> {
         self.ifaces
             .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("adding ifindex {ifindex} to the devmap"))
+            .with_context(|| format!("adding ifindex {ifindex} to the devmap"))?;
+        if let Some(mac) = mac {
+            self.iface_macs
+                .insert(ifindex, IfaceMac { mac, _pad: [0; 2] }, 0)
+                .with_context(|| format!("recording the MAC of ifindex {ifindex}"))?;
+        }
+        Ok(())
     }
 
     /// A service's counters summed over CPUs.

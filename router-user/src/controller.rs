@@ -30,6 +30,7 @@ use crate::{
     health::{self, ClusterHandle, ClusterSnapshot},
     metrics,
     model::DesiredListener,
+    sdnotify,
     status::{self, Status},
     vrrp::{self, InstanceHandle, Tracks},
 };
@@ -145,6 +146,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
     d.sync();
+    // systemd's Type=notify: the program is attached and the control socket listens.
+    sdnotify::notify_ready();
     info!(config = %config_path.display(), "pgrouter running");
     loop {
         tokio::select! {
@@ -158,11 +161,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     let _ = reply.send(d.snapshot_status());
                 }
                 Request::Reload(reply) => {
+                    sdnotify::notify_reloading();
                     let _ = reply.send(d.reload(&config_path));
+                    sdnotify::notify_ready();
                 }
             },
             _ = hup.recv() => {
+                sdnotify::notify_reloading();
                 let _ = d.reload(&config_path);
+                sdnotify::notify_ready();
             }
             _ = tick.tick() => {
                 ticks += 1;
@@ -180,6 +187,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
+    sdnotify::notify_stopping();
     info!("shutting down: leaving VRRP; the XDP program and maps stay pinned");
     for h in d.vrrp.drain(..) {
         h.shutdown().await;

@@ -405,3 +405,76 @@ fn killed_controller_keeps_sessions_and_restart_adopts_the_pinned_data_path() {
     .expect("client");
     assert_eq!(w, "pg1", "new connections after the restart");
 }
+
+/// An upgrade to a build with another map layout: it must not read the old maps (they live in
+/// another `v<N>` folder), must replace the program through the old pinned link without a gap,
+/// and must say what happens to the old flows.
+#[test]
+fn new_map_layout_takes_over_the_link_and_says_so() {
+    let mut s = setup("pgrl", "generic");
+    let pid: u32 = std::fs::read_to_string(s.lab.dir.join("pgrouter.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    s.lab.kill(pid);
+    // Pretend the running data path was pinned by a build with layout v0.
+    let bpf = s.lab.dir.join("bpf");
+    std::fs::rename(
+        bpf.join(format!("v{}", router_ebpf::ABI_VERSION)),
+        bpf.join("v0"),
+    )
+    .expect("rename pins");
+    let edge = s.lab.ns("edge");
+    let bin = tests::pgrouter_bin();
+    s.lab
+        .spawn(
+            &edge,
+            "pgrouter2",
+            &[
+                bin.to_str().expect("utf8"),
+                "run",
+                "-c",
+                s.config.to_str().expect("utf8"),
+            ],
+        )
+        .expect("restart");
+    let sock = s.socket.clone();
+    wait_for("the new build to answer", Duration::from_secs(20), || {
+        let out = std::process::Command::new(tests::pgrouter_bin())
+            .args(["status", "--json", "--socket", &sock])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["listeners"][0]["generation"].as_u64()? > 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.log("pgrouter2")));
+    let log = s.lab.log("pgrouter2");
+    assert!(
+        log.contains("another map layout"),
+        "says what it does:\n{log}"
+    );
+    assert!(
+        !bpf.join("v0").join("link_eth0").exists(),
+        "the link moved to the new folder"
+    );
+    assert!(
+        bpf.join(format!("v{}", router_ebpf::ABI_VERSION))
+            .join("link_eth0")
+            .exists()
+    );
+    let w = in_netns(&s.client, || {
+        who(&mut connect(5000).expect("connect")).expect("banner")
+    })
+    .expect("client");
+    assert_eq!(w, "pg1");
+    let attached = s
+        .lab
+        .exec(&edge, "ip -d link show dev eth0")
+        .expect("ip link");
+    assert_eq!(
+        attached.matches("prog/xdp").count(),
+        1,
+        "exactly one XDP program attached:\n{attached}"
+    );
+}

@@ -85,6 +85,39 @@ impl Datapath {
         })
     }
 
+    /// Points the pinned link at `from` to this program (bpf_link_update). With `move_to`,
+    /// the link is pinned there and its old pin removed.
+    fn take_over(
+        &mut self,
+        iface: &str,
+        from: &Path,
+        move_to: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let pinned = PinnedLink::from_pin(from)
+            .with_context(|| format!("opening pinned link {}", from.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| anyhow!("pinned link {} is not XDP: {e}", from.display()))?;
+        let prog = self.prog()?;
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the program on {iface}"))?;
+        let link = prog.take_link(id)?;
+        match move_to {
+            Some(to) => {
+                let fd_link = FdLink::try_from(link)
+                    .map_err(|e| anyhow!("XDP link on {iface} cannot be pinned: {e}"))?;
+                let pinned = fd_link
+                    .pin(to)
+                    .with_context(|| format!("pinning link {}", to.display()))?;
+                std::mem::forget(pinned);
+                fs::remove_file(from).with_context(|| format!("removing {}", from.display()))?;
+            }
+            // The link stays pinned; forget our handle so dropping it does not detach.
+            None => std::mem::forget(link),
+        }
+        Ok(())
+    }
+
     fn prog(&mut self) -> anyhow::Result<&mut Xdp> {
         Ok(self
             .ebpf
@@ -101,18 +134,22 @@ impl Datapath {
             .as_ref()
             .map(|d| d.join(format!("link_{iface}")));
         if let Some(link_pin) = link_pin.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(link_pin)
-                .with_context(|| format!("opening pinned link {}", link_pin.display()))?;
-            let link = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| anyhow!("pinned link {} is not XDP: {e}", link_pin.display()))?;
-            let prog = self.prog()?;
-            let id = prog
-                .attach_to_link(link)
-                .with_context(|| format!("replacing the program on {iface}"))?;
-            // The link stays pinned; forget our handle so dropping it does not detach.
-            let link = prog.take_link(id)?;
-            std::mem::forget(link);
+            self.take_over(iface, link_pin, None)?;
             info!(iface, "took over the pinned XDP link");
+            return Ok("pinned");
+        }
+        if let (Some(dir), Some(ours)) = (&self.pin_dir, &link_pin)
+            && let Some(old) = other_layout_link(dir, iface)
+        {
+            warn!(
+                iface,
+                old = %old.display(),
+                abi = ABI_VERSION,
+                "the running data path uses another map layout: replacing its program through \
+                 its link (no gap in service), but the flows it tracks cannot be read by this \
+                 build, so their sessions will be reset; its maps stay pinned until removed"
+            );
+            self.take_over(iface, &old, Some(ours))?;
             return Ok("pinned");
         }
         let tries: &[(XdpMode, &'static str)] = match mode {
@@ -159,6 +196,22 @@ pub fn detach(pin_path: &Path, iface: &str) -> anyhow::Result<bool> {
     }
     fs::remove_file(&link_pin).with_context(|| format!("removing {}", link_pin.display()))?;
     Ok(true)
+}
+
+/// A link on `iface` pinned by a build with another map layout (a sibling `v<N>` folder).
+fn other_layout_link(ours: &Path, iface: &str) -> Option<PathBuf> {
+    let parent = ours.parent()?;
+    fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p != ours
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('v'))
+        })
+        .map(|p| p.join(format!("link_{iface}")))
+        .find(|p| p.exists())
 }
 
 /// The folder for this ABI version: an incompatible build never opens another layout's maps.

@@ -323,3 +323,60 @@ fn frontend_backend_with_acl_fallback_and_tls() {
     assert!(has_warning(&out, "`tag_datacenter=east`"));
     assert!(has_warning(&out, "`verify none`"));
 }
+
+/// The HAProxy template Patroni ships for confd (HEAD checks, a stats page), with the seed's
+/// keepalived.conf in front: three nodes, writes and reads on the VIP, the stats page dropped.
+#[test]
+fn patroni_confd_template() {
+    let (out, cfg) = translate("patroni_confd.haproxy.cfg", Some("seed.keepalived.conf"));
+    let c = &cfg.clusters[0];
+    let ls: Vec<_> = c
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.vip, l.port, l.kind, l.maxconn))
+        .collect();
+    assert_eq!(
+        ls,
+        vec![
+            ("primary", ip("10.0.0.1"), 5000, ListenerKind::Primary, 100),
+            ("replicas", ip("10.0.0.1"), 5001, ListenerKind::Replica, 100),
+        ]
+    );
+    assert_eq!(c.nodes.len(), 3);
+    assert_eq!(c.health.timeout, Duration::from_secs(5));
+    assert_eq!((c.health.fall, c.health.rise), (3, 2));
+    assert!(has_warning(&out, "`listen stats` is `mode http`"));
+    assert!(has_warning(
+        &out,
+        "read listener `replicas` has no fallback"
+    ));
+    assert!(!has_warning(&out, "unusual"), "HEAD is a fine check method");
+}
+
+/// A step-by-step guide's configuration: one HAProxy host without keepalived, clients on 5432
+/// and 5433. Both listeners get the placeholder VIP and say so.
+#[test]
+fn guide_single_host_without_keepalived() {
+    let (out, cfg) = translate("guide_write_read.haproxy.cfg", None);
+    let c = &cfg.clusters[0];
+    let ls: Vec<_> = c
+        .listeners
+        .iter()
+        .map(|l| (l.port, l.kind, l.vip, l.maxconn))
+        .collect();
+    let ph = ip(import::translate::PLACEHOLDER_VIP);
+    assert_eq!(
+        ls,
+        vec![
+            (5432, ListenerKind::Primary, ph, 200),
+            (5433, ListenerKind::Replica, ph, 200)
+        ]
+    );
+    let placeholders = out
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("replace the placeholder 192.0.2.1"))
+        .count();
+    assert_eq!(placeholders, 2);
+    assert!(out.toml.contains("interfaces = []"));
+}

@@ -126,7 +126,10 @@ fn check_variants() {
     );
     assert!(warned(&out, "`lag=1mb` is not a size Patroni understands"));
     assert!(warned(&out, "has only a TCP check"));
-    assert!(warned(&out, "is checked on port 5432 here but on 8008 elsewhere"));
+    assert!(warned(
+        &out,
+        "is checked on port 5432 here but on 8008 elsewhere"
+    ));
     assert!(warned(&out, "`/status` is not a Patroni health endpoint"));
     assert!(warned(&out, "`balance first` has no pgrouter equivalent"));
     assert!(warned(&out, "use_backend x if { src 10.0.0.0/8 }"));

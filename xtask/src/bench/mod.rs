@@ -1,6 +1,13 @@
 //! `cargo xtask bench`: speed figures as ratios against a baseline measured in the same run,
 //! written to BENCHMARKS.md. Never timed assertions.
-use std::{fmt::Write as _, process::Command};
+pub mod pgbench;
+pub mod svg;
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -60,7 +67,63 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}")
 }
 
+/// The workspace root (BENCHMARKS.md, docs/img, target/bench live there).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Failover section: draws every `target/bench/failover-<scenario>.json` (written by the
+/// failover scenarios) to `docs/img/failover-<scenario>.svg` and embeds it, after
+/// `outages` (the scenarios' outage table, markdown) when given.
+pub fn failover_md(outages: Option<&str>) -> String {
+    let root = root();
+    let mut md = String::new();
+    let _ = writeln!(md, "## Failover: HAProxy + Keepalived vs pgrouter\n");
+    if let Some(t) = outages {
+        let _ = writeln!(md, "{}\n", t.trim_end());
+    }
+    let drawn = svg::draw_all(&root.join("target/bench"), &root.join("docs/img"));
+    match drawn {
+        Ok(v) if v.is_empty() => {
+            let _ = writeln!(
+                md,
+                "No failover timelines (`target/bench/failover-*.json`) in this run.\n"
+            );
+        }
+        Ok(v) => {
+            let _ = writeln!(
+                md,
+                "One row per client probe loop (HAProxy above pgrouter), one mark per probe: green shades = answered \
+                 (shade = serving node), red = failed; dashed blue lines = Patroni events.\n"
+            );
+            for (scenario, res) in v {
+                match res {
+                    Ok(path) => {
+                        let _ = writeln!(md, "### {scenario}\n\n![{scenario}]({path})\n");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(md, "### {scenario}\n\nNot drawn: {e}\n");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(md, "Timelines not drawn: {e:#}\n");
+        }
+    }
+    md
+}
+
 pub fn run() -> anyhow::Result<()> {
+    if std::env::var("PGR_BENCH_ONLY").as_deref() == Ok("pgbench") {
+        // Development: only the pgbench comparison, printed; BENCHMARKS.md untouched.
+        print!("{}", pgbench::run()?.markdown());
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
     let m = xdp_micro()?;
     let get = |k: &str| {
         m.iter()
@@ -68,6 +131,8 @@ pub fn run() -> anyhow::Result<()> {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
+    // pgbench through direct / HAProxy / pgrouter (takes and releases the lab session lock).
+    let pg = pgbench::run();
     let mut md = String::new();
     let _ = writeln!(md, "# pgrouter benchmarks\n");
     let _ = writeln!(
@@ -100,9 +165,27 @@ pub fn run() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "\nSingle runs include the test_run call's fixed cost, which is why the SYN row is compared with single runs of the baseline."
+        "\nSingle runs include the test_run call's fixed cost, which is why the SYN row is compared with single runs of the baseline.\n"
     );
-    std::fs::write("BENCHMARKS.md", &md).context("writing BENCHMARKS.md")?;
+    let pg_err = match &pg {
+        Ok(r) => {
+            md.push_str(&r.markdown());
+            None
+        }
+        Err(e) => {
+            let _ = writeln!(
+                md,
+                "## pgbench: direct vs HAProxy vs pgrouter\n\nFailed in this run: {e:#}\n"
+            );
+            Some(e)
+        }
+    };
+    md.push_str(&failover_md(None));
+    let _ = writeln!(md, "Whole run: {:.0} s.", started.elapsed().as_secs_f64());
+    std::fs::write(root().join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");
+    if let Some(e) = pg_err {
+        bail!("pgbench comparison failed: {e:#}");
+    }
     Ok(())
 }

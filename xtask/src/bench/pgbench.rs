@@ -1,0 +1,764 @@
+//! pgbench through the three paths a client can take to the Patroni primary, in one lab, in
+//! one run: directly (`leader:5432`), through HAProxy with the seed's configuration
+//! (`lab/haproxy.cfg.tmpl`, on edge2, `198.18.0.22:5000`) and through pgrouter (XDP on edge1,
+//! `VIP:5000`). Select-only (`pgbench -S`), with persistent connections and with a new
+//! connection per transaction (`-C`); targets alternate within each repetition to spread
+//! drift. Method: docs/benchmarks.md.
+use std::{
+    fmt::Write as _,
+    fs,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::lab::{
+    Lab,
+    cluster::{CLIENT_NS, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP},
+    util::wait_for,
+};
+
+/// Serialises whole lab sessions between engineers/tools (not only single lab actions).
+pub const SESSION_LOCK: &str = "/run/pgrouter-lab-session.lock";
+/// Config, pins, control socket of the benchmark's pgrouter and HAProxy.
+const RUN_DIR: &str = "/run/pgrouter-bench";
+const HAPROXY_ADDR: &str = "198.18.0.22";
+const HAPROXY_TMPL: &str = include_str!("../../../lab/haproxy.cfg.tmpl");
+const PGROUTER_PROC: &str = "pgrouter-bench";
+const HAPROXY_PROC: &str = "haproxy-bench";
+
+/// Run parameters (env overrides: `PGR_BENCH_SECONDS`, `PGR_BENCH_REPS`,
+/// `PGR_BENCH_CLIENTS`, `PGR_BENCH_SCALE`, `PGR_BENCH_XDP_MODE`).
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub seconds: u32,
+    pub reps: u32,
+    pub clients: u32,
+    pub threads: u32,
+    pub scale: u32,
+    pub warmup_seconds: u32,
+    /// pgrouter's `datapath.mode`. Default `generic`: with native XDP on the lab's veths,
+    /// frames sent with XDP_TX sit in the peer until its next NAPI run (about once a second,
+    /// with the health checks' traffic), see docs/benchmarks.md.
+    pub xdp_mode: String,
+}
+
+impl Params {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let get = |k: &str, d: u32| -> anyhow::Result<u32> {
+            match std::env::var(k) {
+                Ok(v) => v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("{k}={v:?}: a positive integer")),
+                Err(_) => Ok(d),
+            }
+        };
+        Ok(Params {
+            seconds: get("PGR_BENCH_SECONDS", 10)?,
+            reps: get("PGR_BENCH_REPS", 3)?,
+            clients: get("PGR_BENCH_CLIENTS", 8)?,
+            threads: 2,
+            scale: get("PGR_BENCH_SCALE", 10)?,
+            warmup_seconds: 3,
+            xdp_mode: match std::env::var("PGR_BENCH_XDP_MODE") {
+                Ok(m) if ["auto", "native", "generic"].contains(&m.as_str()) => m,
+                Ok(m) => bail!("PGR_BENCH_XDP_MODE={m:?}: auto, native or generic"),
+                Err(_) => "generic".into(),
+            },
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    Haproxy,
+    Pgrouter,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::Direct, Target::Haproxy, Target::Pgrouter];
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Haproxy => "HAProxy",
+            Target::Pgrouter => "pgrouter",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Persistent,
+    Connect,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Persistent, Mode::Connect];
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Persistent => "persistent connections (`-S`)",
+            Mode::Connect => "new connection per transaction (`-S -C`)",
+        }
+    }
+}
+
+/// What one pgbench run printed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub tps: f64,
+    pub latency_ms: f64,
+    /// `-C` only: pgbench's "average connection time".
+    pub conn_ms: Option<f64>,
+    pub txns: u64,
+    pub failed: u64,
+}
+
+/// Parses pgbench's (PostgreSQL 15) summary.
+pub fn parse_pgbench(out: &str) -> anyhow::Result<Sample> {
+    let num = |prefix: &str| -> Option<f64> {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    let Some(tps) = num("tps = ") else {
+        bail!("no `tps = ` line in pgbench's output:\n{out}");
+    };
+    Ok(Sample {
+        tps,
+        latency_ms: num("latency average = ").unwrap_or(f64::NAN),
+        conn_ms: num("average connection time = "),
+        txns: num("number of transactions actually processed: ").unwrap_or(0.0) as u64,
+        failed: num("number of failed transactions: ").unwrap_or(0.0) as u64,
+    })
+}
+
+/// Results of the comparison.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub params: Option<Params>,
+    /// (mode, target, sample) in run order.
+    pub samples: Vec<(Mode, Target, Sample)>,
+    pub leader: String,
+    pub xdp_mode: String,
+    pub notes: Vec<String>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+impl Report {
+    fn of(&self, mode: Mode, target: Target) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|(m, t, _)| *m == mode && *t == target)
+            .map(|(_, _, s)| s)
+            .collect()
+    }
+
+    /// Mean TPS of a mode/target.
+    pub fn tps(&self, mode: Mode, target: Target) -> f64 {
+        mean(
+            &self
+                .of(mode, target)
+                .iter()
+                .map(|s| s.tps)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The markdown section for BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "## pgbench: direct vs HAProxy vs pgrouter\n");
+        if let Some(p) = &self.params {
+            let _ = writeln!(
+                md,
+                "Patroni lab (`cargo xtask lab`), PostgreSQL 15, `pgbench -i -s {}`, leader {}; pgbench from `pgrlab-client`: \
+                 `pgbench -n -S -c {} -j {} -T {}` (and the same with `-C`), {} repetitions per target and mode, targets \
+                 alternating in rotated order; a {} s warm-up run per target is not counted. **direct** = `{}:5432`, \
+                 **HAProxy** = the seed's configuration (`lab/haproxy.cfg.tmpl`) on edge2, `{HAPROXY_ADDR}:5000`, \
+                 **pgrouter** = `pgrouter run` on edge1 ({}), `{VIP}:5000`. Everything (client, proxies, three \
+                 PostgreSQL nodes, etcd) shares this machine's cores, so the figures compare paths, not hardware. \
+                 Method: [docs/benchmarks.md](docs/benchmarks.md).\n",
+                p.scale,
+                self.leader.split(' ').next().unwrap_or("?"),
+                p.clients,
+                p.threads,
+                p.seconds,
+                p.reps,
+                p.warmup_seconds,
+                self.leader.split(' ').nth(1).unwrap_or("?"),
+                self.xdp_mode,
+            );
+        }
+        for mode in Mode::ALL {
+            if self.of(mode, Target::Direct).is_empty() {
+                continue;
+            }
+            let _ = writeln!(md, "### {}\n", mode.name());
+            let conn = mode == Mode::Connect;
+            let _ = writeln!(
+                md,
+                "| target | TPS (mean) | runs | mean latency ms{} | vs direct |\n|---|---:|---|---:|{}---:|",
+                if conn { " | connection ms" } else { "" },
+                if conn { "---:|" } else { "" }
+            );
+            let direct = self.tps(mode, Target::Direct);
+            for t in Target::ALL {
+                let s = self.of(mode, t);
+                let runs: Vec<String> = s.iter().map(|s| format!("{:.0}", s.tps)).collect();
+                let lat = mean(&s.iter().map(|s| s.latency_ms).collect::<Vec<_>>());
+                let conn_ms = mean(&s.iter().filter_map(|s| s.conn_ms).collect::<Vec<_>>());
+                let failed: u64 = s.iter().map(|s| s.failed).sum();
+                let _ = writeln!(
+                    md,
+                    "| {}{} | {:.0} | {} | {:.3}{} | {:.3}× |",
+                    t.name(),
+                    if failed > 0 {
+                        format!(" ({failed} failed)")
+                    } else {
+                        String::new()
+                    },
+                    self.tps(mode, t),
+                    runs.join(", "),
+                    lat,
+                    if conn {
+                        format!(" | {conn_ms:.3}")
+                    } else {
+                        String::new()
+                    },
+                    self.tps(mode, t) / direct
+                );
+            }
+            let r = |a: Target, b: Target| self.tps(mode, a) / self.tps(mode, b);
+            let _ = writeln!(
+                md,
+                "\nRatios (TPS): pgrouter/direct **{:.3}×**, pgrouter/HAProxy **{:.3}×**, HAProxy/direct {:.3}×.\n",
+                r(Target::Pgrouter, Target::Direct),
+                r(Target::Pgrouter, Target::Haproxy),
+                r(Target::Haproxy, Target::Direct),
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(md, "Note: {n}\n");
+        }
+        md
+    }
+}
+
+/// Holds `SESSION_LOCK` (flock, exclusive) until dropped.
+pub struct SessionLock(#[allow(dead_code)] fs::File);
+
+impl SessionLock {
+    pub fn acquire() -> anyhow::Result<Self> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SESSION_LOCK)
+            .with_context(|| format!("open {SESSION_LOCK}"))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            println!("bench: waiting for the lab session lock {SESSION_LOCK}");
+            // SAFETY: as above.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("flock {SESSION_LOCK}: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(SessionLock(f))
+    }
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn pgrouter_config(dir: &Path, xdp_mode: &str) -> String {
+    let mut nodes = String::new();
+    for (name, ip) in [
+        ("pg1", "198.18.0.11"),
+        ("pg2", "198.18.0.12"),
+        ("pg3", "198.18.0.13"),
+    ] {
+        let _ = write!(
+            nodes,
+            "[[cluster.node]]\nname = \"{name}\"\nhost = \"{ip}\"\n\n"
+        );
+    }
+    format!(
+        r#"# pgrouter for `cargo xtask bench` (xtask/src/bench/pgbench.rs): the seed's listeners.
+[datapath]
+interfaces = ["eth0"]
+mode = "{xdp_mode}"
+pin_path = "{dir}/bpf"
+snat_ports = "40000-59999"
+
+[control]
+socket = "{dir}/pgrouter.sock"
+metrics = ""
+
+[[cluster]]
+name = "pg"
+checks = "patroni"
+
+{nodes}[[cluster.listener]]
+name = "PG1"
+vip = "{VIP}"
+port = 5000
+kind = "primary"
+maxconn = 100
+
+[[cluster.listener]]
+name = "PG1_ro"
+vip = "{VIP}"
+port = 5001
+kind = "replica"
+fallback = "primary"
+lag = "10MB"
+maxconn = 100
+"#,
+        dir = dir.display()
+    )
+}
+
+fn pgrouter_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pgrouter")
+}
+
+/// Waits until `addr:port` reaches the primary `need` times in a row (every 250 ms).
+fn wait_primary(lab: &Lab, what: &str, addr: &str, port: u16, need: u32) -> anyhow::Result<()> {
+    let mut good = 0;
+    wait_for(
+        what,
+        Duration::from_secs(40),
+        Duration::from_millis(250),
+        || {
+            let ok = lab
+                .psql_port(addr, port, "SELECT NOT pg_is_in_recovery()")
+                .map(|s| s == "t")
+                .unwrap_or(false);
+            good = if ok { good + 1 } else { 0 };
+            Ok((good >= need).then_some(()))
+        },
+    )
+}
+
+fn pgbench(args: &[String]) -> anyhow::Result<String> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", CLIENT_NS, &format!("{PG_BIN}/pgbench")])
+        .args(args)
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "5");
+    let out = c.output().context("running pgbench")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!(
+            "pgbench {} failed ({}):\n{text}",
+            args.join(" "),
+            out.status
+        );
+    }
+    Ok(text)
+}
+
+fn addr_of(t: Target, leader_host: &str) -> (String, u16) {
+    match t {
+        Target::Direct => (leader_host.to_string(), 5432),
+        Target::Haproxy => (HAPROXY_ADDR.to_string(), 5000),
+        Target::Pgrouter => (VIP.to_string(), 5000),
+    }
+}
+
+fn run_one(
+    p: &Params,
+    mode: Mode,
+    t: Target,
+    leader_host: &str,
+    seconds: u32,
+) -> anyhow::Result<Sample> {
+    let (host, port) = addr_of(t, leader_host);
+    let mut args = vec![
+        s("-n"),
+        s("-S"),
+        s("-h"),
+        host,
+        s("-p"),
+        port.to_string(),
+        s("-U"),
+        s(SUPERUSER),
+        s("-c"),
+        p.clients.to_string(),
+        s("-j"),
+        p.threads.to_string(),
+        s("-T"),
+        seconds.to_string(),
+    ];
+    if mode == Mode::Connect {
+        args.push(s("-C"));
+    }
+    args.push(s("postgres"));
+    let out = pgbench(&args)?;
+    parse_pgbench(&out)
+}
+
+/// Starts pgrouter (edge1, VIP:5000) and HAProxy (edge2) on a healthy lab, initialises
+/// pgbench's tables, runs the comparison. The caller tears down.
+fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let leader = lab.leader()?;
+    report.leader = format!("{} {}", leader.name, leader.host);
+
+    // pgrouter on edge1, VIP added by hand (no VRRP in this benchmark).
+    let pins = dir.join("bpf");
+    fs::create_dir_all(&pins)?;
+    // bpffs in the root mount namespace: `ip netns exec` gives pgrouter a private one.
+    let mounted = fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&pins.display().to_string()));
+    if !mounted {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&pins)
+            .status()?;
+        anyhow::ensure!(st.success(), "mount bpffs on {}", pins.display());
+    }
+    let cfg = dir.join("pgrouter.toml");
+    fs::write(&cfg, pgrouter_config(dir, &p.xdp_mode))?;
+    let bin = pgrouter_bin();
+    let out = Command::new(&bin)
+        .args(["check-config"])
+        .arg(&cfg)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pgrouter check-config {}:\n{}{}",
+        cfg.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = lab.exec(
+        "edge1",
+        &[
+            s("ip"),
+            s("addr"),
+            s("add"),
+            format!("{VIP}/32"),
+            s("dev"),
+            s("eth0"),
+        ],
+    )?;
+    anyhow::ensure!(code == 0, "ip addr add {VIP}/32 in edge1 failed");
+    lab.spawn(
+        "edge1",
+        PGROUTER_PROC,
+        &[
+            bin.display().to_string(),
+            s("run"),
+            s("-c"),
+            cfg.display().to_string(),
+        ],
+    )?;
+
+    // HAProxy with the seed's config on edge2 (binds *:5000, so 198.18.0.22:5000).
+    let hcfg = dir.join("haproxy.cfg");
+    fs::write(&hcfg, HAPROXY_TMPL)?;
+    lab.spawn(
+        "edge2",
+        HAPROXY_PROC,
+        &[s("haproxy"), s("-db"), s("-f"), hcfg.display().to_string()],
+    )?;
+
+    wait_primary(lab, "pgrouter VIP:5000 to reach the primary", VIP, 5000, 4)
+        .with_context(|| lab_log(lab, PGROUTER_PROC))?;
+    wait_primary(
+        lab,
+        "HAProxy 198.18.0.22:5000 to reach the primary",
+        HAPROXY_ADDR,
+        5000,
+        6,
+    )
+    .with_context(|| lab_log(lab, HAPROXY_PROC))?;
+    report.xdp_mode = xdp_mode(dir);
+    println!("bench: pgrouter data path: {}", report.xdp_mode);
+
+    let t = Instant::now();
+    pgbench(&[
+        s("-i"),
+        s("-q"),
+        s("-s"),
+        p.scale.to_string(),
+        s("-h"),
+        leader.host.clone(),
+        s("-U"),
+        s(SUPERUSER),
+        s("postgres"),
+    ])?;
+    println!(
+        "bench: pgbench -i -s {} on {} in {:.1?}",
+        p.scale,
+        leader.name,
+        t.elapsed()
+    );
+
+    for tg in Target::ALL {
+        let w = run_one(p, Mode::Persistent, tg, &leader.host, p.warmup_seconds)?;
+        println!("bench: warm-up {:<8} {:>8.0} tps", tg.name(), w.tps);
+    }
+    for rep in 0..p.reps as usize {
+        for mode in Mode::ALL {
+            for i in 0..3 {
+                let tg = Target::ALL[(i + rep) % 3];
+                let smp = run_one(p, mode, tg, &leader.host, p.seconds)?;
+                println!(
+                    "bench: rep {} {:<10} {:<8} {:>8.0} tps {:>7.3} ms{}",
+                    rep + 1,
+                    if mode == Mode::Persistent {
+                        "persistent"
+                    } else {
+                        "connect"
+                    },
+                    tg.name(),
+                    smp.tps,
+                    smp.latency_ms,
+                    if smp.failed > 0 {
+                        format!(" ({} failed)", smp.failed)
+                    } else {
+                        String::new()
+                    }
+                );
+                report.samples.push((mode, tg, smp));
+            }
+        }
+    }
+    // The leader must not have changed under the runs.
+    let after = lab.leader()?;
+    if after.name != leader.name {
+        report.notes.push(format!(
+            "the leader changed during the runs ({} → {}): figures are not comparable",
+            leader.name, after.name
+        ));
+    }
+    Ok(())
+}
+
+fn lab_log(lab: &Lab, name: &str) -> String {
+    let path = lab.dir.join(format!("{name}.log"));
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    format!(
+        "last lines of {}:\n{}",
+        path.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// "native XDP on eth0" / "generic XDP on eth0" from `pgrouter status --json`.
+fn xdp_mode(dir: &Path) -> String {
+    let out = Command::new(pgrouter_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(dir.join("pgrouter.sock"))
+        .output();
+    let v: serde_json::Value = out
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default();
+    let find = |v: &serde_json::Value| -> Option<String> {
+        let ifs = v.get("interfaces")?.as_array()?;
+        let parts: Vec<String> = ifs
+            .iter()
+            .filter_map(|i| {
+                let a = i.as_array()?;
+                Some(format!(
+                    "{} XDP on {}",
+                    a.get(1)?.as_str()?,
+                    a.first()?.as_str()?
+                ))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    };
+    find(&v)
+        .or_else(|| v.get("datapath").and_then(find))
+        .unwrap_or_else(|| "XDP".into())
+}
+
+/// Stops what `measure` started and the lab; every step is attempted.
+fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
+    let mut errs = Vec::new();
+    for name in [HAPROXY_PROC, PGROUTER_PROC] {
+        if let Err(e) = lab.kill_proc(name, libc::SIGTERM) {
+            errs.push(format!("stopping {name}: {e:#}"));
+        }
+    }
+    let cfg = dir.join("pgrouter.toml");
+    if cfg.exists() && Path::new("/run/netns/pgrlab-edge1").exists() {
+        // Unpins the XDP link and maps (they outlive a SIGTERMed controller by design).
+        let _ = lab.exec(
+            "edge1",
+            &[
+                pgrouter_bin().display().to_string(),
+                s("detach"),
+                s("-c"),
+                cfg.display().to_string(),
+            ],
+        );
+    }
+    let pins = dir.join("bpf");
+    if fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&pins.display().to_string()))
+    {
+        let _ = Command::new("umount").arg(&pins).status();
+    }
+    if let Err(e) = lab.down() {
+        errs.push(format!("lab down: {e:#}"));
+    }
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        errs.push(format!("removing {}: {e}", dir.display()));
+    }
+    errs
+}
+
+/// The whole comparison: session lock, lab up, pgrouter + HAProxy, pgbench, teardown (also
+/// on error). Builds `target/release/pgrouter` first.
+pub fn run() -> anyhow::Result<Report> {
+    let p = Params::from_env()?;
+    let st = Command::new("cargo")
+        .args(["build", "--release", "-p", "router-user", "--bins"])
+        .status()
+        .context("cargo build")?;
+    anyhow::ensure!(st.success(), "cargo build --release -p router-user failed");
+
+    let _lock = SessionLock::acquire()?;
+    let lab = Lab::default();
+    let dir = PathBuf::from(RUN_DIR);
+    let mut report = Report {
+        params: Some(p.clone()),
+        ..Report::default()
+    };
+    let t = Instant::now();
+    let res = (|| -> anyhow::Result<()> {
+        lab.up(Duration::from_secs(180))?;
+        lab.wait_healthy(2, Duration::from_secs(60))?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        measure(&lab, &p, &dir, &mut report)
+    })();
+    let errs = teardown(&lab, &dir);
+    println!("bench: pgbench comparison took {:.0?}", t.elapsed());
+    res?;
+    if !errs.is_empty() {
+        bail!("teardown: {}", errs.join("; "));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT_C: &str = "pgbench (15.14 (Debian 15.14-0+deb12u1))
+transaction type: <builtin: select only>
+scaling factor: 10
+query mode: simple
+number of clients: 8
+number of threads: 2
+maximum number of tries: 1
+duration: 10 s
+number of transactions actually processed: 4321
+number of failed transactions: 0 (0.000%)
+latency average = 18.512 ms
+average connection time = 9.201 ms
+tps = 432.150000 (including reconnection times)
+";
+
+    #[test]
+    fn parses_pgbench_15_summary() {
+        let s = parse_pgbench(OUT_C).unwrap();
+        assert_eq!(s.tps, 432.15);
+        assert_eq!(s.latency_ms, 18.512);
+        assert_eq!(s.conn_ms, Some(9.201));
+        assert_eq!((s.txns, s.failed), (4321, 0));
+        let p = OUT_C
+            .replace(
+                "average connection time = 9.201 ms\n",
+                "initial connection time = 3.1 ms\n",
+            )
+            .replace(
+                "(including reconnection times)",
+                "(without initial connection time)",
+            );
+        assert_eq!(parse_pgbench(&p).unwrap().conn_ms, None);
+        assert!(parse_pgbench("connection to server failed").is_err());
+    }
+
+    #[test]
+    fn markdown_has_ratios_per_mode() {
+        let mut r = Report {
+            params: Some(Params {
+                seconds: 10,
+                reps: 2,
+                clients: 8,
+                threads: 2,
+                scale: 10,
+                warmup_seconds: 3,
+                xdp_mode: "generic".into(),
+            }),
+            leader: "pg1 198.18.0.11".into(),
+            xdp_mode: "native XDP on eth0".into(),
+            ..Report::default()
+        };
+        for (mode, base) in [(Mode::Persistent, 10_000.0), (Mode::Connect, 400.0)] {
+            for (t, f) in [
+                (Target::Direct, 1.0),
+                (Target::Haproxy, 0.8),
+                (Target::Pgrouter, 0.97),
+            ] {
+                for _ in 0..2 {
+                    r.samples.push((
+                        mode,
+                        t,
+                        Sample {
+                            tps: base * f,
+                            latency_ms: 1.0 / f,
+                            conn_ms: (mode == Mode::Connect).then_some(2.0),
+                            txns: 1,
+                            failed: 0,
+                        },
+                    ));
+                }
+            }
+        }
+        let md = r.markdown();
+        assert!(md.contains("| pgrouter | 9700 | 9700, 9700 |"), "{md}");
+        assert!(md.contains("pgrouter/direct **0.970×**"), "{md}");
+        assert!(md.contains("pgrouter/HAProxy **1.212×**"), "{md}");
+        assert!(md.contains("HAProxy/direct 0.800×"), "{md}");
+        assert_eq!(md.matches("### ").count(), 2);
+        assert!(md.contains("| 2.000 |"), "connection time column: {md}");
+        assert!(
+            pgrouter_config(Path::new(RUN_DIR), "generic")
+                .contains("pin_path = \"/run/pgrouter-bench/bpf\"")
+        );
+    }
+}

@@ -371,7 +371,15 @@ fn verify(
     steps.time("systemd-analyze verify the installed unit", || {
         let unit = root.join(unit_path.trim_start_matches('/'));
         let text = std::fs::read_to_string(&unit)?;
+        let controller =
+            std::fs::read_to_string(ws.join("router-user/src/controller.rs")).unwrap_or_default();
+        let want_type = if controller.contains("notify_ready") {
+            "Type=notify"
+        } else {
+            "Type=exec"
+        };
         for want in [
+            want_type,
             "ExecReload=/usr/bin/pgrouter reload",
             "Restart=on-failure",
             "RuntimeDirectory=pgrouter",

@@ -79,13 +79,14 @@ fn keepalived_variants() {
     assert!(warned(&out, "vrrp_sync_group"));
     assert_eq!(v.virtual_ipaddress[0].0.prefix, 24);
     assert_eq!(v.priority, 100, "keepalived's default priority");
-    // No track_script: pgrouter's own tracks, FAULT while failing (weight 0).
+    // No track_script: pgrouter's own tracks; FAULT without a data path (weight 0), never
+    // FAULT for Patroni (both hosts would drop the VIP while a failover has no leader).
     let tracks: Vec<_> = v
         .track
         .iter()
         .map(|t| (t.name.as_str(), t.weight))
         .collect();
-    assert_eq!(tracks, vec![("xdp-attached", 0), ("patroni:PG1", 0)]);
+    assert_eq!(tracks, vec![("xdp-attached", 0), ("patroni:PG1", -50)]);
 }
 
 /// IPv6 VIPs: keepalived speaks VRRPv3 for them, and `bind *` takes the IPv6 VIP when the
@@ -210,4 +211,41 @@ fn cli_exit_codes_and_output() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two HAProxy pools with disjoint servers are two Patroni clusters; the VRRP instance tracks
+/// both, and a fallback backend's unknown directives are reported once.
+#[test]
+fn two_clusters_are_both_tracked() {
+    let h = "listen orders\n bind *:5000\n option httpchk\n \
+             server a 10.1.0.11:5432 check port 8008\n\
+             listen orders_ro\n bind *:5001\n option httpchk GET /replica\n \
+             use_backend orders_leader if { nbsrv(orders_ro) eq 0 }\n \
+             server a 10.1.0.11:5432 check port 8008\n\
+             backend orders_leader\n option httpchk GET /primary\n tcp-request inspect-delay 5s\n \
+             server a 10.1.0.11:5432 check port 8008\n\
+             listen billing\n bind *:5100\n option httpchk\n \
+             server b 10.2.0.11:5432 check port 8008\n";
+    let k = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 5\n \
+             virtual_ipaddress {\n 10.0.0.1\n }\n}\n";
+    let out = run(h, Some(k));
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["orders", "billing"]);
+    assert_eq!(cfg.clusters[0].listeners.len(), 2);
+    assert_eq!(
+        cfg.clusters[0].listeners[1].fallback,
+        config::Fallback::Primary
+    );
+    let tracks: Vec<&str> = cfg.vrrp[0].track.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        tracks,
+        vec!["xdp-attached", "patroni:orders", "patroni:billing"]
+    );
+    let n = out
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("tcp-request inspect-delay 5s"))
+        .count();
+    assert_eq!(n, 1, "{:#?}", out.warnings);
 }

@@ -19,6 +19,11 @@ const PLACEHOLDER_SRC: &str = "192.0.2.254";
 const HAPROXY_INTER: Duration = Duration::from_secs(2);
 const HAPROXY_FALL: u32 = 3;
 const HAPROXY_RISE: u32 = 2;
+/// Weight of a `patroni:<cluster>` track when keepalived gives none (or 0). Never 0 (FAULT):
+/// during a failover no host reaches a leader for a few seconds, and FAULT on both hosts
+/// would drop the VIP for every listener. A large negative weight moves the VIP only to a
+/// peer that does reach the leader.
+pub const PATRONI_TRACK_WEIGHT: i32 = -50;
 /// Where pgrouter's SNAT ports live by default (`datapath.snat_ports`).
 const SNAT_DEFAULT: (u16, u16) = (40000, 59999);
 
@@ -884,6 +889,7 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
     let mut used_names = BTreeSet::new();
     let mut bind_seen: BTreeSet<(String, u16)> = BTreeSet::new();
     let mut placeholder_nodes = 0u8;
+    let mut reported: BTreeSet<usize> = BTreeSet::new();
     for (gi, route_ids) in groups.values().enumerate() {
         let ci = plan.clusters.len();
         let first = &proxies[routes[route_ids[0]].front];
@@ -1373,8 +1379,17 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
                     }
                 }
             }
-            // Warnings for directives pgrouter does not know.
-            for p in &sections {
+            // Warnings for directives pgrouter does not know: the frontend, its pool and its
+            // fallback backend, each once even when several listeners share it.
+            let mut involved = vec![r.front, r.pool];
+            if let Some((_, Some(t), _)) = &r.fallback {
+                involved.push(*t);
+            }
+            for pi in involved {
+                if !reported.insert(pi) {
+                    continue;
+                }
+                let p = &proxies[pi];
                 for d in &p.unknown {
                     sink.warn(
                         hsrc.path,
@@ -1401,16 +1416,19 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
         plan.clusters.push(cluster);
     }
 
-    // VRRP tracks name the cluster; keepalived's scripts became `patroni:<first cluster>`.
-    if let Some(c) = plan.clusters.first() {
-        let cname = c.name.clone();
-        for v in &mut plan.vrrp {
-            for t in &mut v.tracks {
-                if t.0 == "patroni:" {
-                    t.0 = format!("patroni:{cname}");
-                }
+    // keepalived's scripts became pgrouter's tracks: `patroni:` stands for one track per
+    // cluster (the VIP should leave a host that reaches no leader of any cluster it serves).
+    let cnames: Vec<String> = plan.clusters.iter().map(|c| c.name.clone()).collect();
+    for v in &mut plan.vrrp {
+        let mut tracks = Vec::new();
+        for (name, weight) in std::mem::take(&mut v.tracks) {
+            if name == "patroni:" {
+                tracks.extend(cnames.iter().map(|c| (format!("patroni:{c}"), weight)));
+            } else {
+                tracks.push((name, weight));
             }
         }
+        v.tracks = tracks;
     }
     if plan.clusters.iter().all(|c| c.listeners.is_empty()) {
         return Err(format!("{}: no listener could be translated", hsrc.path));
@@ -1742,21 +1760,30 @@ fn vrrp_plans(k: &Source<'_>, file: &keepalived::File, plan: &mut Plan, sink: &m
                 .and_then(|s| s.script.clone())
                 .unwrap_or_else(|| "(vrrp_script not found)".into());
             sink.warn(k.path, *tline, place.clone(), format!(
-                "track_script {tname} (`{what}`, weight {weight}) is not run: pgrouter tracks its own health instead — `xdp-attached` and `patroni:<cluster>` with the same weight{}",
-                if weight == 0 { " (0 = FAULT while failing, as in keepalived)" } else { "" }));
+                "track_script {tname} (`{what}`, weight {weight}) is not run: pgrouter tracks its own health instead — `xdp-attached` and `patroni:<cluster>` with {}",
+                if weight == 0 {
+                    format!("weight 0 for the data path (FAULT while failing, as in keepalived) and {PATRONI_TRACK_WEIGHT} for Patroni (FAULT there would drop the VIP on both hosts while a failover leaves the cluster without a leader)")
+                } else {
+                    "the same weight".to_owned()
+                }));
             for (line, name, _) in track_scripts.iter().skip(1) {
                 sink.warn(k.path, *line, place.clone(), format!(
                     "track_script {name} is not run either; pgrouter's two built-in tracks replace every script"));
             }
             v.tracks.push(("xdp-attached".into(), weight));
-            v.tracks.push(("patroni:".into(), weight));
+            let pw = if weight == 0 {
+                PATRONI_TRACK_WEIGHT
+            } else {
+                weight
+            };
+            v.tracks.push(("patroni:".into(), pw));
         } else {
             v.source.push(
-                "no track_script: pgrouter still tracks its data path and Patroni (tracks below)"
+                "no track_script: pgrouter still tracks its data path (FAULT while the XDP program is not attached) and Patroni (lower priority while this host reaches no leader)"
                     .into(),
             );
             v.tracks.push(("xdp-attached".into(), 0));
-            v.tracks.push(("patroni:".into(), 0));
+            v.tracks.push(("patroni:".into(), PATRONI_TRACK_WEIGHT));
         }
         if !plan.interfaces.contains(&v.interface) {
             plan.interfaces.push(v.interface.clone());

@@ -666,30 +666,30 @@ fn nbsrv_zero(cond: &[String], acls: &HashMap<String, Vec<String>>) -> Option<St
     }
 }
 
-/// The translation: HAProxy (and keepalived) sources → a plan and its warnings.
-pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Result<Plan, String> {
-    let hfile = haproxy::parse(hsrc.text);
-    for e in &hfile.errors {
-        sink.warn(hsrc.path, e.line, Place::Top, e.message.clone());
-    }
+/// What the per-cluster steps read: the sources and the HAProxy model.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    hsrc: &'a Source<'a>,
+    ksrc: Option<&'a Source<'a>>,
+    proxies: &'a [Proxy],
+    routes: &'a [Route],
+    by_name: &'a HashMap<&'a str, usize>,
+    /// keepalived VIPs (instance, address): what `bind *` means.
+    vips: &'a [(String, IpAddr)],
+}
 
-    // keepalived first: its VIPs resolve `bind *:PORT`.
-    let mut plan = Plan::default();
-    let mut vips: Vec<(String, IpAddr)> = Vec::new();
-    if let Some(k) = ksrc {
-        let kfile = keepalived::parse(k.text);
-        vrrp_plans(k, &kfile, &mut plan, sink);
-        for v in &plan.vrrp {
-            for a in &v.vips {
-                let ip = a.split('/').next().unwrap_or_default();
-                if let Ok(ip) = ip.parse::<IpAddr>() {
-                    vips.push((v.name.clone(), ip));
-                }
-            }
-        }
-    }
+/// What the per-cluster steps accumulate across clusters.
+#[derive(Default)]
+struct State {
+    bind_seen: BTreeSet<(String, u16)>,
+    placeholder_nodes: u8,
+    /// Proxies whose unknown directives were already reported.
+    reported: BTreeSet<usize>,
+    dropped: Vec<String>,
+}
 
-    // Proxies with defaults applied (the last unnamed `defaults`, or `from NAME`).
+/// Proxies with defaults applied (the last unnamed `defaults`, or `from NAME`).
+fn build_proxies(hfile: &haproxy::File, hsrc: &Source<'_>, sink: &mut Sink) -> Vec<Proxy> {
     let mut proxies: Vec<Proxy> = Vec::new();
     let mut last_defaults: Vec<Directive> = Vec::new();
     let mut named_defaults: HashMap<String, Vec<Directive>> = HashMap::new();
@@ -731,14 +731,17 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
             ),
         }
     }
-    let by_name: HashMap<&str, usize> = proxies
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.kind != SectionKind::Frontend)
-        .map(|(i, p)| (p.name.as_str(), i))
-        .collect();
+    proxies
+}
 
-    // Routes: every frontend/listen that binds.
+/// Routes: every frontend/listen that binds, with its pool and fallback rule; flags names
+/// that do not resolve and backends nothing uses.
+fn build_routes(
+    proxies: &[Proxy],
+    by_name: &HashMap<&str, usize>,
+    hsrc: &Source<'_>,
+    sink: &mut Sink,
+) -> Vec<Route> {
     let mut routes: Vec<Route> = Vec::new();
     let mut used_as_pool: BTreeSet<usize> = BTreeSet::new();
     for (fi, f) in proxies.iter().enumerate() {
@@ -849,14 +852,11 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
             );
         }
     }
-    if routes.is_empty() {
-        return Err(format!(
-            "{}: no frontend or listen section that binds a TCP port and has servers; nothing to translate",
-            hsrc.path
-        ));
-    }
+    routes
+}
 
-    // Clusters: routes whose pools share a server address belong to one Patroni cluster.
+/// Clusters: routes whose pools share a server address belong to one Patroni cluster.
+fn group_routes(routes: &[Route], proxies: &[Proxy]) -> Vec<Vec<usize>> {
     let server_key = |s: &Server| s.addr.clone();
     let mut cluster_of: Vec<usize> = (0..routes.len()).collect();
     for a in 0..routes.len() {
@@ -885,12 +885,614 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
     for (ri, c) in cluster_of.iter().enumerate() {
         groups.entry(*c).or_default().push(ri);
     }
+    groups.into_values().collect()
+}
+
+/// Nodes: every server of every pool (and fallback pool) of a cluster, by address; the
+/// API port most servers are checked on becomes `api.port`. Returns address → node index.
+fn cluster_nodes(
+    inp: &Inputs<'_>,
+    st: &mut State,
+    sink: &mut Sink,
+    ci: usize,
+    route_ids: &[usize],
+    cluster: &mut ClusterPlan,
+) -> BTreeMap<String, usize> {
+    let Inputs {
+        hsrc,
+        proxies,
+        routes,
+        ..
+    } = *inp;
+    let mut pools: Vec<usize> = Vec::new();
+    for &ri in route_ids {
+        pools.push(routes[ri].pool);
+        if let Some((_, Some(t), _)) = &routes[ri].fallback {
+            pools.push(*t);
+        }
+    }
+    let mut node_by_addr: BTreeMap<String, usize> = BTreeMap::new();
+    let mut api_ports: Vec<(usize, u16)> = Vec::new();
+    let mut https: Option<bool> = None;
+    for &pi in &pools {
+        let pool = &proxies[pi];
+        for s in &pool.servers {
+            let place = Place::Cluster(ci);
+            for e in &s.opts.errors {
+                sink.warn(
+                    hsrc.path,
+                    s.line,
+                    place.clone(),
+                    format!("server `{}`: {e}", s.name),
+                );
+            }
+            if let Some(&ni) = node_by_addr.get(&s.addr) {
+                // Same server in another pool: its check port must agree.
+                // (No `port N`: HAProxy checks the server's own port.)
+                let api = s.opts.check_port.or(split_host_port(&s.addr).1);
+                if let Some(p) = api
+                    && cluster.nodes[ni].api_port.is_some_and(|q| q != p)
+                {
+                    sink.warn(hsrc.path, s.line, place, format!(
+                            "server `{}` ({}) is checked on port {p} here but on {} elsewhere; pgrouter checks each node on one API port",
+                            s.name, s.addr, cluster.nodes[ni].api_port.unwrap_or_default()));
+                }
+                continue;
+            }
+            let (host, port) = split_host_port(&s.addr);
+            let host = match host.parse::<IpAddr>() {
+                Ok(ip) => {
+                    if ip.is_loopback() {
+                        sink.warn(hsrc.path, s.line, place.clone(), format!(
+                                "server `{}` is on loopback ({ip}); pgrouter forwards packets over the network from the edge host, so the node needs an address the edge host routes to", s.name));
+                    }
+                    ip.to_string()
+                }
+                Err(_) => {
+                    st.placeholder_nodes = st.placeholder_nodes.saturating_add(1);
+                    let ph = format!(
+                        "192.0.2.{}",
+                        PLACEHOLDER_NODE_BASE.saturating_add(st.placeholder_nodes)
+                    );
+                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                            "server `{}` address {host:?} is a name; pgrouter needs the node's IP address (no DNS in the data path): replace the placeholder {ph}", s.name));
+                    ph
+                }
+            };
+            let port = port.unwrap_or_else(|| {
+                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                        "server `{}` has no port (HAProxy then uses the client's destination port); set to 5432", s.name));
+                    5432
+                });
+            let check_port = match (s.opts.check, s.opts.check_port) {
+                (Some(false) | None, _) => {
+                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                            "server `{}` has no `check`: HAProxy always considers it up; pgrouter checks every node through Patroni", s.name));
+                    s.opts.check_port.unwrap_or(8008)
+                }
+                (Some(true), Some(p)) => p,
+                (Some(true), None) => {
+                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                            "server `{}` is checked on its PostgreSQL port {port} (no `check port N`), which is not Patroni's REST API; assumed Patroni's default 8008", s.name));
+                    8008
+                }
+            };
+            if let Some(a) = &s.opts.check_addr {
+                sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                        "server `{}` is checked at another address (`addr {a}`); pgrouter checks Patroni at the node's own address", s.name));
+            }
+            if s.opts.backup {
+                sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                        "server `{}` is `backup` (HAProxy used it only when every other server was down); pgrouter has no backup nodes: it serves whenever Patroni reports it in the listener's role", s.name));
+            }
+            if s.opts.disabled {
+                sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                        "server `{}` is `disabled`; pgrouter has no disabled nodes — remove the node if it must not serve", s.name));
+            }
+            if s.opts.weight.is_some_and(|w| w != 1) {
+                sink.warn(
+                    hsrc.path,
+                    s.line,
+                    Place::Node(ci, cluster.nodes.len()),
+                    format!(
+                        "server `{}` has `weight {}`; pgrouter balances nodes equally",
+                        s.name,
+                        s.opts.weight.unwrap_or(1)
+                    ),
+                );
+            }
+            if !s.opts.ignored.is_empty() {
+                sink.warn(
+                    hsrc.path,
+                    s.line,
+                    Place::Node(ci, cluster.nodes.len()),
+                    format!(
+                        "server `{}` options not translated: {}",
+                        s.name,
+                        s.opts.ignored.join(", ")
+                    ),
+                );
+            }
+            let https_here = s.opts.check_ssl;
+            match https {
+                    None => https = Some(https_here),
+                    Some(h) if h != https_here => sink.warn(hsrc.path, s.line, Place::Cluster(ci),
+                        "some servers are checked over TLS (`check-ssl`) and some not; pgrouter uses one scheme per cluster (https)"),
+                    _ => {}
+                }
+            if https_here {
+                if s.opts.verify.as_deref() == Some("none") && cluster.api.ca_file.is_none() {
+                    sink.warn(hsrc.path, s.line, Place::Cluster(ci), format!(
+                            "server `{}`: `verify none` — pgrouter always verifies Patroni's certificate; set api.ca_file to the CA that signed it", s.name));
+                }
+                if let Some(ca) = &s.opts.ca_file {
+                    cluster.api.ca_file = Some(ca.clone());
+                }
+                if let Some(crt) = &s.opts.crt {
+                    cluster.api.cert_file = Some(crt.clone());
+                    sink.warn(hsrc.path, s.line, Place::Cluster(ci), format!(
+                            "`crt {crt}`: HAProxy reads certificate and key from one PEM; cert_file and key_file both point to it — split them if pgrouter cannot read the key from it"));
+                }
+                if let Some(sni) = &s.opts.check_sni {
+                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
+                            "`check-sni {sni}`: set tls_name = {sni:?} on this node if its certificate has no IP SAN"));
+                }
+            }
+            let mut name = sanitize(&s.name);
+            if cluster.nodes.iter().any(|n| n.name == name) {
+                name = format!("{name}-{}", cluster.nodes.len() + 1);
+            }
+            node_by_addr.insert(s.addr.clone(), cluster.nodes.len());
+            api_ports.push((cluster.nodes.len(), check_port));
+            cluster.nodes.push(NodePlan {
+                name,
+                host,
+                port,
+                api_port: Some(check_port),
+                source: format!("{}:{} server {}", hsrc.path, s.line, s.words_for_comment()),
+            });
+        }
+    }
+    cluster.api.https = https.unwrap_or(false);
+    // The most common API port becomes api.port; nodes keep api_port only when different.
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    for (_, p) in &api_ports {
+        *counts.entry(*p).or_default() += 1;
+    }
+    if let Some((&p, _)) = counts
+        .iter()
+        .max_by_key(|(p, n)| (**n, std::cmp::Reverse(**p)))
+    {
+        cluster.api.port = p;
+    }
+    for n in &mut cluster.nodes {
+        if n.api_port == Some(cluster.api.port) {
+            n.api_port = None;
+        }
+    }
+
+    node_by_addr
+}
+
+/// Health timing per pool; the cluster takes the first listener's, with a warning for others.
+fn cluster_health(
+    inp: &Inputs<'_>,
+    sink: &mut Sink,
+    ci: usize,
+    route_ids: &[usize],
+    cluster: &mut ClusterPlan,
+) {
+    let Inputs {
+        hsrc,
+        proxies,
+        routes,
+        ..
+    } = *inp;
+    let mut timings: Vec<(String, usize, HealthPlan)> = Vec::new();
+    for &ri in route_ids {
+        let pool = &proxies[routes[ri].pool];
+        if let Some(h) = pool_health(pool, hsrc, ci, sink) {
+            timings.push((pool.name.clone(), pool.line, h));
+        }
+    }
+    if let Some((_, _, h)) = timings.first() {
+        cluster.health = *h;
+    }
+    for (name, line, h) in timings.iter().skip(1) {
+        if *h != cluster.health {
+            sink.warn(hsrc.path, *line, Place::Cluster(ci), format!(
+                    "`{name}` checks with different timing ({}) than `{}` ({}); pgrouter checks a cluster with one timing: `{}`'s",
+                    describe_health(h), timings[0].0, describe_health(&cluster.health), timings[0].0));
+        }
+    }
+}
+
+/// Listeners of a cluster: kind, fallback, limits and one listener per bound VIP:port.
+fn cluster_listeners(
+    inp: &Inputs<'_>,
+    st: &mut State,
+    sink: &mut Sink,
+    ci: usize,
+    route_ids: &[usize],
+    node_by_addr: &BTreeMap<String, usize>,
+    cluster: &mut ClusterPlan,
+) {
+    let Inputs {
+        hsrc,
+        ksrc,
+        proxies,
+        routes,
+        by_name,
+        vips,
+    } = *inp;
+    let all_nodes: BTreeSet<String> = node_by_addr.keys().cloned().collect();
+    for &ri in route_ids {
+        let r = &routes[ri];
+        let f = &proxies[r.front];
+        let pool = &proxies[r.pool];
+        let li0 = cluster.listeners.len();
+        let place = Place::Listener(ci, li0);
+        let role = role_of(pool, hsrc, &place, sink);
+        let mut source = vec![if r.front == r.pool {
+            format!("HAProxy `listen {}` ({}:{})", f.name, hsrc.path, f.line)
+        } else {
+            format!(
+                "HAProxy `frontend {}` ({}:{}) → `backend {}` ({}:{})",
+                f.name, hsrc.path, f.line, pool.name, hsrc.path, pool.line
+            )
+        }];
+        let c = &pool.check;
+        if c.http {
+            source.push(format!(
+                "check: {} {}{}",
+                c.method.as_deref().unwrap_or("OPTIONS"),
+                c.uri.as_deref().unwrap_or("/"),
+                pool.expect
+                    .as_ref()
+                    .map(|(_, e)| format!(", expect {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        // Servers that differ from the cluster's node set.
+        let mine: BTreeSet<String> = pool.servers.iter().map(|s| s.addr.clone()).collect();
+        let missing: Vec<&String> = all_nodes.difference(&mine).collect();
+        if !missing.is_empty() {
+            sink.warn(hsrc.path, pool.line, place.clone(), format!(
+                    "`{}` forwards only to {} of the cluster's {} servers (not to {}); pgrouter considers every node of the cluster for every listener, by the role Patroni reports",
+                    pool.name, mine.len(), all_nodes.len(),
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+        // maxconn: per server.
+        let maxconns: BTreeSet<u32> = pool
+            .servers
+            .iter()
+            .map(|s| s.opts.maxconn.unwrap_or(0))
+            .collect();
+        let maxconn = maxconns.iter().next_back().copied().unwrap_or(0);
+        if maxconns.len() > 1 {
+            sink.warn(hsrc.path, pool.line, place.clone(), format!(
+                    "servers of `{}` have different maxconn ({:?}); pgrouter has one per listener, set to the largest, {maxconn}",
+                    pool.name, maxconns));
+        }
+        let sections: Vec<&Proxy> = if r.front == r.pool {
+            vec![f]
+        } else {
+            vec![f, pool]
+        };
+        for p in &sections {
+            if let Some((line, m)) = &p.maxconn {
+                sink.warn(hsrc.path, *line, place.clone(), format!(
+                        "`maxconn {m}` on `{}` limits the whole proxy; pgrouter limits connections per node only (listener maxconn = {maxconn})", p.name));
+            }
+        }
+        // on-marked-down.
+        let omd: BTreeSet<Option<String>> = pool
+            .servers
+            .iter()
+            .map(|s| s.opts.on_marked_down.clone())
+            .collect();
+        let on_marked_down = match omd.iter().next() {
+            Some(Some(a)) if a == "shutdown-sessions" => "shutdown-sessions",
+            Some(Some(a)) => {
+                sink.warn(
+                    hsrc.path,
+                    pool.line,
+                    place.clone(),
+                    format!(
+                        "`on-marked-down {a}` has no pgrouter equivalent; on_marked_down = \"keep\""
+                    ),
+                );
+                "keep"
+            }
+            _ => "keep",
+        };
+        if omd.len() > 1 {
+            sink.warn(hsrc.path, pool.line, place.clone(), format!(
+                    "servers of `{}` differ in on-marked-down; pgrouter has one setting per listener: {on_marked_down}", pool.name));
+        }
+        if let Some(s) = pool.servers.iter().find(|s| s.opts.on_marked_up.is_some()) {
+            sink.warn(
+                hsrc.path,
+                s.line,
+                place.clone(),
+                format!(
+                    "`on-marked-up {}` has no pgrouter equivalent; dropped",
+                    s.opts.on_marked_up.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        // balance.
+        let balance = match pool.balance.as_ref().or(f.balance.as_ref()) {
+            None => "roundrobin",
+            Some((_, b)) => match b.as_str() {
+                "roundrobin" => "roundrobin",
+                "static-rr" => "roundrobin",
+                "leastconn" => "leastconn",
+                "source" => "source",
+                other => {
+                    let line = pool
+                        .balance
+                        .as_ref()
+                        .or(f.balance.as_ref())
+                        .map_or(pool.line, |(l, _)| *l);
+                    sink.warn(hsrc.path, line, place.clone(), format!(
+                            "`balance {other}` has no pgrouter equivalent (roundrobin, leastconn, source); set to roundrobin"));
+                    "roundrobin"
+                }
+            },
+        };
+        // Fallback.
+        let mut fallback = None;
+        if let Some((ub, target, counted)) = &r.fallback {
+            let own = &pool.name;
+            if counted != own {
+                let exists = by_name.contains_key(counted.as_str());
+                sink.warn(hsrc.path, ub.line, place.clone(), format!(
+                        "`use_backend {} if {{ nbsrv({counted}) eq 0 }}` counts `{counted}`{}, but `{}`'s servers are in `{own}`: HAProxy falls back on the wrong condition (stale name?). \
+                         pgrouter's fallback always watches the listener's own replicas",
+                        ub.backend,
+                        if exists { "" } else { ", which does not exist" },
+                        f.name));
+            }
+            match target {
+                Some(t) => {
+                    let tp = &proxies[*t];
+                    let tplace = place.clone();
+                    let mut scratch = Sink {
+                        warnings: Vec::new(),
+                    };
+                    let trole = role_of(tp, hsrc, &tplace, &mut scratch);
+                    if trole.kind == "primary" && tp.check.http && !tp.check.lone_method {
+                        if role.kind == "replica" {
+                            fallback = Some(true);
+                            source.push(format!(
+                                    "fallback: `use_backend {} {}` → `backend {}` ({}:{}, leader check)",
+                                    ub.backend, ub.cond.join(" "), tp.name, hsrc.path, tp.line));
+                            let theirs: BTreeSet<String> =
+                                tp.servers.iter().map(|s| s.addr.clone()).collect();
+                            if theirs != mine {
+                                sink.warn(hsrc.path, tp.line, place.clone(), format!(
+                                        "fallback backend `{}` has other servers than `{}`; pgrouter falls back to the cluster's primary, whichever node it is",
+                                        tp.name, pool.name));
+                            }
+                        } else {
+                            sink.warn(hsrc.path, ub.line, place.clone(), format!(
+                                    "fallback to the leader on a {} listener: pgrouter has fallback only for kind = \"replica\"; dropped", role.kind));
+                        }
+                    } else {
+                        sink.warn(hsrc.path, ub.line, place.clone(), format!(
+                                "fallback backend `{}` does not check for the leader (`{}`); pgrouter can only fall back to the primary; left out",
+                                tp.name, tp.check.uri.as_deref().unwrap_or("no http check")));
+                    }
+                }
+                None => {
+                    if role.kind == "replica" {
+                        fallback = Some(false);
+                    }
+                }
+            }
+        }
+        if role.kind == "replica" && fallback != Some(true) {
+            sink.warn(hsrc.path, pool.line, place.clone(), format!(
+                    "read listener `{}` has no fallback: reads fail while no replica is up, although the primary could serve them; consider fallback = \"primary\" (commented out below)",
+                    f.name));
+            fallback = Some(false);
+        }
+        // One listener per bind address (and per VIP for `*`).
+        let mut made = 0usize;
+        for (bline, b) in &f.binds {
+            let addr = match haproxy::parse_bind_addr(b) {
+                Ok(a) => a,
+                Err(e) => {
+                    sink.warn(
+                        hsrc.path,
+                        *bline,
+                        place.clone(),
+                        format!("bind {b}: {e}; not translated"),
+                    );
+                    continue;
+                }
+            };
+            let (p0, p1) = addr.ports;
+            if p1 != p0 {
+                sink.warn(
+                    hsrc.path,
+                    *bline,
+                    place.clone(),
+                    format!("bind {b}: a port range becomes one listener per port ({p0}..={p1})"),
+                );
+            }
+            let hosts: Vec<(String, bool)> = match &addr.host {
+                Some(h) => match h.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        if ksrc.is_some() && !vips.iter().any(|(_, v)| *v == ip) {
+                            sink.warn(hsrc.path, *bline, place.clone(), format!(
+                                        "HAProxy binds {ip}, which is not a keepalived virtual_ipaddress ({}); pgrouter serves it as a VIP anyway — check which address clients use",
+                                        if vips.is_empty() { "none".to_owned() } else { vips.iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>().join(", ") }));
+                        } else if ksrc.is_none() {
+                            sink.warn(hsrc.path, *bline, Place::Datapath, format!(
+                                        "{ip} is used as the VIP; without a keepalived.conf no [[vrrp]] instance moves it (add one, or manage it elsewhere)"));
+                        }
+                        vec![(ip.to_string(), false)]
+                    }
+                    Err(_) => {
+                        sink.warn(hsrc.path, *bline, place.clone(), format!(
+                                    "bind {b}: {h:?} is not an IP address; replace the placeholder {PLACEHOLDER_VIP}"));
+                        vec![(PLACEHOLDER_VIP.to_owned(), true)]
+                    }
+                },
+                None if vips.is_empty() => {
+                    sink.warn(hsrc.path, *bline, place.clone(), format!(
+                            "bind {b} listens on every address; pgrouter serves one VIP per listener and no keepalived.conf names it (--keepalived): replace the placeholder {PLACEHOLDER_VIP}"));
+                    vec![(PLACEHOLDER_VIP.to_owned(), true)]
+                }
+                None => {
+                    let nodes_family = cluster
+                        .nodes
+                        .first()
+                        .and_then(|n| n.host.parse::<IpAddr>().ok())
+                        .map(|ip| ip.is_ipv4());
+                    let mut v: Vec<(String, bool)> = vips
+                        .iter()
+                        .filter(|(_, ip)| nodes_family.is_none_or(|f4| ip.is_ipv4() == f4))
+                        .map(|(_, ip)| (ip.to_string(), false))
+                        .collect();
+                    v.dedup();
+                    if v.is_empty() {
+                        sink.warn(hsrc.path, *bline, place.clone(), format!(
+                                "bind {b}: keepalived has no VIP of the nodes' address family; replace the placeholder {PLACEHOLDER_VIP}"));
+                        v.push((PLACEHOLDER_VIP.to_owned(), true));
+                    } else {
+                        source.push(format!("bind {b}: the VIP from keepalived's virtual_ipaddress (pgrouter serves only the VIP, not the host's own addresses)"));
+                    }
+                    v
+                }
+            };
+            for (vip, _placeholder) in &hosts {
+                for port in p0..=p1 {
+                    if !st.bind_seen.insert((vip.clone(), port)) {
+                        sink.warn(
+                            hsrc.path,
+                            *bline,
+                            place.clone(),
+                            format!("{vip}:{port} is bound twice; the second is left out"),
+                        );
+                        continue;
+                    }
+                    if (SNAT_DEFAULT.0..=SNAT_DEFAULT.1).contains(&port) {
+                        sink.warn(hsrc.path, *bline, Place::Datapath, format!(
+                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", SNAT_DEFAULT.0, SNAT_DEFAULT.1));
+                    }
+                    let base = sanitize(&f.name);
+                    let name = if made == 0 {
+                        base
+                    } else {
+                        format!("{base}-{}", made + 1)
+                    };
+                    made += 1;
+                    cluster.listeners.push(ListenerPlan {
+                        name,
+                        vip: vip.clone(),
+                        port,
+                        kind: role.kind,
+                        fallback,
+                        lag: role.lag.clone(),
+                        maxconn,
+                        balance,
+                        on_marked_down,
+                        source: source.clone(),
+                    });
+                }
+            }
+        }
+        // Warnings for directives pgrouter does not know: the frontend, its pool and its
+        // fallback backend, each once even when several listeners share it.
+        let mut involved = vec![r.front, r.pool];
+        if let Some((_, Some(t), _)) = &r.fallback {
+            involved.push(*t);
+        }
+        for pi in involved {
+            if !st.reported.insert(pi) {
+                continue;
+            }
+            let p = &proxies[pi];
+            for d in &p.unknown {
+                sink.warn(
+                    hsrc.path,
+                    d.line,
+                    place.clone(),
+                    format!("`{}` in `{}` is not translated", d.words.join(" "), p.name),
+                );
+            }
+            for d in &p.dropped {
+                if !st.dropped.contains(d) {
+                    st.dropped.push(d.clone());
+                }
+            }
+        }
+        if f.binds.is_empty() || made == 0 {
+            sink.warn(
+                hsrc.path,
+                f.line,
+                place,
+                format!("`{}`: no usable bind address; no listener", f.name),
+            );
+        }
+    }
+}
+
+/// The translation: HAProxy (and keepalived) sources → a plan and its warnings.
+pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Result<Plan, String> {
+    let hfile = haproxy::parse(hsrc.text);
+    for e in &hfile.errors {
+        sink.warn(hsrc.path, e.line, Place::Top, e.message.clone());
+    }
+
+    // keepalived first: its VIPs resolve `bind *:PORT`.
+    let mut plan = Plan::default();
+    let mut vips: Vec<(String, IpAddr)> = Vec::new();
+    if let Some(k) = ksrc {
+        let kfile = keepalived::parse(k.text);
+        vrrp_plans(k, &kfile, &mut plan, sink);
+        for v in &plan.vrrp {
+            for a in &v.vips {
+                let ip = a.split('/').next().unwrap_or_default();
+                if let Ok(ip) = ip.parse::<IpAddr>() {
+                    vips.push((v.name.clone(), ip));
+                }
+            }
+        }
+    }
+
+    let proxies = build_proxies(&hfile, hsrc, sink);
+    let by_name: HashMap<&str, usize> = proxies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind != SectionKind::Frontend)
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+
+    let routes = build_routes(&proxies, &by_name, hsrc, sink);
+    if routes.is_empty() {
+        return Err(format!(
+            "{}: no frontend or listen section that binds a TCP port and has servers; nothing to translate",
+            hsrc.path
+        ));
+    }
+
+    let groups = group_routes(&routes, &proxies);
     let multi = groups.len() > 1;
     let mut used_names = BTreeSet::new();
-    let mut bind_seen: BTreeSet<(String, u16)> = BTreeSet::new();
-    let mut placeholder_nodes = 0u8;
-    let mut reported: BTreeSet<usize> = BTreeSet::new();
-    for (gi, route_ids) in groups.values().enumerate() {
+    let inp = Inputs {
+        hsrc,
+        ksrc,
+        proxies: &proxies,
+        routes: &routes,
+        by_name: &by_name,
+        vips: &vips,
+    };
+    let mut st = State::default();
+    for (gi, route_ids) in groups.iter().enumerate() {
         let ci = plan.clusters.len();
         let first = &proxies[routes[route_ids[0]].front];
         let mut cname = sanitize(&first.name);
@@ -915,506 +1517,23 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
             nodes: Vec::new(),
             listeners: Vec::new(),
         };
-        // Nodes: every server of every pool (and fallback pool), by address.
-        let mut pools: Vec<usize> = Vec::new();
-        for &ri in route_ids {
-            pools.push(routes[ri].pool);
-            if let Some((_, Some(t), _)) = &routes[ri].fallback {
-                pools.push(*t);
-            }
-        }
-        let mut node_by_addr: BTreeMap<String, usize> = BTreeMap::new();
-        let mut api_ports: Vec<(usize, u16)> = Vec::new();
-        let mut https: Option<bool> = None;
-        for &pi in &pools {
-            let pool = &proxies[pi];
-            for s in &pool.servers {
-                let place = Place::Cluster(ci);
-                for e in &s.opts.errors {
-                    sink.warn(
-                        hsrc.path,
-                        s.line,
-                        place.clone(),
-                        format!("server `{}`: {e}", s.name),
-                    );
-                }
-                if let Some(&ni) = node_by_addr.get(&s.addr) {
-                    // Same server in another pool: its check port must agree.
-                    // (No `port N`: HAProxy checks the server's own port.)
-                    let api = s.opts.check_port.or(split_host_port(&s.addr).1);
-                    if let Some(p) = api
-                        && cluster.nodes[ni].api_port.is_some_and(|q| q != p)
-                    {
-                        sink.warn(hsrc.path, s.line, place, format!(
-                            "server `{}` ({}) is checked on port {p} here but on {} elsewhere; pgrouter checks each node on one API port",
-                            s.name, s.addr, cluster.nodes[ni].api_port.unwrap_or_default()));
-                    }
-                    continue;
-                }
-                let (host, port) = split_host_port(&s.addr);
-                let host = match host.parse::<IpAddr>() {
-                    Ok(ip) => {
-                        if ip.is_loopback() {
-                            sink.warn(hsrc.path, s.line, place.clone(), format!(
-                                "server `{}` is on loopback ({ip}); pgrouter forwards packets over the network from the edge host, so the node needs an address the edge host routes to", s.name));
-                        }
-                        ip.to_string()
-                    }
-                    Err(_) => {
-                        placeholder_nodes = placeholder_nodes.saturating_add(1);
-                        let ph = format!(
-                            "192.0.2.{}",
-                            PLACEHOLDER_NODE_BASE.saturating_add(placeholder_nodes)
-                        );
-                        sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                            "server `{}` address {host:?} is a name; pgrouter needs the node's IP address (no DNS in the data path): replace the placeholder {ph}", s.name));
-                        ph
-                    }
-                };
-                let port = port.unwrap_or_else(|| {
-                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                        "server `{}` has no port (HAProxy then uses the client's destination port); set to 5432", s.name));
-                    5432
-                });
-                let check_port = match (s.opts.check, s.opts.check_port) {
-                    (Some(false) | None, _) => {
-                        sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                            "server `{}` has no `check`: HAProxy always considers it up; pgrouter checks every node through Patroni", s.name));
-                        s.opts.check_port.unwrap_or(8008)
-                    }
-                    (Some(true), Some(p)) => p,
-                    (Some(true), None) => {
-                        sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                            "server `{}` is checked on its PostgreSQL port {port} (no `check port N`), which is not Patroni's REST API; assumed Patroni's default 8008", s.name));
-                        8008
-                    }
-                };
-                if let Some(a) = &s.opts.check_addr {
-                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                        "server `{}` is checked at another address (`addr {a}`); pgrouter checks Patroni at the node's own address", s.name));
-                }
-                if s.opts.backup {
-                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                        "server `{}` is `backup` (HAProxy used it only when every other server was down); pgrouter has no backup nodes: it serves whenever Patroni reports it in the listener's role", s.name));
-                }
-                if s.opts.disabled {
-                    sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                        "server `{}` is `disabled`; pgrouter has no disabled nodes — remove the node if it must not serve", s.name));
-                }
-                if s.opts.weight.is_some_and(|w| w != 1) {
-                    sink.warn(
-                        hsrc.path,
-                        s.line,
-                        Place::Node(ci, cluster.nodes.len()),
-                        format!(
-                            "server `{}` has `weight {}`; pgrouter balances nodes equally",
-                            s.name,
-                            s.opts.weight.unwrap_or(1)
-                        ),
-                    );
-                }
-                if !s.opts.ignored.is_empty() {
-                    sink.warn(
-                        hsrc.path,
-                        s.line,
-                        Place::Node(ci, cluster.nodes.len()),
-                        format!(
-                            "server `{}` options not translated: {}",
-                            s.name,
-                            s.opts.ignored.join(", ")
-                        ),
-                    );
-                }
-                let https_here = s.opts.check_ssl;
-                match https {
-                    None => https = Some(https_here),
-                    Some(h) if h != https_here => sink.warn(hsrc.path, s.line, Place::Cluster(ci),
-                        "some servers are checked over TLS (`check-ssl`) and some not; pgrouter uses one scheme per cluster (https)"),
-                    _ => {}
-                }
-                if https_here {
-                    if s.opts.verify.as_deref() == Some("none") && cluster.api.ca_file.is_none() {
-                        sink.warn(hsrc.path, s.line, Place::Cluster(ci), format!(
-                            "server `{}`: `verify none` — pgrouter always verifies Patroni's certificate; set api.ca_file to the CA that signed it", s.name));
-                    }
-                    if let Some(ca) = &s.opts.ca_file {
-                        cluster.api.ca_file = Some(ca.clone());
-                    }
-                    if let Some(crt) = &s.opts.crt {
-                        cluster.api.cert_file = Some(crt.clone());
-                        sink.warn(hsrc.path, s.line, Place::Cluster(ci), format!(
-                            "`crt {crt}`: HAProxy reads certificate and key from one PEM; cert_file and key_file both point to it — split them if pgrouter cannot read the key from it"));
-                    }
-                    if let Some(sni) = &s.opts.check_sni {
-                        sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.nodes.len()), format!(
-                            "`check-sni {sni}`: set tls_name = {sni:?} on this node if its certificate has no IP SAN"));
-                    }
-                }
-                let mut name = sanitize(&s.name);
-                if cluster.nodes.iter().any(|n| n.name == name) {
-                    name = format!("{name}-{}", cluster.nodes.len() + 1);
-                }
-                node_by_addr.insert(s.addr.clone(), cluster.nodes.len());
-                api_ports.push((cluster.nodes.len(), check_port));
-                cluster.nodes.push(NodePlan {
-                    name,
-                    host,
-                    port,
-                    api_port: Some(check_port),
-                    source: format!("{}:{} server {}", hsrc.path, s.line, s.words_for_comment()),
-                });
-            }
-        }
-        cluster.api.https = https.unwrap_or(false);
-        // The most common API port becomes api.port; nodes keep api_port only when different.
-        let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
-        for (_, p) in &api_ports {
-            *counts.entry(*p).or_default() += 1;
-        }
-        if let Some((&p, _)) = counts
-            .iter()
-            .max_by_key(|(p, n)| (**n, std::cmp::Reverse(**p)))
-        {
-            cluster.api.port = p;
-        }
-        for n in &mut cluster.nodes {
-            if n.api_port == Some(cluster.api.port) {
-                n.api_port = None;
-            }
-        }
+        let node_by_addr = cluster_nodes(&inp, &mut st, sink, ci, route_ids, &mut cluster);
 
-        // Health timing per pool; the cluster takes the first write listener's (or first).
-        let mut timings: Vec<(String, usize, HealthPlan)> = Vec::new();
-        for &ri in route_ids {
-            let pool = &proxies[routes[ri].pool];
-            if let Some(h) = pool_health(pool, hsrc, ci, sink) {
-                timings.push((pool.name.clone(), pool.line, h));
-            }
-        }
-        if let Some((_, _, h)) = timings.first() {
-            cluster.health = *h;
-        }
-        for (name, line, h) in timings.iter().skip(1) {
-            if *h != cluster.health {
-                sink.warn(hsrc.path, *line, Place::Cluster(ci), format!(
-                    "`{name}` checks with different timing ({}) than `{}` ({}); pgrouter checks a cluster with one timing: `{}`'s",
-                    describe_health(h), timings[0].0, describe_health(&cluster.health), timings[0].0));
-            }
-        }
+        cluster_health(&inp, sink, ci, route_ids, &mut cluster);
 
-        // Listeners.
-        let all_nodes: BTreeSet<String> = node_by_addr.keys().cloned().collect();
-        for &ri in route_ids {
-            let r = &routes[ri];
-            let f = &proxies[r.front];
-            let pool = &proxies[r.pool];
-            let li0 = cluster.listeners.len();
-            let place = Place::Listener(ci, li0);
-            let role = role_of(pool, hsrc, &place, sink);
-            let mut source = vec![if r.front == r.pool {
-                format!("HAProxy `listen {}` ({}:{})", f.name, hsrc.path, f.line)
-            } else {
-                format!(
-                    "HAProxy `frontend {}` ({}:{}) → `backend {}` ({}:{})",
-                    f.name, hsrc.path, f.line, pool.name, hsrc.path, pool.line
-                )
-            }];
-            let c = &pool.check;
-            if c.http {
-                source.push(format!(
-                    "check: {} {}{}",
-                    c.method.as_deref().unwrap_or("OPTIONS"),
-                    c.uri.as_deref().unwrap_or("/"),
-                    pool.expect
-                        .as_ref()
-                        .map(|(_, e)| format!(", expect {e}"))
-                        .unwrap_or_default()
-                ));
-            }
-            // Servers that differ from the cluster's node set.
-            let mine: BTreeSet<String> = pool.servers.iter().map(|s| s.addr.clone()).collect();
-            let missing: Vec<&String> = all_nodes.difference(&mine).collect();
-            if !missing.is_empty() {
-                sink.warn(hsrc.path, pool.line, place.clone(), format!(
-                    "`{}` forwards only to {} of the cluster's {} servers (not to {}); pgrouter considers every node of the cluster for every listener, by the role Patroni reports",
-                    pool.name, mine.len(), all_nodes.len(),
-                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
-            }
-            // maxconn: per server.
-            let maxconns: BTreeSet<u32> = pool
-                .servers
-                .iter()
-                .map(|s| s.opts.maxconn.unwrap_or(0))
-                .collect();
-            let maxconn = maxconns.iter().next_back().copied().unwrap_or(0);
-            if maxconns.len() > 1 {
-                sink.warn(hsrc.path, pool.line, place.clone(), format!(
-                    "servers of `{}` have different maxconn ({:?}); pgrouter has one per listener, set to the largest, {maxconn}",
-                    pool.name, maxconns));
-            }
-            let sections: Vec<&Proxy> = if r.front == r.pool {
-                vec![f]
-            } else {
-                vec![f, pool]
-            };
-            for p in &sections {
-                if let Some((line, m)) = &p.maxconn {
-                    sink.warn(hsrc.path, *line, place.clone(), format!(
-                        "`maxconn {m}` on `{}` limits the whole proxy; pgrouter limits connections per node only (listener maxconn = {maxconn})", p.name));
-                }
-            }
-            // on-marked-down.
-            let omd: BTreeSet<Option<String>> = pool
-                .servers
-                .iter()
-                .map(|s| s.opts.on_marked_down.clone())
-                .collect();
-            let on_marked_down = match omd.iter().next() {
-                Some(Some(a)) if a == "shutdown-sessions" => "shutdown-sessions",
-                Some(Some(a)) => {
-                    sink.warn(hsrc.path, pool.line, place.clone(), format!(
-                        "`on-marked-down {a}` has no pgrouter equivalent; on_marked_down = \"keep\""));
-                    "keep"
-                }
-                _ => "keep",
-            };
-            if omd.len() > 1 {
-                sink.warn(hsrc.path, pool.line, place.clone(), format!(
-                    "servers of `{}` differ in on-marked-down; pgrouter has one setting per listener: {on_marked_down}", pool.name));
-            }
-            if let Some(s) = pool.servers.iter().find(|s| s.opts.on_marked_up.is_some()) {
-                sink.warn(
-                    hsrc.path,
-                    s.line,
-                    place.clone(),
-                    format!(
-                        "`on-marked-up {}` has no pgrouter equivalent; dropped",
-                        s.opts.on_marked_up.as_deref().unwrap_or_default()
-                    ),
-                );
-            }
-            // balance.
-            let balance = match pool.balance.as_ref().or(f.balance.as_ref()) {
-                None => "roundrobin",
-                Some((_, b)) => match b.as_str() {
-                    "roundrobin" => "roundrobin",
-                    "static-rr" => "roundrobin",
-                    "leastconn" => "leastconn",
-                    "source" => "source",
-                    other => {
-                        let line = pool
-                            .balance
-                            .as_ref()
-                            .or(f.balance.as_ref())
-                            .map_or(pool.line, |(l, _)| *l);
-                        sink.warn(hsrc.path, line, place.clone(), format!(
-                            "`balance {other}` has no pgrouter equivalent (roundrobin, leastconn, source); set to roundrobin"));
-                        "roundrobin"
-                    }
-                },
-            };
-            // Fallback.
-            let mut fallback = None;
-            if let Some((ub, target, counted)) = &r.fallback {
-                let own = &pool.name;
-                if counted != own {
-                    let exists = by_name.contains_key(counted.as_str());
-                    sink.warn(hsrc.path, ub.line, place.clone(), format!(
-                        "`use_backend {} if {{ nbsrv({counted}) eq 0 }}` counts `{counted}`{}, but `{}`'s servers are in `{own}`: HAProxy falls back on the wrong condition (stale name?). \
-                         pgrouter's fallback always watches the listener's own replicas",
-                        ub.backend,
-                        if exists { "" } else { ", which does not exist" },
-                        f.name));
-                }
-                match target {
-                    Some(t) => {
-                        let tp = &proxies[*t];
-                        let tplace = place.clone();
-                        let mut scratch = Sink {
-                            warnings: Vec::new(),
-                        };
-                        let trole = role_of(tp, hsrc, &tplace, &mut scratch);
-                        if trole.kind == "primary" && tp.check.http && !tp.check.lone_method {
-                            if role.kind == "replica" {
-                                fallback = Some(true);
-                                source.push(format!(
-                                    "fallback: `use_backend {} {}` → `backend {}` ({}:{}, leader check)",
-                                    ub.backend, ub.cond.join(" "), tp.name, hsrc.path, tp.line));
-                                let theirs: BTreeSet<String> =
-                                    tp.servers.iter().map(|s| s.addr.clone()).collect();
-                                if theirs != mine {
-                                    sink.warn(hsrc.path, tp.line, place.clone(), format!(
-                                        "fallback backend `{}` has other servers than `{}`; pgrouter falls back to the cluster's primary, whichever node it is",
-                                        tp.name, pool.name));
-                                }
-                            } else {
-                                sink.warn(hsrc.path, ub.line, place.clone(), format!(
-                                    "fallback to the leader on a {} listener: pgrouter has fallback only for kind = \"replica\"; dropped", role.kind));
-                            }
-                        } else {
-                            sink.warn(hsrc.path, ub.line, place.clone(), format!(
-                                "fallback backend `{}` does not check for the leader (`{}`); pgrouter can only fall back to the primary; left out",
-                                tp.name, tp.check.uri.as_deref().unwrap_or("no http check")));
-                        }
-                    }
-                    None => {
-                        if role.kind == "replica" {
-                            fallback = Some(false);
-                        }
-                    }
-                }
-            }
-            if role.kind == "replica" && fallback != Some(true) {
-                sink.warn(hsrc.path, pool.line, place.clone(), format!(
-                    "read listener `{}` has no fallback: reads fail while no replica is up, although the primary could serve them; consider fallback = \"primary\" (commented out below)",
-                    f.name));
-                fallback = Some(false);
-            }
-            // One listener per bind address (and per VIP for `*`).
-            let mut made = 0usize;
-            for (bline, b) in &f.binds {
-                let addr = match haproxy::parse_bind_addr(b) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        sink.warn(
-                            hsrc.path,
-                            *bline,
-                            place.clone(),
-                            format!("bind {b}: {e}; not translated"),
-                        );
-                        continue;
-                    }
-                };
-                let (p0, p1) = addr.ports;
-                if p1 != p0 {
-                    sink.warn(
-                        hsrc.path,
-                        *bline,
-                        place.clone(),
-                        format!(
-                            "bind {b}: a port range becomes one listener per port ({p0}..={p1})"
-                        ),
-                    );
-                }
-                let hosts: Vec<(String, bool)> = match &addr.host {
-                    Some(h) => match h.parse::<IpAddr>() {
-                        Ok(ip) => {
-                            if ksrc.is_some() && !vips.iter().any(|(_, v)| *v == ip) {
-                                sink.warn(hsrc.path, *bline, place.clone(), format!(
-                                        "HAProxy binds {ip}, which is not a keepalived virtual_ipaddress ({}); pgrouter serves it as a VIP anyway — check which address clients use",
-                                        if vips.is_empty() { "none".to_owned() } else { vips.iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>().join(", ") }));
-                            } else if ksrc.is_none() {
-                                sink.warn(hsrc.path, *bline, Place::Datapath, format!(
-                                        "{ip} is used as the VIP; without a keepalived.conf no [[vrrp]] instance moves it (add one, or manage it elsewhere)"));
-                            }
-                            vec![(ip.to_string(), false)]
-                        }
-                        Err(_) => {
-                            sink.warn(hsrc.path, *bline, place.clone(), format!(
-                                    "bind {b}: {h:?} is not an IP address; replace the placeholder {PLACEHOLDER_VIP}"));
-                            vec![(PLACEHOLDER_VIP.to_owned(), true)]
-                        }
-                    },
-                    None if vips.is_empty() => {
-                        sink.warn(hsrc.path, *bline, place.clone(), format!(
-                            "bind {b} listens on every address; pgrouter serves one VIP per listener and no keepalived.conf names it (--keepalived): replace the placeholder {PLACEHOLDER_VIP}"));
-                        vec![(PLACEHOLDER_VIP.to_owned(), true)]
-                    }
-                    None => {
-                        let nodes_family = cluster
-                            .nodes
-                            .first()
-                            .and_then(|n| n.host.parse::<IpAddr>().ok())
-                            .map(|ip| ip.is_ipv4());
-                        let mut v: Vec<(String, bool)> = vips
-                            .iter()
-                            .filter(|(_, ip)| nodes_family.is_none_or(|f4| ip.is_ipv4() == f4))
-                            .map(|(_, ip)| (ip.to_string(), false))
-                            .collect();
-                        v.dedup();
-                        if v.is_empty() {
-                            sink.warn(hsrc.path, *bline, place.clone(), format!(
-                                "bind {b}: keepalived has no VIP of the nodes' address family; replace the placeholder {PLACEHOLDER_VIP}"));
-                            v.push((PLACEHOLDER_VIP.to_owned(), true));
-                        } else {
-                            source.push(format!("bind {b}: the VIP from keepalived's virtual_ipaddress (pgrouter serves only the VIP, not the host's own addresses)"));
-                        }
-                        v
-                    }
-                };
-                for (vip, _placeholder) in &hosts {
-                    for port in p0..=p1 {
-                        if !bind_seen.insert((vip.clone(), port)) {
-                            sink.warn(
-                                hsrc.path,
-                                *bline,
-                                place.clone(),
-                                format!("{vip}:{port} is bound twice; the second is left out"),
-                            );
-                            continue;
-                        }
-                        if (SNAT_DEFAULT.0..=SNAT_DEFAULT.1).contains(&port) {
-                            sink.warn(hsrc.path, *bline, Place::Datapath, format!(
-                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", SNAT_DEFAULT.0, SNAT_DEFAULT.1));
-                        }
-                        let base = sanitize(&f.name);
-                        let name = if made == 0 {
-                            base
-                        } else {
-                            format!("{base}-{}", made + 1)
-                        };
-                        made += 1;
-                        cluster.listeners.push(ListenerPlan {
-                            name,
-                            vip: vip.clone(),
-                            port,
-                            kind: role.kind,
-                            fallback,
-                            lag: role.lag.clone(),
-                            maxconn,
-                            balance,
-                            on_marked_down,
-                            source: source.clone(),
-                        });
-                    }
-                }
-            }
-            // Warnings for directives pgrouter does not know: the frontend, its pool and its
-            // fallback backend, each once even when several listeners share it.
-            let mut involved = vec![r.front, r.pool];
-            if let Some((_, Some(t), _)) = &r.fallback {
-                involved.push(*t);
-            }
-            for pi in involved {
-                if !reported.insert(pi) {
-                    continue;
-                }
-                let p = &proxies[pi];
-                for d in &p.unknown {
-                    sink.warn(
-                        hsrc.path,
-                        d.line,
-                        place.clone(),
-                        format!("`{}` in `{}` is not translated", d.words.join(" "), p.name),
-                    );
-                }
-                for d in &p.dropped {
-                    if !plan.dropped.contains(d) {
-                        plan.dropped.push(d.clone());
-                    }
-                }
-            }
-            if f.binds.is_empty() || made == 0 {
-                sink.warn(
-                    hsrc.path,
-                    f.line,
-                    place,
-                    format!("`{}`: no usable bind address; no listener", f.name),
-                );
-            }
-        }
+        cluster_listeners(
+            &inp,
+            &mut st,
+            sink,
+            ci,
+            route_ids,
+            &node_by_addr,
+            &mut cluster,
+        );
         plan.clusters.push(cluster);
     }
+
+    plan.dropped = st.dropped;
 
     // keepalived's scripts became pgrouter's tracks: `patroni:` stands for one track per
     // cluster (the VIP should leave a host that reaches no leader of any cluster it serves).

@@ -200,10 +200,6 @@ fn render(
     let _ = writeln!(o, "\n[datapath]");
     warnings_at(&mut o, warnings, &Place::Datapath);
     if plan.interfaces.is_empty() {
-        let _ = writeln!(
-            o,
-            "# WARNING: no keepalived.conf, so the interface that receives the VIP traffic is unknown; set it."
-        );
         let _ = writeln!(o, "interfaces = []");
     } else {
         let _ = writeln!(

@@ -122,12 +122,22 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Records a warning, once: the same message at the same place (e.g. for each server of
+    /// a pool) adds nothing but noise; the first line it applies to is kept.
     fn warn(&mut self, file: &str, line: usize, place: Place, message: impl Into<String>) {
+        let message = message.into();
+        if self
+            .warnings
+            .iter()
+            .any(|w| w.place == place && w.message == message && w.file == file)
+        {
+            return;
+        }
         self.warnings.push(Warning {
             file: file.to_owned(),
             line,
             place,
-            message: message.into(),
+            message,
         });
     }
 }
@@ -1022,8 +1032,7 @@ fn cluster_nodes(
                 }
             if https_here {
                 if s.opts.verify.as_deref() == Some("none") && cluster.api.ca_file.is_none() {
-                    sink.warn(hsrc.path, s.line, Place::Cluster(ci), format!(
-                            "server `{}`: `verify none` — pgrouter always verifies Patroni's certificate; set api.ca_file to the CA that signed it", s.name));
+                    sink.warn(hsrc.path, s.line, Place::Cluster(ci), "`verify none` on the servers' TLS checks: pgrouter always verifies Patroni's certificate; set api.ca_file to the CA that signed it");
                 }
                 if let Some(ca) = &s.opts.ca_file {
                     cluster.api.ca_file = Some(ca.clone());
@@ -1534,6 +1543,14 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
     }
 
     plan.dropped = st.dropped;
+    if plan.interfaces.is_empty() {
+        sink.warn(
+            hsrc.path,
+            0,
+            Place::Datapath,
+            "no keepalived vrrp_instance (--keepalived) names the interface that receives the VIP traffic; set datapath.interfaces",
+        );
+    }
 
     // keepalived's scripts became pgrouter's tracks: `patroni:` stands for one track per
     // cluster (the VIP should leave a host that reaches no leader of any cluster it serves).

@@ -3,7 +3,8 @@
 //! - [`haproxy`]: haproxy.cfg as HAProxy reads it (sections, words, server options).
 //! - [`keepalived`]: keepalived.conf as keepalived reads it (statements and blocks).
 //! - [`translate`]: both models → a plan, with a [`Warning`] for everything that does not carry
-//!   over exactly (and for problems in the input, like stale section names).
+//!   over exactly (and for problems in the input, like stale section names); `vrrp_plan` does
+//!   the keepalived part.
 //! - `render` (here): the plan → commented TOML that `config::parse` accepts.
 //!
 //! All of it is pure; only [`run`] touches files. Every warning goes to stderr *and* into the
@@ -12,6 +13,7 @@
 pub mod haproxy;
 pub mod keepalived;
 pub mod translate;
+mod vrrp_plan;
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;

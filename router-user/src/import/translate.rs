@@ -13,7 +13,7 @@ use crate::config::units::patroni_parse_bytes;
 /// fails loudly instead of routing somewhere.
 pub const PLACEHOLDER_VIP: &str = "192.0.2.1";
 const PLACEHOLDER_NODE_BASE: u8 = 101;
-const PLACEHOLDER_SRC: &str = "192.0.2.254";
+pub(super) const PLACEHOLDER_SRC: &str = "192.0.2.254";
 
 // HAProxy's defaults (configuration manual, `inter`, `fall`, `rise`).
 const HAPROXY_INTER: Duration = Duration::from_secs(2);
@@ -124,7 +124,13 @@ pub struct Sink {
 impl Sink {
     /// Records a warning, once: the same message at the same place (e.g. for each server of
     /// a pool) adds nothing but noise; the first line it applies to is kept.
-    fn warn(&mut self, file: &str, line: usize, place: Place, message: impl Into<String>) {
+    pub(super) fn warn(
+        &mut self,
+        file: &str,
+        line: usize,
+        place: Place,
+        message: impl Into<String>,
+    ) {
         let message = message.into();
         if self
             .warnings
@@ -596,7 +602,7 @@ fn split_host_port(addr: &str) -> (String, Option<u16>) {
 }
 
 /// A name pgrouter accepts (`A-Z a-z 0-9 - _ .`, 1..=64).
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     let mut s: String = name
         .chars()
         .map(|c| {
@@ -614,7 +620,7 @@ fn sanitize(name: &str) -> String {
     s
 }
 
-fn fmt_duration(d: Duration) -> String {
+pub(super) fn fmt_duration(d: Duration) -> String {
     let us = d.as_micros();
     if us == 0 {
         "0ms".into()
@@ -1462,7 +1468,7 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
     let mut vips: Vec<(String, IpAddr)> = Vec::new();
     if let Some(k) = ksrc {
         let kfile = keepalived::parse(k.text);
-        vrrp_plans(k, &kfile, &mut plan, sink);
+        super::vrrp_plan::vrrp_plans(k, &kfile, &mut plan, sink);
         for v in &plan.vrrp {
             for a in &v.vips {
                 let ip = a.split('/').next().unwrap_or_default();
@@ -1646,294 +1652,6 @@ fn pool_health(pool: &Proxy, src: &Source<'_>, ci: usize, sink: &mut Sink) -> Op
         h.rise = h.rise.clamp(1, 1000);
     }
     Some(h)
-}
-
-/// keepalived `vrrp_instance`s → `[[vrrp]]` plans. Scripts become pgrouter's own tracks.
-fn vrrp_plans(k: &Source<'_>, file: &keepalived::File, plan: &mut Plan, sink: &mut Sink) {
-    for (line, e) in &file.errors {
-        sink.warn(k.path, *line, Place::Top, e.clone());
-    }
-    let scripts = keepalived::scripts(file);
-    let global_version = keepalived::global_vrrp_version(file);
-    for item in &file.items {
-        match item.key() {
-            "vrrp_instance" => {}
-            "global_defs" | "vrrp_script" => continue,
-            "include" => {
-                sink.warn(
-                    k.path,
-                    item.line,
-                    Place::Top,
-                    format!(
-                        "`include {}` is not followed; translate the included file's instances too",
-                        item.arg(1).unwrap_or_default()
-                    ),
-                );
-                continue;
-            }
-            "vrrp_sync_group" => {
-                sink.warn(k.path, item.line, Place::Top, format!(
-                    "`vrrp_sync_group {}`: pgrouter's instances move independently (put the VIPs that must move together into one instance)", item.arg(1).unwrap_or_default()));
-                continue;
-            }
-            other => {
-                sink.warn(
-                    k.path,
-                    item.line,
-                    Place::Top,
-                    format!(
-                        "`{other}` {} is not translated (pgrouter only takes vrrp_instance)",
-                        if item.block.is_some() {
-                            "block"
-                        } else {
-                            "statement"
-                        }
-                    ),
-                );
-                continue;
-            }
-        }
-        let vi = plan.vrrp.len();
-        let place = Place::Vrrp(vi);
-        let mut v = VrrpPlan {
-            name: sanitize(item.arg(1).unwrap_or("VI")),
-            line: item.line,
-            version: 2,
-            priority: 100,
-            advert_int: "1s".into(),
-            ..VrrpPlan::default()
-        };
-        v.source.push(format!(
-            "keepalived `vrrp_instance {}` ({}:{})",
-            item.arg(1).unwrap_or_default(),
-            k.path,
-            item.line
-        ));
-        let mut version: Option<u8> = global_version.map(|(_, n)| n);
-        let mut auth: Option<(usize, String, Option<String>)> = None;
-        let mut track_scripts: Vec<(usize, String, Option<i32>)> = Vec::new();
-        for c in item.block.iter().flatten() {
-            let a1 = c.arg(1).unwrap_or_default();
-            let bad = |sink: &mut Sink, what: &str| {
-                sink.warn(
-                    k.path,
-                    c.line,
-                    place.clone(),
-                    format!("`{} {a1}`: not {what}; ignored", c.key()),
-                );
-            };
-            match c.key() {
-                "interface" => v.interface = a1.to_owned(),
-                "state" => match a1 {
-                    "MASTER" | "BACKUP" => v.state = Some(a1.to_owned()),
-                    _ => bad(sink, "MASTER or BACKUP"),
-                },
-                "virtual_router_id" => match a1.parse::<u8>() {
-                    Ok(n) if n > 0 => v.virtual_router_id = n,
-                    _ => bad(sink, "1..=255"),
-                },
-                "priority" => match a1.parse::<u8>() {
-                    Ok(n) if n > 0 => v.priority = n,
-                    _ => bad(sink, "1..=255"),
-                },
-                "advert_int" => match a1.parse::<f64>() {
-                    Ok(x) if x > 0.0 => v.advert_int = fmt_duration(Duration::from_micros((x * 1e6).round() as u64)),
-                    _ => bad(sink, "a number of seconds"),
-                },
-                "version" => match a1.parse::<u8>() {
-                    Ok(n @ (2 | 3)) => version = Some(n),
-                    _ => bad(sink, "2 or 3"),
-                },
-                "nopreempt" => v.nopreempt = true,
-                "preempt" => v.nopreempt = false,
-                "preempt_delay" => match a1.parse::<f64>() {
-                    Ok(x) if x >= 0.0 => v.preempt_delay = Some(fmt_duration(Duration::from_micros((x * 1e6).round() as u64))),
-                    _ => bad(sink, "a number of seconds"),
-                },
-                "authentication" => {
-                    let mut t = String::from("PASS");
-                    let mut p = None;
-                    for a in c.block.iter().flatten() {
-                        match a.key() {
-                            "auth_type" => t = a.arg(1).unwrap_or_default().to_owned(),
-                            "auth_pass" => p = a.arg(1).map(str::to_owned),
-                            _ => {}
-                        }
-                    }
-                    auth = Some((c.line, t, p));
-                }
-                "virtual_ipaddress" => {
-                    for a in c.block.iter().flatten() {
-                        let addr = a.key();
-                        let ok = addr.split('/').next().is_some_and(|h| h.parse::<IpAddr>().is_ok());
-                        if !ok {
-                            sink.warn(k.path, a.line, place.clone(), format!("virtual_ipaddress {addr:?} is not an address; left out"));
-                            continue;
-                        }
-                        let mut i = 1;
-                        while i < a.words.len() {
-                            match a.words[i].as_str() {
-                                "dev" => {
-                                    let dev = a.arg(i + 1).unwrap_or_default();
-                                    if !v.interface.is_empty() && dev != v.interface {
-                                        sink.warn(k.path, a.line, place.clone(), format!(
-                                            "{addr} is put on `dev {dev}`, not on the instance's interface {}; pgrouter puts every VIP on the instance's interface", v.interface));
-                                    }
-                                    i += 2;
-                                }
-                                "label" | "brd" | "scope" | "broadcast" => {
-                                    sink.warn(k.path, a.line, place.clone(), format!(
-                                        "{addr}: `{} {}` is not translated", a.words[i], a.arg(i + 1).unwrap_or_default()));
-                                    i += 2;
-                                }
-                                w => {
-                                    sink.warn(k.path, a.line, place.clone(), format!("{addr}: `{w}` is not translated"));
-                                    i += 1;
-                                }
-                            }
-                        }
-                        v.vips.push(addr.to_owned());
-                    }
-                }
-                "unicast_src_ip" => v.unicast_src_ip = Some(a1.to_owned()),
-                "unicast_peer" => {
-                    for a in c.block.iter().flatten() {
-                        v.unicast_peer.push(a.key().to_owned());
-                        if a.words.len() > 1 {
-                            sink.warn(k.path, a.line, place.clone(), format!("unicast_peer {}: `{}` is not translated", a.key(), a.words[1..].join(" ")));
-                        }
-                    }
-                }
-                "track_script" => {
-                    for a in c.block.iter().flatten() {
-                        let w = match (a.arg(1), a.arg(2)) {
-                            (Some("weight"), Some(n)) => n.parse().ok(),
-                            _ => None,
-                        };
-                        track_scripts.push((a.line, a.key().to_owned(), w));
-                    }
-                }
-                "garp_master_delay" => v.garp_master_delay = a1.parse::<f64>().ok().map(|x| fmt_duration(Duration::from_micros((x * 1e6).round() as u64))),
-                "garp_master_repeat" => v.garp_master_repeat = a1.parse().ok(),
-                "garp_master_refresh" => v.garp_master_refresh = a1.parse::<f64>().ok().filter(|x| *x > 0.0).map(|x| fmt_duration(Duration::from_micros((x * 1e6).round() as u64))),
-                "notify_master" => v.notify.push(("notify_master", c.words[1..].join(" "))),
-                "notify_backup" => v.notify.push(("notify_backup", c.words[1..].join(" "))),
-                "notify_fault" => v.notify.push(("notify_fault", c.words[1..].join(" "))),
-                "track_interface" => sink.warn(k.path, c.line, place.clone(),
-                    "track_interface: pgrouter watches only the instance's own interface carrier (FAULT when it is down); other interfaces are not tracked"),
-                "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => sink.warn(k.path, c.line, place.clone(), format!(
-                    "`{}` is not translated; add those addresses/routes outside pgrouter", c.key())),
-                "smtp_alert" | "dont_track_primary" | "garp_master_refresh_repeat" | "notify_stop" | "notify" | "use_vmac" | "vmac_xmit_base" | "native_ipv6" | "accept" | "no_accept" | "lvs_sync_daemon_interface" | "debug" => {
-                    sink.warn(k.path, c.line, place.clone(), format!("`{}` is not translated", c.words.join(" ")));
-                }
-                other => sink.warn(k.path, c.line, place.clone(), format!("`{other}` is not translated")),
-            }
-        }
-        if v.interface.is_empty() {
-            sink.warn(
-                k.path,
-                item.line,
-                place.clone(),
-                "no `interface`; set one (placeholder eth0)",
-            );
-            v.interface = "eth0".into();
-        }
-        if v.virtual_router_id == 0 {
-            sink.warn(
-                k.path,
-                item.line,
-                place.clone(),
-                "no `virtual_router_id`; set the one the other hosts use (placeholder 51)",
-            );
-            v.virtual_router_id = 51;
-        }
-        if v.vips.is_empty() {
-            sink.warn(
-                k.path,
-                item.line,
-                place.clone(),
-                format!("no virtual_ipaddress; replace the placeholder {PLACEHOLDER_VIP}"),
-            );
-            v.vips.push(PLACEHOLDER_VIP.into());
-        }
-        let v6 = v
-            .vips
-            .first()
-            .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-            .is_some_and(|ip| ip.is_ipv6());
-        // keepalived's default is VRRPv2 for IPv4 (vrrp_version), v3 for IPv6.
-        v.version = if v6 { 3 } else { version.unwrap_or(2) };
-        if let Some((aline, t, pass)) = auth {
-            match (t.as_str(), pass, v.version) {
-                ("PASS", Some(p), 2) => {
-                    if p.len() > 8 {
-                        sink.warn(k.path, aline, place.clone(), "auth_pass is longer than 8 bytes; keepalived sends only the first 8, and so does this translation");
-                    }
-                    v.auth_pass = Some(p.chars().take(8).collect());
-                }
-                ("PASS", _, 3) => sink.warn(k.path, aline, place.clone(),
-                    "authentication with VRRPv3: keepalived ignores it (RFC 5798 has none); dropped"),
-                ("AH", _, _) => sink.warn(k.path, aline, place.clone(),
-                    "auth_type AH is not supported by pgrouter; dropped — every peer must then run without authentication"),
-                (_, None, _) => sink.warn(k.path, aline, place.clone(), "authentication without auth_pass; dropped"),
-                (other, _, _) => sink.warn(k.path, aline, place.clone(), format!("auth_type {other} is not supported; dropped")),
-            }
-        }
-        if !v.unicast_peer.is_empty() && v.unicast_src_ip.is_none() {
-            sink.warn(k.path, item.line, place.clone(), format!(
-                "unicast_peer without unicast_src_ip: keepalived uses the interface's address, pgrouter needs it written down; replace the placeholder {PLACEHOLDER_SRC}"));
-            v.unicast_src_ip = Some(PLACEHOLDER_SRC.into());
-        }
-        if v.priority == 255 && v.state.as_deref() == Some("BACKUP") {
-            sink.warn(k.path, item.line, place.clone(), "priority 255 makes this host the address owner (MASTER at once), whatever `state BACKUP` says");
-        }
-        // Scripts: pgrouter tracks the data path and Patroni itself.
-        if !track_scripts.is_empty() {
-            let (tline, tname, tweight) = &track_scripts[0];
-            let script = scripts.iter().find(|s| &s.name == tname);
-            let weight = tweight.or(script.and_then(|s| s.weight)).unwrap_or(0);
-            let what = script
-                .and_then(|s| s.script.clone())
-                .unwrap_or_else(|| "(vrrp_script not found)".into());
-            sink.warn(k.path, *tline, place.clone(), format!(
-                "track_script {tname} (`{what}`, weight {weight}) is not run: pgrouter tracks its own health instead — `xdp-attached` and `patroni:<cluster>` with {}",
-                if weight == 0 {
-                    format!("weight 0 for the data path (FAULT while failing, as in keepalived) and {PATRONI_TRACK_WEIGHT} for Patroni (FAULT there would drop the VIP on both hosts while a failover leaves the cluster without a leader)")
-                } else {
-                    "the same weight".to_owned()
-                }));
-            for (line, name, _) in track_scripts.iter().skip(1) {
-                sink.warn(k.path, *line, place.clone(), format!(
-                    "track_script {name} is not run either; pgrouter's two built-in tracks replace every script"));
-            }
-            v.tracks.push(("xdp-attached".into(), weight));
-            let pw = if weight == 0 {
-                PATRONI_TRACK_WEIGHT
-            } else {
-                weight
-            };
-            v.tracks.push(("patroni:".into(), pw));
-        } else {
-            v.source.push(
-                "no track_script: pgrouter still tracks its data path (FAULT while the XDP program is not attached) and Patroni (lower priority while this host reaches no leader)"
-                    .into(),
-            );
-            v.tracks.push(("xdp-attached".into(), 0));
-            v.tracks.push(("patroni:".into(), PATRONI_TRACK_WEIGHT));
-        }
-        if !plan.interfaces.contains(&v.interface) {
-            plan.interfaces.push(v.interface.clone());
-        }
-        plan.vrrp.push(v);
-    }
-    if plan.vrrp.is_empty() {
-        sink.warn(
-            k.path,
-            1,
-            Place::Top,
-            "no vrrp_instance found; no [[vrrp]] written",
-        );
-    }
 }
 
 #[cfg(test)]

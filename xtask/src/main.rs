@@ -1,5 +1,6 @@
 //! `cargo xtask …`: set-up, build, test, lab, demo and bench entry points.
 mod bench;
+mod demo;
 mod dist;
 mod lab;
 mod setup;
@@ -34,6 +35,10 @@ enum Cmd {
     Dist,
     /// Manage the local Patroni lab (network namespaces).
     Lab(lab::LabArgs),
+    /// Set up, then the demo on the Patroni lab: pgrouter on two edges, failovers, a client's view.
+    Demo(demo::DemoArgs),
+    /// The demo's scenarios with assertions (root; ends with `N passed, M failed`).
+    Scenarios(demo::ScenarioArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +66,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Dist => dist::run(),
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::Scenarios(args) => demo::scenarios(args),
     }
 }

@@ -88,6 +88,14 @@ fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: boo
     lab.up(Duration::from_secs(180))?;
     scenario::create_probe_table(lab)?;
     let mode = edges::xdp_mode();
+    let mut peers = vec![];
+    if mode == "native" {
+        for e in pgrouter_edges {
+            peers.push(crate::bench::pgbench::PeerXdpPass::attach(&format!(
+                "pgrlab-{e}"
+            ))?);
+        }
+    }
     let leader = lab.leader()?.name;
     for e in pgrouter_edges {
         edges::prepare(e, &mode)?;
@@ -126,6 +134,7 @@ fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: boo
         pgrouter_edges: pgrouter_edges.to_vec(),
         events: Mutex::new(vec![]),
         slow,
+        _peers: peers,
     };
     scenario::wait_serving(&env)?;
     Ok(env)

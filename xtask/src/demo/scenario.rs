@@ -50,6 +50,8 @@ pub struct Env {
     pub events: Mutex<Vec<(u64, String)>>,
     /// Longer holds, so HAProxy's 3 s checks can settle (bench).
     pub slow: bool,
+    /// XDP_PASS programs on the edges' bridge-side veth peers (native mode only).
+    pub _peers: Vec<crate::bench::pgbench::PeerXdpPass>,
 }
 
 /// What one router showed during a scenario.
@@ -470,7 +472,8 @@ impl Env {
             let action = env.event(format!("kill -9 of pgrouter on {a}, {a}'s link down"));
             edges::kill(&env.lab, a, libc::SIGKILL)?;
             env.lab.link(a, false)?;
-            let moved = edges::wait_vip(&env.lab, b, Duration::from_secs(10))?;
+            // edge1 keeps the address configured (its pgrouter was killed) but is cut off.
+            let moved = edges::wait_vip_on(&env.lab, b, false, Duration::from_secs(10))?;
             env.event(format!(
                 "VIP {VIP} on {b} after {} ms",
                 moved.as_millis()

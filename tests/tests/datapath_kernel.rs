@@ -40,6 +40,10 @@ struct K {
 
 impl K {
     fn new() -> Self {
+        Self::with_conntrack(4096)
+    }
+
+    fn with_conntrack(conntrack_entries: u32) -> Self {
         tests::enter_private_netns().expect("private netns");
         let script = format!(
             "ip link add k0 address {edge} type veth peer name k1 && ip link set k0 up && ip link set k1 up \
@@ -64,7 +68,7 @@ impl K {
         assert_ne!(ifindex, 0, "k0 exists");
         let mut dp = Datapath::load(&LoadOptions {
             pin_path: None,
-            conntrack_entries: 4096,
+            conntrack_entries,
         })
         .expect("load the XDP object");
         let mut maps = Maps::take(&mut dp.ebpf).expect("maps");
@@ -703,7 +707,8 @@ fn random_and_mutated_frames_never_crash_or_misroute() {
 #[test]
 #[ignore = "benchmark; run by cargo xtask bench"]
 fn bench_test_run_ns_per_packet() {
-    let mut k = K::new();
+    // The default table size, so the SYN path measures inserts, not LRU eviction.
+    let mut k = K::with_conntrack(router_ebpf::DEFAULT_CT_ENTRIES);
     // A range wide enough that the SYN path measures allocation, not exhaustion.
     k.publish_with(&standard(), (1024, 65535));
     let n = 20_000u32;

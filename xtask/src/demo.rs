@@ -154,6 +154,19 @@ fn with_lab<T>(keep: bool, f: impl FnOnce(&Lab) -> Result<T>) -> Result<T> {
             edges::RUN_DIR
         );
     } else {
+        // Keep the routers' logs: `lab down` removes the lab dir.
+        let keep_dir = edges::workspace().join("target/demo-logs");
+        if std::fs::create_dir_all(&keep_dir).is_ok() {
+            for e in crate::lab::cluster::EDGES {
+                for n in [edges::proc_name(e), format!("haproxy-{e}")] {
+                    let _ = std::fs::copy(
+                        lab.dir.join(format!("{n}.log")),
+                        keep_dir.join(format!("{n}.log")),
+                    );
+                }
+            }
+            println!("demo: router logs saved in {}", keep_dir.display());
+        }
         println!("demo: tearing the lab down");
         if let Err(e) = lab.down() {
             eprintln!("demo: lab down: {e:#}");

@@ -118,10 +118,17 @@ pub fn failover_md(outages: Option<&str>) -> String {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    if std::env::var("PGR_BENCH_ONLY").as_deref() == Ok("pgbench") {
-        // Development: only the pgbench comparison, printed; BENCHMARKS.md untouched.
-        print!("{}", pgbench::run()?.markdown());
-        return Ok(());
+    // Development: only one section, printed; BENCHMARKS.md untouched.
+    match std::env::var("PGR_BENCH_ONLY").as_deref() {
+        Ok("pgbench") => {
+            print!("{}", pgbench::run()?.markdown());
+            return Ok(());
+        }
+        Ok("failover") => {
+            print!("{}", failover_md(None));
+            return Ok(());
+        }
+        _ => {}
     }
     let started = std::time::Instant::now();
     let m = xdp_micro()?;

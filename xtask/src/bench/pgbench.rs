@@ -31,7 +31,7 @@ const PGROUTER_PROC: &str = "pgrouter-bench";
 const HAPROXY_PROC: &str = "haproxy-bench";
 
 /// Run parameters (env overrides: `PGR_BENCH_SECONDS`, `PGR_BENCH_REPS`,
-/// `PGR_BENCH_CLIENTS`, `PGR_BENCH_SCALE`, `PGR_BENCH_XDP_MODE`).
+/// `PGR_BENCH_CLIENTS`, `PGR_BENCH_SCALE`, `PGR_BENCH_GENERIC`).
 #[derive(Clone, Debug)]
 pub struct Params {
     pub seconds: u32,
@@ -40,9 +40,8 @@ pub struct Params {
     pub threads: u32,
     pub scale: u32,
     pub warmup_seconds: u32,
-    /// pgrouter's `datapath.mode` (default `native`; then edge1's root-side veth peer gets
-    /// an XDP_PASS program, see [`PeerXdpPass`]).
-    pub xdp_mode: String,
+    /// Also measure pgrouter with `mode = "generic"` (`PGR_BENCH_GENERIC=0`: don't).
+    pub generic_too: bool,
 }
 
 impl Params {
@@ -58,18 +57,21 @@ impl Params {
             }
         };
         Ok(Params {
-            seconds: get("PGR_BENCH_SECONDS", 10)?,
+            seconds: get("PGR_BENCH_SECONDS", 8)?,
             reps: get("PGR_BENCH_REPS", 3)?,
             clients: get("PGR_BENCH_CLIENTS", 8)?,
             threads: 2,
             scale: get("PGR_BENCH_SCALE", 10)?,
             warmup_seconds: 3,
-            xdp_mode: match std::env::var("PGR_BENCH_XDP_MODE") {
-                Ok(m) if ["auto", "native", "generic"].contains(&m.as_str()) => m,
-                Ok(m) => bail!("PGR_BENCH_XDP_MODE={m:?}: auto, native or generic"),
-                Err(_) => "native".into(),
-            },
+            generic_too: std::env::var("PGR_BENCH_GENERIC").as_deref() != Ok("0"),
         })
+    }
+
+    pub fn targets(&self) -> Vec<Target> {
+        Target::ALL
+            .into_iter()
+            .filter(|t| self.generic_too || *t != Target::PgrouterGeneric)
+            .collect()
     }
 }
 
@@ -77,16 +79,32 @@ impl Params {
 pub enum Target {
     Direct,
     Haproxy,
+    /// Native XDP (plus an XDP_PASS program on the veth peer, see [`PeerXdpPass`]).
     Pgrouter,
+    PgrouterGeneric,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Direct, Target::Haproxy, Target::Pgrouter];
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::Haproxy,
+        Target::Pgrouter,
+        Target::PgrouterGeneric,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Haproxy => "HAProxy",
             Target::Pgrouter => "pgrouter",
+            Target::PgrouterGeneric => "pgrouter, generic XDP",
+        }
+    }
+    /// pgrouter's `datapath.mode` for this target.
+    fn xdp(self) -> Option<&'static str> {
+        match self {
+            Target::Pgrouter => Some("native"),
+            Target::PgrouterGeneric => Some("generic"),
+            _ => None,
         }
     }
 }
@@ -199,7 +217,7 @@ impl Report {
                  `pgbench -n -S -c {} -j {} -T {}` (and the same with `-C`), {} repetitions per target and mode, targets \
                  alternating in rotated order; a {} s warm-up run per target is not counted. **direct** = `{}:5432`, \
                  **HAProxy** = the seed's configuration (`lab/haproxy.cfg.tmpl`) on edge2, `{HAPROXY_ADDR}:5000`, \
-                 **pgrouter** = `pgrouter run` on edge1 ({}{}), `{VIP}:5000`. Everything (client, proxies, three \
+                 **pgrouter** = `pgrouter run` on edge1 ({}{}), `{VIP}:5000`{}. Everything (client, proxies, three \
                  PostgreSQL nodes, etcd) shares this machine's cores, so the figures compare paths, not hardware. \
                  Method: [docs/benchmarks.md](docs/benchmarks.md).\n",
                 p.scale,
@@ -213,6 +231,12 @@ impl Report {
                 self.xdp_mode,
                 if self.xdp_mode.starts_with("native") {
                     "; an XDP_PASS program on the root-side veth peer, see the method"
+                } else {
+                    ""
+                },
+                if p.generic_too {
+                    "; **pgrouter, generic XDP** = the same with `mode = \"generic\"` (pgrouter is \
+                     restarted with the other mode between runs as the rotation needs)"
                 } else {
                     ""
                 },
@@ -233,6 +257,9 @@ impl Report {
             let direct = self.tps(mode, Target::Direct);
             for t in Target::ALL {
                 let s = self.of(mode, t);
+                if s.is_empty() {
+                    continue;
+                }
                 let runs: Vec<String> = s.iter().map(|s| format!("{:.0}", s.tps)).collect();
                 let lat = mean(&s.iter().map(|s| s.latency_ms).collect::<Vec<_>>());
                 let conn_ms = mean(&s.iter().filter_map(|s| s.conn_ms).collect::<Vec<_>>());
@@ -265,6 +292,14 @@ impl Report {
                 r(Target::Pgrouter, Target::Haproxy),
                 r(Target::Haproxy, Target::Direct),
             );
+            if !self.of(mode, Target::PgrouterGeneric).is_empty() {
+                let _ = writeln!(
+                    md,
+                    "Generic XDP: pgrouter/direct {:.3}×, pgrouter/HAProxy {:.3}×.\n",
+                    r(Target::PgrouterGeneric, Target::Direct),
+                    r(Target::PgrouterGeneric, Target::Haproxy),
+                );
+            }
         }
         if !self.load.0.is_empty() {
             let _ = writeln!(
@@ -486,7 +521,7 @@ fn addr_of(t: Target, leader_host: &str) -> (String, u16) {
     match t {
         Target::Direct => (leader_host.to_string(), 5432),
         Target::Haproxy => (HAPROXY_ADDR.to_string(), 5000),
-        Target::Pgrouter => (VIP.to_string(), 5000),
+        Target::Pgrouter | Target::PgrouterGeneric => (VIP.to_string(), 5000),
     }
 }
 
@@ -522,6 +557,92 @@ fn run_one(
     parse_pgbench(&out)
 }
 
+/// The benchmark's pgrouter on edge1, restarted when another XDP mode is needed.
+struct Pgr<'a> {
+    lab: &'a Lab,
+    dir: PathBuf,
+    current: Option<&'static str>,
+    peer: Option<PeerXdpPass>,
+}
+
+impl Pgr<'_> {
+    fn ensure(&mut self, mode: &'static str, report: &mut Report) -> anyhow::Result<()> {
+        if self.current == Some(mode) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let cfg = self.dir.join("pgrouter.toml");
+        if self.current.take().is_some() {
+            self.lab.kill_proc(PGROUTER_PROC, libc::SIGTERM)?;
+            detach(self.lab, &cfg);
+        }
+        self.peer = None;
+        fs::write(&cfg, pgrouter_config(&self.dir, mode))?;
+        let bin = pgrouter_bin();
+        let out = Command::new(&bin)
+            .args(["check-config"])
+            .arg(&cfg)
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pgrouter check-config {}:\n{}{}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if mode == "native" {
+            self.peer = Some(PeerXdpPass::attach("pgrlab-edge1")?);
+        }
+        self.lab.spawn(
+            "edge1",
+            PGROUTER_PROC,
+            &[
+                bin.display().to_string(),
+                s("run"),
+                s("-c"),
+                cfg.display().to_string(),
+            ],
+        )?;
+        wait_primary(
+            self.lab,
+            "pgrouter VIP:5000 to reach the primary",
+            VIP,
+            5000,
+            4,
+        )
+        .with_context(|| lab_log(self.lab, PGROUTER_PROC))?;
+        let attached = xdp_mode(&self.dir);
+        println!("bench: pgrouter ({attached}) ready in {:.1?}", t.elapsed());
+        if !attached.starts_with(mode) {
+            report.notes.push(format!(
+                "pgrouter asked for {mode} XDP runs with {attached}"
+            ));
+        }
+        if mode == "native" {
+            report.xdp_mode = attached;
+        }
+        self.current = Some(mode);
+        Ok(())
+    }
+}
+
+/// `pgrouter detach -c CFG` in edge1: unpins the XDP link and maps (they outlive a
+/// SIGTERMed controller by design).
+fn detach(lab: &Lab, cfg: &Path) {
+    if cfg.exists() && Path::new("/run/netns/pgrlab-edge1").exists() {
+        let _ = lab.exec(
+            "edge1",
+            &[
+                pgrouter_bin().display().to_string(),
+                s("detach"),
+                s("-c"),
+                cfg.display().to_string(),
+            ],
+        );
+    }
+}
+
 /// Starts pgrouter (edge1, VIP:5000) and HAProxy (edge2) on a healthy lab, initialises
 /// pgbench's tables, runs the comparison. The caller tears down.
 fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
@@ -543,21 +664,6 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
             .status()?;
         anyhow::ensure!(st.success(), "mount bpffs on {}", pins.display());
     }
-    let cfg = dir.join("pgrouter.toml");
-    fs::write(&cfg, pgrouter_config(dir, &p.xdp_mode))?;
-    let bin = pgrouter_bin();
-    let out = Command::new(&bin)
-        .args(["check-config"])
-        .arg(&cfg)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pgrouter check-config {}:\n{}{}",
-        cfg.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let code = lab.exec(
         "edge1",
         &[
@@ -570,21 +676,14 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         ],
     )?;
     anyhow::ensure!(code == 0, "ip addr add {VIP}/32 in edge1 failed");
-    let _peer = if p.xdp_mode == "generic" {
-        None
-    } else {
-        Some(PeerXdpPass::attach("pgrlab-edge1")?)
+    let mut pgr = Pgr {
+        lab,
+        dir: dir.to_path_buf(),
+        current: None,
+        peer: None,
     };
-    lab.spawn(
-        "edge1",
-        PGROUTER_PROC,
-        &[
-            bin.display().to_string(),
-            s("run"),
-            s("-c"),
-            cfg.display().to_string(),
-        ],
-    )?;
+    let first = p.targets().iter().find_map(|t| t.xdp()).unwrap_or("native");
+    pgr.ensure(first, report)?;
 
     // HAProxy with the seed's config on edge2 (binds *:5000, so 198.18.0.22:5000).
     let hcfg = dir.join("haproxy.cfg");
@@ -595,8 +694,6 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         &[s("haproxy"), s("-db"), s("-f"), hcfg.display().to_string()],
     )?;
 
-    wait_primary(lab, "pgrouter VIP:5000 to reach the primary", VIP, 5000, 4)
-        .with_context(|| lab_log(lab, PGROUTER_PROC))?;
     wait_primary(
         lab,
         "HAProxy 198.18.0.22:5000 to reach the primary",
@@ -605,9 +702,6 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         6,
     )
     .with_context(|| lab_log(lab, HAPROXY_PROC))?;
-    report.xdp_mode = xdp_mode(dir);
-    println!("bench: pgrouter data path: {}", report.xdp_mode);
-
     let t = Instant::now();
     pgbench(&[
         s("-i"),
@@ -628,17 +722,24 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
     );
 
     report.load.0 = loadavg();
-    for tg in Target::ALL {
+    let targets = p.targets();
+    for &tg in &targets {
+        if let Some(m) = tg.xdp() {
+            pgr.ensure(m, report)?;
+        }
         let w = run_one(p, Mode::Persistent, tg, &leader.host, p.warmup_seconds)?;
-        println!("bench: warm-up {:<8} {:>8.0} tps", tg.name(), w.tps);
+        println!("bench: warm-up {:<21} {:>8.0} tps", tg.name(), w.tps);
     }
     for rep in 0..p.reps as usize {
         for mode in Mode::ALL {
-            for i in 0..3 {
-                let tg = Target::ALL[(i + rep) % 3];
+            for i in 0..targets.len() {
+                let tg = targets[(i + rep) % targets.len()];
+                if let Some(m) = tg.xdp() {
+                    pgr.ensure(m, report)?;
+                }
                 let smp = run_one(p, mode, tg, &leader.host, p.seconds)?;
                 println!(
-                    "bench: rep {} {:<10} {:<8} {:>8.0} tps {:>7.3} ms{}",
+                    "bench: rep {} {:<10} {:<21} {:>8.0} tps {:>7.3} ms{}",
                     rep + 1,
                     if mode == Mode::Persistent {
                         "persistent"
@@ -719,19 +820,7 @@ fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
             errs.push(format!("stopping {name}: {e:#}"));
         }
     }
-    let cfg = dir.join("pgrouter.toml");
-    if cfg.exists() && Path::new("/run/netns/pgrlab-edge1").exists() {
-        // Unpins the XDP link and maps (they outlive a SIGTERMed controller by design).
-        let _ = lab.exec(
-            "edge1",
-            &[
-                pgrouter_bin().display().to_string(),
-                s("detach"),
-                s("-c"),
-                cfg.display().to_string(),
-            ],
-        );
-    }
+    detach(lab, &dir.join("pgrouter.toml"));
     let pins = dir.join("bpf");
     if fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
@@ -834,7 +923,7 @@ tps = 432.150000 (including reconnection times)
                 threads: 2,
                 scale: 10,
                 warmup_seconds: 3,
-                xdp_mode: "generic".into(),
+                generic_too: true,
             }),
             leader: "pg1 198.18.0.11".into(),
             xdp_mode: "native XDP on eth0".into(),

@@ -34,18 +34,6 @@ pub struct DistArgs {
     pub keep_root: bool,
 }
 
-/// Entry point for a `Dist` subcommand without clap arguments: `--verify`/`--keep-root` are
-/// then taken from argv if clap let them through, or from `PGROUTER_DIST_VERIFY=1` /
-/// `PGROUTER_DIST_KEEP_ROOT=1`. Prefer `Dist(dist::DistArgs)` → [`run_with`].
-pub fn run() -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args().collect();
-    let env = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
-    run_with(DistArgs {
-        verify: argv.iter().any(|a| a == "--verify") || env("PGROUTER_DIST_VERIFY"),
-        keep_root: argv.iter().any(|a| a == "--keep-root") || env("PGROUTER_DIST_KEEP_ROOT"),
-    })
-}
-
 /// Timings of every step, printed at the end.
 struct Steps {
     done: Vec<(String, Duration)>,

@@ -31,8 +31,8 @@ enum Cmd {
     },
     /// Benchmarks (ratios against baselines measured in the same run) → BENCHMARKS.md.
     Bench,
-    /// Build the Debian package.
-    Dist,
+    /// Build the Debian package (`--verify`: install it into a clean Debian root).
+    Dist(dist::DistArgs),
     /// Manage the local Patroni lab (network namespaces).
     Lab(lab::LabArgs),
     /// Set up, then the demo on the Patroni lab: pgrouter on two edges, failovers, a client's view.
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             setup::run_setup()?;
             bench::run()
         }
-        Cmd::Dist => dist::run(),
+        Cmd::Dist(args) => dist::run_with(args),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Scenarios(args) => demo::scenarios(args),

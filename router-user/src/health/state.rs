@@ -199,7 +199,30 @@ impl ClusterState {
             }
         }
 
-        self.recompute()
+        let changed = self.recompute();
+        if self.leaderless() {
+            // No node is the primary: Patroni is mid-failover (or split). Keep every node that
+            // answers at fastinter until a leader is found, so a promotion that completes after
+            // the one-off cluster re-check is seen within a fastinter, not an interval. Nodes
+            // down on every check keep HAProxy's downinter.
+            for n in &mut self.nodes {
+                if n.checks.iter().all(|c| c.verdict == Verdict::Down) {
+                    continue;
+                }
+                if n.in_flight {
+                    n.hurry = true;
+                } else {
+                    let soon = n.last_start.map_or(now, |s| s + h.fastinter);
+                    n.due = n.due.min(soon);
+                }
+            }
+        }
+        changed
+    }
+
+    /// A cluster with a primary listener and no chosen primary.
+    fn leaderless(&self) -> bool {
+        self.kinds.contains(&CheckKind::Primary) && self.computed.primary.chosen.is_none()
     }
 
     fn views(&self) -> Vec<NodeView> {

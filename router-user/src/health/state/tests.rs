@@ -178,6 +178,65 @@ fn a_changed_result_rechecks_the_whole_cluster_at_fastinter() {
 }
 
 #[test]
+fn without_a_primary_every_node_stays_at_fastinter_until_one_is_found() {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    let mut t = t0;
+    for _ in 0..2 {
+        s.take_due(t);
+        s.apply(0, as_primary(t), t);
+        s.apply(1, as_replica(t), t);
+        t += Duration::from_millis(200);
+    }
+    // Settle into interval.
+    for _ in 0..3 {
+        let due = s.nodes.iter().map(|n| n.due).min().unwrap();
+        for i in s.take_due(due) {
+            if i == 0 {
+                s.apply(0, as_primary(due), due);
+            } else {
+                s.apply(1, as_replica(due), due);
+            }
+        }
+    }
+    // The primary steps down; b is not promoted yet (Patroni still promoting): no leader.
+    // Every later round stays at fastinter, not just the one-off re-check.
+    let mut now = s.nodes[0].due;
+    for _ in 0..4 {
+        for i in s.take_due(now) {
+            s.apply(i, as_replica(now), now);
+        }
+        assert!(members(&s, 0).is_empty(), "no primary yet");
+        for n in &s.nodes {
+            assert!(
+                n.due <= now + Duration::from_millis(200),
+                "node due {:?} after {:?}: should be fastinter while leaderless",
+                n.due - now,
+                now - t0
+            );
+        }
+        now += Duration::from_millis(200);
+    }
+    // b is promoted: found within a fastinter, then back to interval once stable.
+    for i in s.take_due(now) {
+        if i == 1 {
+            s.apply(1, as_primary(now), now);
+        } else {
+            s.apply(0, as_replica(now), now);
+        }
+    }
+    now += Duration::from_millis(200);
+    for i in s.take_due(now) {
+        if i == 1 {
+            s.apply(1, as_primary(now), now);
+        } else {
+            s.apply(0, as_replica(now), now);
+        }
+    }
+    assert_eq!(members(&s, 0), vec!["b"]);
+}
+
+#[test]
 fn a_recheck_request_during_a_probe_applies_after_it() {
     let t0 = Instant::now();
     let mut s = ClusterState::new(&cluster(), t0);

@@ -101,8 +101,12 @@ pub fn failover_md(outages: Option<&str>) -> String {
             );
             for (scenario, res) in v {
                 match res {
-                    Ok(path) => {
-                        let _ = writeln!(md, "### {scenario}\n\n![{scenario}]({path})\n");
+                    Ok((path, t0)) => {
+                        let _ = writeln!(
+                            md,
+                            "### {scenario}\n\n![{scenario}]({path})\n\nStarted {}.\n",
+                            svg::utc(t0)
+                        );
                     }
                     Err(e) => {
                         let _ = writeln!(md, "### {scenario}\n\nNot drawn: {e}\n");

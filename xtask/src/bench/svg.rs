@@ -141,7 +141,7 @@ fn ordered_rows(t: &Timeline) -> Vec<&Row> {
 
 /// Shades of green for the serving nodes (distinct, all clearly "ok"); red for failures.
 const OK_SHADES: [&str; 6] = [
-    "#2e7d32", "#66bb6a", "#00897b", "#9ccc65", "#1b5e20", "#4db6ac",
+    "#2e7d32", "#9ccc65", "#00897b", "#66bb6a", "#1b5e20", "#4db6ac",
 ];
 const OK_UNKNOWN: &str = "#7cb342";
 const FAIL: &str = "#d32f2f";
@@ -182,20 +182,30 @@ pub fn render(t: &Timeline) -> String {
         }
     }
     nodes.sort_unstable();
+    // The same node gets the same shade in every picture: `pgN` → shade N-1, other names by
+    // their rank here.
     let shade = |n: Option<&str>| {
-        n.and_then(|n| nodes.iter().position(|m| *m == n))
-            .map(|i| OK_SHADES[i % OK_SHADES.len()])
-            .unwrap_or(OK_UNKNOWN)
+        n.and_then(|n| {
+            n.strip_prefix("pg")
+                .and_then(|d| d.parse::<usize>().ok())
+                .map(|k| k.saturating_sub(1))
+                .or_else(|| nodes.iter().position(|m| *m == n))
+        })
+        .map(|i| OK_SHADES[i % OK_SHADES.len()])
+        .unwrap_or(OK_UNKNOWN)
     };
 
     // Event labels in lanes above the rows, so close events don't overlap.
     let mut events: Vec<&Event> = t.events.iter().collect();
     events.sort_by_key(|e| e.t_ms);
+    // A label starts right of its line, or ends left of it when it would leave the picture.
     let mut lane_end: Vec<f64> = Vec::new();
-    let mut placed: Vec<(&Event, usize)> = Vec::new();
+    let mut placed: Vec<(&Event, usize, bool)> = Vec::new();
     for e in &events {
-        let x0 = x(e.t_ms);
+        let ex = x(e.t_ms);
         let w = CHAR_W * e.label.chars().count() as f64 + 8.0;
+        let left = ex + w > WIDTH - 4.0;
+        let (x0, x1) = if left { (ex - w, ex) } else { (ex, ex + w) };
         let lane = match lane_end.iter().position(|end| *end < x0) {
             Some(l) => l,
             None => {
@@ -203,15 +213,15 @@ pub fn render(t: &Timeline) -> String {
                 lane_end.len() - 1
             }
         };
-        lane_end[lane] = x0 + w;
-        placed.push((e, lane));
+        lane_end[lane] = x1;
+        placed.push((e, lane, left));
     }
     let title_h = 34.0;
     let lanes_h = LANE_H * lane_end.len() as f64 + if lane_end.is_empty() { 0.0 } else { 6.0 };
     let rows_top = title_h + lanes_h + 4.0;
     let rows_bottom = rows_top + ROW_H * rows.len().max(1) as f64;
     let axis_y = rows_bottom + 4.0;
-    let legend_y = axis_y + 40.0;
+    let legend_y = axis_y + 54.0;
     let height = legend_y + 16.0;
 
     // Probe mark width: about the median probe interval, clamped.
@@ -306,15 +316,16 @@ pub fn render(t: &Timeline) -> String {
     }
 
     // Events: a dashed line across the rows, its label in its lane above.
-    for (e, lane) in &placed {
+    for (e, lane, left) in &placed {
         let ex = x(e.t_ms);
         let ly = title_h + LANE_H * (*lane as f64 + 1.0);
         let _ = writeln!(
             s,
             r##"<line class="event" x1="{ex:.1}" y1="{:.1}" x2="{ex:.1}" y2="{rows_bottom:.1}" stroke="#1565c0" stroke-width="1.2" stroke-dasharray="4 3"/>
-<text class="event-label" x="{:.1}" y="{ly:.1}" fill="#1565c0">{}</text>"##,
+<text class="event-label" x="{:.1}" y="{ly:.1}" fill="#1565c0"{}>{}</text>"##,
             ly - 9.0,
-            ex + 3.0,
+            if *left { ex - 3.0 } else { ex + 3.0 },
+            if *left { r#" text-anchor="end""# } else { "" },
             esc(&e.label)
         );
     }
@@ -354,13 +365,38 @@ pub fn render(t: &Timeline) -> String {
     s
 }
 
+/// One drawn timeline: (SVG path relative to the workspace root, `t0_unix_ms`), or why not.
+pub type Drawn = Result<(String, u64), String>;
+
+/// `t0_unix_ms` as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Draws every `<dir>/failover-*.json` into `<img_dir>/failover-<scenario>.svg`. Returns
-/// (scenario, svg path relative to the workspace root) in file-name order; files that don't
-/// parse are reported as errors in the list's second element instead.
+/// (scenario, svg path relative to the workspace root and the scenario's start time) in
+/// file-name order; files that don't parse are reported as errors instead.
 pub fn draw_all(
     dir: &std::path::Path,
     img_dir: &std::path::Path,
-) -> anyhow::Result<Vec<(String, Result<String, String>)>> {
+) -> anyhow::Result<Vec<(String, Drawn)>> {
     let mut files: Vec<_> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .flatten()
@@ -401,7 +437,7 @@ pub fn draw_all(
                 let path = img_dir.join(format!("failover-{name}.svg"));
                 std::fs::write(&path, render(&t))
                     .with_context(|| format!("writing {}", path.display()))?;
-                Ok(format!("docs/img/failover-{name}.svg"))
+                Ok((format!("docs/img/failover-{name}.svg"), t.t0_unix_ms))
             })
             .map_err(|e| format!("{}: {e:#}", f.display()));
         out.push((stem, res));
@@ -638,6 +674,32 @@ mod tests {
         assert!(check_xml("<a/><b/>").is_err());
         assert!(check_xml("<a>x & y</a>").is_err());
         assert!(check_xml(r#"<a x="1"><b/>t&amp;</a>"#).is_ok());
+    }
+
+    #[test]
+    fn utc_formats_unix_ms() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_764_112_334_567), "2025-11-25 23:12:14 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn node_shades_are_stable_across_pictures() {
+        let mut t = synthetic();
+        let a = render(&t);
+        // Without pg1 anywhere, pg2 keeps its shade.
+        for r in &mut t.rows {
+            r.probes.retain(|p| p.node.as_deref() != Some("pg1"));
+        }
+        let b = render(&t);
+        let pg2 = |svg: &str| {
+            svg.lines()
+                .find(|l| l.contains("ok pg2</title>"))
+                .and_then(|l| l.split("fill=\"").nth(1))
+                .map(|f| f[..7].to_string())
+        };
+        assert_eq!(pg2(&a), pg2(&b));
+        assert!(pg2(&a).is_some());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: every test, in layers. Unit and no-root integration tests first (fast),
 //! then the root-only kernel and network tests one at a time (they measure timing and share
-//! two cores).
+//! two cores), then the scenarios on a real Patroni + etcd + PostgreSQL lab.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -35,5 +35,15 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     let bin = std::env::current_dir()?.join("target/debug/pgrouter");
     // SAFETY: single-threaded at this point; the variable is read by the child cargo.
     unsafe { std::env::set_var("PGROUTER_VRRP_BIN", &bin) };
-    cargo(&root)
+    cargo(&root)?;
+    if filter.is_none() {
+        println!("\n==> scenarios on the Patroni lab");
+        crate::demo::scenarios(crate::demo::ScenarioArgs {
+            keep: false,
+            no_setup: true,
+            failover_bench: false,
+            filter: None,
+        })?;
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The scenarios the demo plays and `cargo xtask scenarios` asserts: switchover, primary
-//! crash, both replicas stopped, a lagging replica, the master edge host failing, and a
-//! controller restart under load. Each measures what the prober saw per router.
+//! crash, both replicas stopped, a lagging replica, the master edge host failing, a
+//! controller restart under load, and an upgrade under pgbench. Each measures what the prober
+//! saw per router.
 use super::edges;
 use super::prober::{self, Kind, Probe, Prober, Target};
 use crate::lab::Lab;
@@ -582,6 +583,114 @@ impl Env {
         })
     }
 
+    /// The running pgrouter on the master edge is replaced by a new build while `pgbench`
+    /// runs through the VIP (4 persistent connections, select-only): round 1 stops it the
+    /// systemd way (SIGTERM), round 2 with SIGKILL; each time the binary is started from a
+    /// copy at another path (standing for the new version). Zero failed transactions, no
+    /// client aborted, and the new process takes over the pinned XDP link.
+    // Registered by `("upgrade-under-pgbench", Env::upgrade_under_pgbench)` in `play()`
+    // (demo.rs, next to "controller-restart"); until that line lands it has no caller.
+    #[allow(dead_code)]
+    pub fn upgrade_under_pgbench(&self) -> Outcome {
+        self.run_one("upgrade under pgbench", |env, o| {
+            let leader = env.leader_name()?;
+            let a = "edge1";
+            let others: Vec<&str> = env
+                .pgrouter_edges
+                .iter()
+                .copied()
+                .filter(|e| *e != a)
+                .collect();
+            for e in &others {
+                env.event(format!(
+                    "stopping pgrouter on {e} (a backup would take the VIP from a stopped master)"
+                ));
+                edges::kill(&env.lab, e, libc::SIGTERM)?;
+            }
+            // The new version's binary: a copy of the release build at another path.
+            let new_bin = env.lab.dir.join("pgrouter-new");
+            std::fs::copy(edges::pgrouter_bin(), &new_bin)
+                .with_context(|| format!("copying pgrouter to {}", new_bin.display()))?;
+            pgbench_init(&env.lab)?;
+            env.event("pgbench tables ready (-s 5)");
+            let rounds = [("SIGTERM", libc::SIGTERM), ("SIGKILL", libc::SIGKILL)];
+            for (round, (signame, sig)) in rounds.into_iter().enumerate() {
+                let bench = Pgbench::start(env)?;
+                Env::sleep(Duration::from_secs(8));
+                let log = edges::log_path(&env.lab, a);
+                let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                let stop = env.event(format!(
+                    "round {}: {signame} to pgrouter on {a} (pgbench running, 4 clients)",
+                    round + 1
+                ));
+                let t = Instant::now();
+                edges::kill(&env.lab, a, sig)?;
+                let stopped = t.elapsed();
+                let argv = vec![
+                    new_bin.display().to_string(),
+                    "run".into(),
+                    "-c".into(),
+                    edges::config_path(a).display().to_string(),
+                ];
+                env.lab.spawn(a, &edges::proc_name(a), &argv)?;
+                edges::wait_ready(&env.lab, a, &leader, Duration::from_secs(20))?;
+                let ready_in = t.elapsed();
+                edges::wait_vip(&env.lab, a, Duration::from_secs(10))?;
+                let ready = env.event(format!(
+                    "new pgrouter ({}) on {a} ready: old one gone after {} ms, sets published after {} ms, VIP held",
+                    new_bin.display(),
+                    stopped.as_millis(),
+                    ready_in.as_millis()
+                ));
+                let r = bench.wait()?;
+                env.event(format!("round {}: pgbench finished", round + 1));
+                let text = std::fs::read(&log)
+                    .map(|b| String::from_utf8_lossy(&b[offset as usize..]).into_owned())
+                    .unwrap_or_default();
+                let (before, around, after, min) = r.tps_windows(stop, ready);
+                o.notes.push(format!(
+                    "round {} ({signame}): tps before {before:.0}, in the 2 s around the replacement {around:.0} (lowest second {min:.0}), after {after:.0}; {} transactions, {} failed, exit {}",
+                    round + 1,
+                    r.processed,
+                    r.failed.map_or("?".to_string(), |f| f.to_string()),
+                    r.status,
+                ));
+                o.check(
+                    format!(
+                        "{signame}: pgbench exit 0, no client aborted ({})",
+                        r.status
+                    ),
+                    r.status == 0 && !r.aborted,
+                );
+                o.check(
+                    format!(
+                        "{signame}: number of failed transactions: {} (0 expected), {} processed",
+                        r.failed.map_or("?".to_string(), |f| f.to_string()),
+                        r.processed
+                    ),
+                    r.failed == Some(0) && r.processed > 0,
+                );
+                o.check(
+                    format!("{signame}: new pgrouter: \"took over the pinned XDP link\""),
+                    text.contains("took over the pinned XDP link"),
+                );
+                if !(r.status == 0 && r.failed == Some(0)) {
+                    o.notes.push(format!("pgbench output:\n{}", r.output));
+                }
+            }
+            let to = env.event("upgrade rounds done");
+            o.stats = env.stats(o.from_ms, o.from_ms, to, Some(&leader));
+            o.to_ms = to;
+            env.write_checks(o);
+            for e in &others {
+                edges::start(&env.lab, e)?;
+                edges::wait_ready(&env.lab, e, &leader, Duration::from_secs(20))?;
+                env.event(format!("pgrouter on {e} back (VRRP backup)"));
+            }
+            Ok(())
+        })
+    }
+
     /// Checks shared by the failover scenarios: the new primary serves writes through
     /// pgrouter within 1 s of Patroni showing it, and no write was accepted by a non-primary.
     fn common_checks(&self, o: &mut Outcome, settled: bool, new: &str) {
@@ -680,6 +789,159 @@ impl Sessions {
     pub fn close(self) -> (u64, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().unwrap_or((0, vec!["panicked".into()]))
+    }
+}
+
+const PGBENCH: &str = "/usr/lib/postgresql/15/bin/pgbench";
+
+/// `pgbench -i -s 5` through the VIP unless the tables exist.
+fn pgbench_init(lab: &Lab) -> Result<()> {
+    let have = lab.psql_port(
+        VIP,
+        5000,
+        "SELECT to_regclass('pgbench_accounts') IS NOT NULL",
+    )?;
+    if have == "t" {
+        return Ok(());
+    }
+    let mut c = crate::lab::util::ns_cmd(
+        crate::lab::cluster::CLIENT_NS,
+        [
+            PGBENCH, "-i", "-q", "-s", "5", "-h", VIP, "-p", "5000", "-U", "postgres", "postgres",
+        ],
+    );
+    c.env("PGPASSWORD", crate::lab::cluster::SUPERUSER_PASSWORD);
+    crate::lab::util::run(&mut c).context("pgbench -i -s 5 through the VIP")?;
+    Ok(())
+}
+
+/// `pgbench -S -c 4 -j 2 -T 20 -P 1` through VIP:5000 from the client namespace; progress
+/// lines are time-stamped on arrival (the prober's clock).
+struct Pgbench {
+    child: std::process::Child,
+    lines: std::sync::Arc<Mutex<Vec<(u64, String)>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct PgbenchResult {
+    status: i32,
+    aborted: bool,
+    processed: u64,
+    failed: Option<u64>,
+    /// (arrival ms, tps) of each `progress:` line.
+    progress: Vec<(u64, f64)>,
+    output: String,
+}
+
+impl Pgbench {
+    fn start(env: &Env) -> Result<Pgbench> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut c = crate::lab::util::ns_cmd(
+            crate::lab::cluster::CLIENT_NS,
+            [
+                PGBENCH, "-h", VIP, "-p", "5000", "-U", "postgres", "-S", "-c", "4", "-j", "2",
+                "-T", "20", "-P", "1", "postgres",
+            ],
+        );
+        c.env("PGPASSWORD", crate::lab::cluster::SUPERUSER_PASSWORD)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().context("starting pgbench")?;
+        env.event("pgbench -S -c 4 -j 2 -T 20 -P 1 through the VIP started");
+        let lines = std::sync::Arc::new(Mutex::new(vec![]));
+        let clock = env.prober.clock;
+        let mut readers = vec![];
+        let out: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("piped")),
+            Box::new(child.stderr.take().expect("piped")),
+        ];
+        for r in out {
+            let lines = lines.clone();
+            readers.push(std::thread::spawn(move || {
+                for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push((clock.ms(), l));
+                }
+            }));
+        }
+        Ok(Pgbench {
+            child,
+            lines,
+            readers,
+        })
+    }
+
+    fn wait(mut self) -> Result<PgbenchResult> {
+        let st = self.child.wait().context("waiting for pgbench")?;
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        let output = lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let num = |prefix: &str| {
+            lines.iter().find_map(|(_, l)| {
+                l.strip_prefix(prefix)?
+                    .split_whitespace()
+                    .next()?
+                    .split('/')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        let progress = lines
+            .iter()
+            .filter_map(|(t, l)| {
+                let rest = l.strip_prefix("progress: ")?;
+                let tps = rest.split(", ").nth(1)?.strip_suffix(" tps")?;
+                Some((*t, tps.parse::<f64>().ok()?))
+            })
+            .collect();
+        Ok(PgbenchResult {
+            status: st.code().unwrap_or(-1),
+            aborted: output.contains("aborted") || output.contains("Run was aborted"),
+            processed: num("number of transactions actually processed: ").unwrap_or(0),
+            failed: num("number of failed transactions: "),
+            progress,
+            output,
+        })
+    }
+}
+
+impl PgbenchResult {
+    /// Mean tps of the progress seconds before `stop`, of the 2 s around the replacement
+    /// (the second in which it was stopped and the next one, extended to 1 s after `ready`
+    /// if it took longer), and after; plus the lowest second around it. Each `-P 1` line
+    /// covers the second before its arrival.
+    fn tps_windows(&self, stop: u64, ready: u64) -> (f64, f64, f64, f64) {
+        let end = (stop + 2000).max(ready + 1000);
+        let mean = |v: Vec<f64>| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let pick = |f: &dyn Fn(u64) -> bool| {
+            self.progress
+                .iter()
+                .filter(|(t, _)| f(*t))
+                .map(|(_, x)| *x)
+                .collect::<Vec<_>>()
+        };
+        let around = pick(&|t| t > stop && t <= end);
+        let min = around.iter().copied().fold(f64::INFINITY, f64::min);
+        (
+            mean(pick(&|t| t <= stop)),
+            mean(around),
+            mean(pick(&|t| t > end)),
+            if min.is_finite() { min } else { 0.0 },
+        )
     }
 }
 

@@ -246,6 +246,7 @@ fn play(env: &Env, all: bool, filter: Option<&str>) -> Vec<Outcome> {
     ];
     if all {
         list.push(("controller-restart", Env::controller_restart));
+        list.push(("upgrade-under-pgbench", Env::upgrade_under_pgbench));
     }
     list.into_iter()
         .filter(|(n, _)| filter.is_none_or(|f| n.contains(f)))

@@ -590,7 +590,6 @@ impl Env {
     /// client aborted, and the new process takes over the pinned XDP link.
     // Registered by `("upgrade-under-pgbench", Env::upgrade_under_pgbench)` in `play()`
     // (demo.rs, next to "controller-restart"); until that line lands it has no caller.
-    #[allow(dead_code)]
     pub fn upgrade_under_pgbench(&self) -> Outcome {
         self.run_one("upgrade under pgbench", |env, o| {
             let leader = env.leader_name()?;

@@ -627,6 +627,48 @@ impl Pgr<'_> {
     }
 }
 
+/// HAProxy with the seed's config on edge2 (binds *:5000, so 198.18.0.22:5000); waits until
+/// its checks have marked the replicas down.
+fn start_haproxy(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
+    let hcfg = dir.join("haproxy.cfg");
+    fs::write(&hcfg, HAPROXY_TMPL)?;
+    lab.spawn(
+        "edge2",
+        HAPROXY_PROC,
+        &[s("haproxy"), s("-db"), s("-f"), hcfg.display().to_string()],
+    )?;
+    wait_primary(
+        lab,
+        "HAProxy 198.18.0.22:5000 to reach the primary",
+        HAPROXY_ADDR,
+        5000,
+        6,
+    )
+    .with_context(|| lab_log(lab, HAPROXY_PROC))
+}
+
+/// Whether a process started by `lab.spawn` under `name` still runs.
+fn spawned_alive(lab: &Lab, name: &str) -> bool {
+    lab.spawned()
+        .iter()
+        .any(|(n, pid)| n == name && crate::lab::util::pid_alive(*pid))
+}
+
+/// Restarts HAProxy if something killed it (e.g. `cargo xtask setup`, which runs
+/// `pkill -x haproxy` for Debian's service, from another shell) and says so in the report.
+fn ensure_haproxy(lab: &Lab, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    if spawned_alive(lab, HAPROXY_PROC) {
+        return Ok(());
+    }
+    println!("bench: HAProxy is gone (killed from outside?); restarting it");
+    report.notes.push(
+        "HAProxy was killed from outside during the runs (e.g. by `cargo xtask setup` in \
+         another shell: it runs `pkill -x haproxy`) and restarted; a run it broke was repeated"
+            .into(),
+    );
+    start_haproxy(lab, dir)
+}
+
 /// `pgrouter detach -c CFG` in edge1: unpins the XDP link and maps (they outlive a
 /// SIGTERMed controller by design).
 fn detach(lab: &Lab, cfg: &Path) {
@@ -685,23 +727,7 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
     let first = p.targets().iter().find_map(|t| t.xdp()).unwrap_or("native");
     pgr.ensure(first, report)?;
 
-    // HAProxy with the seed's config on edge2 (binds *:5000, so 198.18.0.22:5000).
-    let hcfg = dir.join("haproxy.cfg");
-    fs::write(&hcfg, HAPROXY_TMPL)?;
-    lab.spawn(
-        "edge2",
-        HAPROXY_PROC,
-        &[s("haproxy"), s("-db"), s("-f"), hcfg.display().to_string()],
-    )?;
-
-    wait_primary(
-        lab,
-        "HAProxy 198.18.0.22:5000 to reach the primary",
-        HAPROXY_ADDR,
-        5000,
-        6,
-    )
-    .with_context(|| lab_log(lab, HAPROXY_PROC))?;
+    start_haproxy(lab, dir)?;
     let t = Instant::now();
     pgbench(&[
         s("-i"),
@@ -727,6 +753,9 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         if let Some(m) = tg.xdp() {
             pgr.ensure(m, report)?;
         }
+        if tg == Target::Haproxy {
+            ensure_haproxy(lab, dir, report)?;
+        }
         let w = run_one(p, Mode::Persistent, tg, &leader.host, p.warmup_seconds)?;
         println!("bench: warm-up {:<21} {:>8.0} tps", tg.name(), w.tps);
     }
@@ -737,7 +766,16 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
                 if let Some(m) = tg.xdp() {
                     pgr.ensure(m, report)?;
                 }
-                let smp = run_one(p, mode, tg, &leader.host, p.seconds)?;
+                if tg == Target::Haproxy {
+                    ensure_haproxy(lab, dir, report)?;
+                }
+                let smp = match run_one(p, mode, tg, &leader.host, p.seconds) {
+                    Err(_) if tg == Target::Haproxy && !spawned_alive(lab, HAPROXY_PROC) => {
+                        ensure_haproxy(lab, dir, report)?;
+                        run_one(p, mode, tg, &leader.host, p.seconds)?
+                    }
+                    r => r?,
+                };
                 println!(
                     "bench: rep {} {:<10} {:<21} {:>8.0} tps {:>7.3} ms{}",
                     rep + 1,
@@ -815,6 +853,15 @@ fn xdp_mode(dir: &Path) -> String {
 /// Stops what `measure` started and the lab; every step is attempted.
 fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
     let mut errs = Vec::new();
+    // Keep the proxies' logs for a post-mortem (the lab dir goes with `lab down`).
+    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let _ = fs::create_dir_all(&keep);
+    for name in [HAPROXY_PROC, PGROUTER_PROC] {
+        let _ = fs::copy(
+            lab.dir.join(format!("{name}.log")),
+            keep.join(format!("{name}.log")),
+        );
+    }
     for name in [HAPROXY_PROC, PGROUTER_PROC] {
         if let Err(e) = lab.kill_proc(name, libc::SIGTERM) {
             errs.push(format!("stopping {name}: {e:#}"));

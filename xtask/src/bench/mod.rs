@@ -77,8 +77,9 @@ fn root() -> PathBuf {
 
 /// Failover section: draws every `target/bench/failover-<scenario>.json` (written by the
 /// failover scenarios) to `docs/img/failover-<scenario>.svg` and embeds it, after
-/// `outages` (the scenarios' outage table, markdown) when given.
-pub fn failover_md(outages: Option<&str>) -> String {
+/// `outages` (the scenarios' outage table, markdown) when given. Timelines that started before
+/// `since_unix_ms` are marked as coming from an earlier run.
+pub fn failover_md(outages: Option<&str>, since_unix_ms: u64) -> String {
     let root = root();
     let mut md = String::new();
     let _ = writeln!(md, "## Failover: HAProxy + Keepalived vs pgrouter\n");
@@ -104,8 +105,13 @@ pub fn failover_md(outages: Option<&str>) -> String {
                     Ok((path, t0)) => {
                         let _ = writeln!(
                             md,
-                            "### {scenario}\n\n![{scenario}]({path})\n\nStarted {}.\n",
-                            svg::utc(t0)
+                            "### {scenario}\n\n![{scenario}]({path})\n\nStarted {}{}.\n",
+                            svg::utc(t0),
+                            if t0 < since_unix_ms {
+                                " — from an earlier run of the failover scenarios, not this one"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     Err(e) => {
@@ -129,12 +135,16 @@ pub fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Ok("failover") => {
-            print!("{}", failover_md(None));
+            print!("{}", failover_md(None, 0));
             return Ok(());
         }
         _ => {}
     }
     let started = std::time::Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let m = xdp_micro()?;
     let get = |k: &str| {
         m.iter()
@@ -191,7 +201,10 @@ pub fn run() -> anyhow::Result<()> {
             Some(e)
         }
     };
-    md.push_str(&failover_md(None));
+    // Failover scenarios: they take the lab session lock themselves, after pgbench::run()
+    // has released it, write target/bench/failover-*.json and return the outage table,
+    // which goes in place of `None` here.
+    md.push_str(&failover_md(None, started_unix_ms));
     let _ = writeln!(md, "Whole run: {:.0} s.", started.elapsed().as_secs_f64());
     std::fs::write(root().join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");

@@ -45,16 +45,22 @@ pub fn run_setup() -> anyhow::Result<()> {
         run(Command::new("apt-get")
             .args(["update", "-q"])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run(Command::new("apt-get")
+        // Debian's keepalived and haproxy would start services on install; the tests start
+        // their own. policy-rc.d tells invoke-rc.d not to start anything meanwhile.
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists();
+        if ours {
+            std::fs::write(policy, "#!/bin/sh\nexit 101\n").context("writing policy-rc.d")?;
+            run(Command::new("chmod").args(["755", "/usr/sbin/policy-rc.d"]))?;
+        }
+        let r = run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    // Debian's keepalived and haproxy start services on install; the tests run their own.
-    for svc in ["keepalived", "haproxy"] {
-        let _ = Command::new("sh")
-            .args(["-c", &format!("command -v systemctl >/dev/null && systemctl disable --now {svc} 2>/dev/null; pkill -x {svc} 2>/dev/null; true")])
-            .status();
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        r?;
     }
     rust_toolchain()?;
     bpf_linker()?;

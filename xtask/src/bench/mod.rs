@@ -202,9 +202,13 @@ pub fn run() -> anyhow::Result<()> {
         }
     };
     // Failover scenarios: they take the lab session lock themselves, after pgbench::run()
-    // has released it, write target/bench/failover-*.json and return the outage table,
-    // which goes in place of `None` here.
-    md.push_str(&failover_md(None, started_unix_ms));
+    // has released it, write target/bench/failover-*.json and return the outage table.
+    let failover = crate::demo::bench_failover();
+    let table = match &failover {
+        Ok(results) => crate::demo::markdown(results),
+        Err(e) => format!("Failover measurements failed in this run: {e:#}"),
+    };
+    md.push_str(&failover_md(Some(&table), started_unix_ms));
     let _ = writeln!(md, "Whole run: {:.0} s.", started.elapsed().as_secs_f64());
     std::fs::write(root().join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");

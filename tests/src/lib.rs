@@ -85,3 +85,24 @@ pub fn pgrouter_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// The running daemon's `pgrouter status --json`, or `None` while it does not answer.
+pub fn status_json(socket: &str) -> Option<serde_json::Value> {
+    let out = std::process::Command::new(pgrouter_bin())
+        .args(["status", "--json", "--socket", socket])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Mounts a bpffs on `dir` from the test's (host's) mount namespace. `ip netns exec` gives the
+/// daemon a private mount namespace, where a bpffs it mounted itself would vanish when it
+/// exits, taking the pins (and the data path's survival across restarts) with it.
+pub fn mount_bpffs(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let d = dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    run("mount", &["-t", "bpf", "bpf", d])?;
+    Ok(())
+}

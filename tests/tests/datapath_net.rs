@@ -108,9 +108,7 @@ fn setup(prefix: &str, mode: &str) -> Setup {
     // `ip netns exec` gives pgrouter a private mount namespace: a bpffs it mounted itself
     // would vanish with it (and the pinned link with it). Mount it here, in ours, as systemd
     // would on a host.
-    let bpf = lab.dir.join("bpf");
-    std::fs::create_dir_all(&bpf).expect("bpf dir");
-    tests::run("mount", &["-t", "bpf", "bpf", bpf.to_str().expect("utf8")]).expect("mount bpffs");
+    tests::mount_bpffs(&lab.dir.join("bpf")).expect("mount bpffs");
     let cfg_path = lab.dir.join("pgrouter.toml");
     std::fs::write(&cfg_path, config(&lab, mode, "pg1")).expect("config");
     let bin = tests::pgrouter_bin();
@@ -128,11 +126,7 @@ fn setup(prefix: &str, mode: &str) -> Setup {
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let s2 = socket.clone();
     wait_for("pgrouter to publish sets", Duration::from_secs(20), || {
-        let out = std::process::Command::new(tests::pgrouter_bin())
-            .args(["status", "--json", "--socket", &s2])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let v = tests::status_json(&s2)?;
         let ready = v["listeners"]
             .as_array()?
             .iter()
@@ -375,13 +369,7 @@ fn killed_controller_keeps_sessions_and_restart_adopts_the_pinned_data_path() {
     wait_for(
         "restarted pgrouter to answer",
         Duration::from_secs(20),
-        || {
-            let out = std::process::Command::new(tests::pgrouter_bin())
-                .args(["status", "--json", "--socket", &sock])
-                .output()
-                .ok()?;
-            out.status.success().then_some(())
-        },
+        || tests::status_json(&sock).map(|_| ()),
     )
     .expect("restart answers");
     // If the sessions already failed, the holder is gone and its result says why.
@@ -441,11 +429,7 @@ fn new_map_layout_takes_over_the_link_and_says_so() {
         .expect("restart");
     let sock = s.socket.clone();
     wait_for("the new build to answer", Duration::from_secs(20), || {
-        let out = std::process::Command::new(tests::pgrouter_bin())
-            .args(["status", "--json", "--socket", &sock])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let v = tests::status_json(&sock)?;
         (v["listeners"][0]["generation"].as_u64()? > 0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.log("pgrouter2")));

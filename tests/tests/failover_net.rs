@@ -106,9 +106,7 @@ fn setup(prefix: &str) -> Net {
     for (i, prio) in [(0usize, 150u8), (1, 100)] {
         let edge = format!("edge{}", i + 1);
         // Pins on a bpffs of the host's mount namespace (see datapath_net.rs).
-        let bpf = lab.dir.join(format!("{edge}-bpf"));
-        std::fs::create_dir_all(&bpf).expect("bpf dir");
-        tests::run("mount", &["-t", "bpf", "bpf", bpf.to_str().expect("utf8")]).expect("bpffs");
+        tests::mount_bpffs(&lab.dir.join(format!("{edge}-bpf"))).expect("bpffs");
         let cfg = lab.dir.join(format!("{edge}.toml"));
         std::fs::write(&cfg, edge_config(&lab, &edge, prio)).expect("config");
         let ns = edges[i].clone();

@@ -134,11 +134,7 @@ fn set_states(dir: &Path, states: &[(&str, &str)]) {
 }
 
 fn status(socket: &str) -> Option<Value> {
-    let out = std::process::Command::new(tests::pgrouter_bin())
-        .args(["status", "--json", "--socket", socket])
-        .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+    tests::status_json(socket)
 }
 
 /// Members of a listener's set (cluster view), e.g. `set_members(&v, "PG1_ro")`.
@@ -246,9 +242,7 @@ fn setup(prefix: &str, o: Opts) -> Setup {
     // bpffs for the pins, mounted here in the root mount namespace: `ip netns exec` gives
     // pgrouter a private mount namespace, and a bpffs it mounted there itself would vanish
     // (with the pinned link and maps) when it exits, unlike on a real host.
-    let pins = lab.dir.join("bpf");
-    std::fs::create_dir_all(&pins).expect("pin dir");
-    tests::run("mount", &["-t", "bpf", "bpf", pins.to_str().expect("utf8")]).expect("bpffs");
+    tests::mount_bpffs(&lab.dir.join("bpf")).expect("bpffs");
     let cfg_path = lab.dir.join("pgrouter.toml");
     std::fs::write(&cfg_path, config(&lab, o)).expect("config");
     let bin = tests::pgrouter_bin();

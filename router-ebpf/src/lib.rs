@@ -296,7 +296,27 @@ pub mod counter {
     /// Passed: the frame is addressed to another host's MAC (flooded by a switch that lost
     /// track of the VIP owner). Only the host the frame is for may answer it.
     pub const PASS_OTHER_HOST: u32 = 15;
+    /// Names of the counters above, indexed by their value (status, metrics, docs/maps.md).
+    pub const NAMES: [&str; 16] = [
+        "pass_not_ipv4",
+        "pass_not_tcp",
+        "pass_not_ours",
+        "pass_malformed",
+        "pass_unsupported",
+        "pass_no_neigh",
+        "pass_fib_other",
+        "tx",
+        "redirect",
+        "drop_syn",
+        "rst_unknown_flow",
+        "rst_shutdown",
+        "ct_insert_failed",
+        "pass_no_iface",
+        "drop_rst_no_flow",
+        "pass_other_host",
+    ];
     pub const COUNT: u32 = 16;
+    const _: () = assert!(NAMES.len() as u32 == COUNT);
 }
 
 /// Field-wise sums, for adding up per-CPU values in userspace.

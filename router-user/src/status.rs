@@ -69,25 +69,6 @@ pub struct BackendStatus {
     pub drop_maxconn: u64,
 }
 
-pub const COUNTER_NAMES: [&str; 16] = [
-    "pass_not_ipv4",
-    "pass_not_tcp",
-    "pass_not_ours",
-    "pass_malformed",
-    "pass_unsupported",
-    "pass_no_neigh",
-    "pass_fib_other",
-    "tx",
-    "redirect",
-    "drop_syn",
-    "rst_unknown_flow",
-    "rst_shutdown",
-    "ct_insert_failed",
-    "pass_no_iface",
-    "drop_rst_no_flow",
-    "pass_other_host",
-];
-
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
@@ -157,7 +138,7 @@ pub fn collect(
             });
         }
     }
-    let counters = COUNTER_NAMES
+    let counters = router_ebpf::counter::NAMES
         .iter()
         .enumerate()
         .map(|(i, n)| ((*n).to_string(), maps.counter(i as u32)))

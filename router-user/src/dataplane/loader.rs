@@ -104,12 +104,7 @@ impl Datapath {
         let link = prog.take_link(id)?;
         match move_to {
             Some(to) => {
-                let fd_link = FdLink::try_from(link)
-                    .map_err(|e| anyhow!("XDP link on {iface} cannot be pinned: {e}"))?;
-                let pinned = fd_link
-                    .pin(to)
-                    .with_context(|| format!("pinning link {}", to.display()))?;
-                std::mem::forget(pinned);
+                pin_link(link, iface, to)?;
                 fs::remove_file(from).with_context(|| format!("removing {}", from.display()))?;
             }
             // The link stays pinned; forget our handle so dropping it does not detach.
@@ -163,14 +158,7 @@ impl Datapath {
             match prog.attach(iface, *m) {
                 Ok(id) => {
                     if let Some(link_pin) = &link_pin {
-                        let link = prog.take_link(id)?;
-                        let fd_link = FdLink::try_from(link)
-                            .map_err(|e| anyhow!("XDP link on {iface} cannot be pinned: {e}"))?;
-                        let pinned = fd_link
-                            .pin(link_pin)
-                            .with_context(|| format!("pinning link {}", link_pin.display()))?;
-                        // Pinned: keep it attached after we exit.
-                        std::mem::forget(pinned);
+                        pin_link(prog.take_link(id)?, iface, link_pin)?;
                     }
                     if *label == "generic" && mode == AttachMode::Auto {
                         warn!(iface, "native XDP unavailable; attached in generic mode");
@@ -196,6 +184,18 @@ pub fn detach(pin_path: &Path, iface: &str) -> anyhow::Result<bool> {
     }
     fs::remove_file(&link_pin).with_context(|| format!("removing {}", link_pin.display()))?;
     Ok(true)
+}
+
+/// Pins an XDP link at `path` and lets go of our handle, so the program stays attached after
+/// this process exits.
+fn pin_link(link: XdpLink, iface: &str, path: &Path) -> anyhow::Result<()> {
+    let fd_link =
+        FdLink::try_from(link).map_err(|e| anyhow!("XDP link on {iface} cannot be pinned: {e}"))?;
+    let pinned = fd_link
+        .pin(path)
+        .with_context(|| format!("pinning link {}", path.display()))?;
+    std::mem::forget(pinned);
+    Ok(())
 }
 
 /// A link on `iface` pinned by a build with another map layout (a sibling `v<N>` folder).

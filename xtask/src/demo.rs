@@ -460,7 +460,7 @@ pub fn bench_failover() -> Result<Vec<FailoverResult>> {
 /// The failover table for BENCHMARKS.md.
 pub fn markdown(results: &[FailoverResult]) -> String {
     let mut s = String::from(
-        "## Failover outages seen by a client (Patroni lab)\n\n\
+        "### Outages seen by a client (Patroni lab)\n\n\
          Two probers in the lab's client namespace, running at the same time through the same \
          events: each opens a new connection every 100 ms for a write (`INSERT … RETURNING \
          inet_server_addr()`, port 5000) and for a read (port 5001). pgrouter (VIP on edge1, \

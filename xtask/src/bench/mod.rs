@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: speed figures as ratios against a baseline measured in the same run,
 //! written to BENCHMARKS.md. Never timed assertions.
+pub mod hairpin;
 pub mod pgbench;
 pub mod svg;
 

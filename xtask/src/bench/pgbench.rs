@@ -1,9 +1,11 @@
 //! pgbench through the three paths a client can take to the Patroni primary, in one lab, in
 //! one run: directly (`leader:5432`), through HAProxy with the seed's configuration
 //! (`lab/haproxy.cfg.tmpl`, on edge2, `198.18.0.22:5000`) and through pgrouter (XDP on edge1,
-//! `VIP:5000`). Select-only (`pgbench -S`), with persistent connections and with a new
-//! connection per transaction (`-C`); targets alternate within each repetition to spread
-//! drift. Method: docs/benchmarks.md.
+//! `VIP:5000`) — plus the hairpin floor (`hairpin.rs`): direct, but over pgrouter's extra hop
+//! with no router logic, which bounds what any edge-host router can reach in this lab.
+//! Select-only (`pgbench -S`), with persistent connections and with a new connection per
+//! transaction (`-C`); targets alternate within each repetition to spread drift. Method:
+//! docs/benchmarks.md.
 use std::{
     fmt::Write as _,
     fs,
@@ -15,9 +17,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::hairpin;
 use crate::lab::{
     Lab,
-    cluster::{CLIENT_NS, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP},
+    cluster::{CLIENT_NS, Host, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP, host},
     util::wait_for,
 };
 
@@ -31,7 +34,7 @@ const PGROUTER_PROC: &str = "pgrouter-bench";
 const HAPROXY_PROC: &str = "haproxy-bench";
 
 /// Run parameters (env overrides: `PGR_BENCH_SECONDS`, `PGR_BENCH_REPS`,
-/// `PGR_BENCH_CLIENTS`, `PGR_BENCH_SCALE`, `PGR_BENCH_GENERIC`).
+/// `PGR_BENCH_CLIENTS`, `PGR_BENCH_SCALE`, `PGR_BENCH_GENERIC`, `PGR_BENCH_HAIRPIN`).
 #[derive(Clone, Debug)]
 pub struct Params {
     pub seconds: u32,
@@ -42,6 +45,8 @@ pub struct Params {
     pub warmup_seconds: u32,
     /// Also measure pgrouter with `mode = "generic"` (`PGR_BENCH_GENERIC=0`: don't).
     pub generic_too: bool,
+    /// Also measure the hairpin floor (`PGR_BENCH_HAIRPIN=0`: don't).
+    pub hairpin: bool,
 }
 
 impl Params {
@@ -64,6 +69,7 @@ impl Params {
             scale: get("PGR_BENCH_SCALE", 10)?,
             warmup_seconds: 3,
             generic_too: std::env::var("PGR_BENCH_GENERIC").as_deref() != Ok("0"),
+            hairpin: std::env::var("PGR_BENCH_HAIRPIN").as_deref() != Ok("0"),
         })
     }
 
@@ -71,6 +77,7 @@ impl Params {
         Target::ALL
             .into_iter()
             .filter(|t| self.generic_too || *t != Target::PgrouterGeneric)
+            .filter(|t| self.hairpin || *t != Target::Hairpin)
             .collect()
     }
 }
@@ -78,6 +85,9 @@ impl Params {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Direct,
+    /// Direct, but through edge2 and a MAC-rewriting XDP_TX program: the lab's cost of the
+    /// extra hop, without pgrouter (`hairpin.rs`).
+    Hairpin,
     Haproxy,
     /// Native XDP (plus an XDP_PASS program on the veth peer, see [`PeerXdpPass`]).
     Pgrouter,
@@ -85,8 +95,9 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Direct,
+        Target::Hairpin,
         Target::Haproxy,
         Target::Pgrouter,
         Target::PgrouterGeneric,
@@ -94,6 +105,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
+            Target::Hairpin => "hairpin floor (generic XDP)",
             Target::Haproxy => "HAProxy",
             Target::Pgrouter => "pgrouter",
             Target::PgrouterGeneric => "pgrouter, generic XDP",
@@ -241,6 +253,19 @@ impl Report {
                     ""
                 },
             );
+            if p.hairpin {
+                let _ = writeln!(
+                    md,
+                    "**hairpin floor** = direct to `{}:5432`, but the client's and the leader's \
+                     neighbour entries for each other point at edge2, where a generic-XDP program \
+                     rewrites the two MAC addresses and bounces the frame (XDP_TX; \
+                     `xtask/src/bench/hairpin.rs`): the same extra hop as pgrouter's (every packet \
+                     crosses the bridge twice and an edge host's veth) with no NAT, no conntrack, no \
+                     lookups — the floor for any router on an edge host in this lab. Each run checks \
+                     that edge2's own IP stack did not carry the traffic.\n",
+                    self.leader.split(' ').nth(1).unwrap_or("?"),
+                );
+            }
         }
         for mode in Mode::ALL {
             if self.of(mode, Target::Direct).is_empty() {
@@ -300,6 +325,23 @@ impl Report {
                     r(Target::PgrouterGeneric, Target::Haproxy),
                 );
             }
+            if !self.of(mode, Target::Hairpin).is_empty() {
+                let _ = writeln!(
+                    md,
+                    "Hairpin floor/direct **{:.3}×**: what the extra hop through an edge host costs in \
+                     this lab with no router logic at all. pgrouter/floor: {:.3}× native{}.\n",
+                    r(Target::Hairpin, Target::Direct),
+                    r(Target::Pgrouter, Target::Hairpin),
+                    if self.of(mode, Target::PgrouterGeneric).is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", **{:.3}×** generic (same XDP mode as the floor)",
+                            r(Target::PgrouterGeneric, Target::Hairpin)
+                        )
+                    },
+                );
+            }
         }
         if !self.load.0.is_empty() {
             let _ = writeln!(
@@ -354,70 +396,106 @@ pub struct PeerXdpPass {
 
 impl PeerXdpPass {
     pub fn attach(ifname: &str) -> anyhow::Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        const BPF_PROG_LOAD: libc::c_long = 5;
-        const BPF_LINK_CREATE: libc::c_long = 28;
-        const BPF_PROG_TYPE_XDP: u32 = 6;
-        const BPF_XDP: u32 = 37;
-        const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-        // r0 = XDP_PASS (2); exit
-        let insns: [u64; 2] = [
+        // r0 = XDP_PASS; exit
+        let insns = [
             u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
             u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
         ];
-        let license = c"GPL";
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
-        attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
-        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-        attr[48..57].copy_from_slice(b"bench_xdp");
-        // SAFETY: bpf(2) with a zeroed attr of the documented layout; the pointers outlive the call.
-        let prog = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                attr.as_ptr(),
-                attr.len() as u32,
-            )
-        };
-        if prog < 0 {
-            bail!(
-                "BPF_PROG_LOAD (XDP_PASS): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: a new fd returned by the kernel, owned from here on.
-        let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog as i32) };
-        let name = std::ffi::CString::new(ifname)?;
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        anyhow::ensure!(ifindex != 0, "no interface {ifname}");
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-        attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-        attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
-        attr[12..16].copy_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
-        // SAFETY: as above.
-        let link = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_LINK_CREATE,
-                attr.as_ptr(),
-                attr.len() as u32,
-            )
-        };
-        if link < 0 {
-            bail!(
-                "BPF_LINK_CREATE XDP on {ifname}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        let prog = hairpin::load("bench_xdp", &insns)?;
+        let link = hairpin::attach(&prog, None, ifname, hairpin::XDP_FLAGS_DRV_MODE)?;
         Ok(PeerXdpPass {
-            // SAFETY: as above.
-            _link: unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) },
+            _link: link,
             _prog: prog,
         })
+    }
+}
+
+/// The hairpin floor for one run (see `hairpin.rs`): the program on edge2's eth0 (generic
+/// XDP) and the client's and the leader's neighbour entries for each other pointing at
+/// edge2. Undone on drop. Checked: edge2's own IP stack must not see the traffic.
+struct HairpinRun {
+    _link: std::os::fd::OwnedFd,
+    _prog: std::os::fd::OwnedFd,
+    /// (namespace, address) neighbour entries to remove again.
+    neigh: Vec<(String, String)>,
+    in_receives: u64,
+}
+
+/// `Ip: InReceives` of edge2's namespace: packets its IP stack took in.
+fn edge2_in_receives() -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", "pgrlab-edge2", "cat", "/proc/net/snmp"])
+        .output()
+        .context("reading edge2's /proc/net/snmp")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+        bail!("no Ip: lines in edge2's /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InReceives")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("no Ip: InReceives in edge2's /proc/net/snmp")
+}
+
+impl HairpinRun {
+    fn start(leader: &str) -> anyhow::Result<Self> {
+        let edge = host("edge2")?;
+        let client = host("client")?;
+        let leader = host(leader)?;
+        let ip = |h: Host| -> anyhow::Result<[u8; 4]> {
+            Ok(h.addr.parse::<std::net::Ipv4Addr>()?.octets())
+        };
+        let routes = [
+            (ip(leader)?, hairpin::parse_mac(&leader.mac())?),
+            (ip(client)?, hairpin::parse_mac(&client.mac())?),
+        ];
+        let prog = hairpin::load(
+            "bench_hairpin",
+            &hairpin::program(hairpin::parse_mac(&edge.mac())?, &routes),
+        )?;
+        let link = hairpin::attach(&prog, Some(&edge.ns()), "eth0", hairpin::XDP_FLAGS_SKB_MODE)?;
+        let mut run = HairpinRun {
+            _link: link,
+            _prog: prog,
+            neigh: Vec::new(),
+            in_receives: edge2_in_receives()?,
+        };
+        for (at, to) in [(client, leader), (leader, client)] {
+            run.neigh.push((at.ns(), to.addr.to_string()));
+            let st = Command::new("ip")
+                .args(["-n", &at.ns(), "neigh", "replace", to.addr, "lladdr"])
+                .arg(edge.mac())
+                .args(["nud", "permanent", "dev", "eth0"])
+                .status()?;
+            anyhow::ensure!(st.success(), "ip -n {} neigh replace {}", at.ns(), to.addr);
+        }
+        Ok(run)
+    }
+
+    /// Fails when edge2's IP stack took in a share of the run's packets: then the kernel,
+    /// not the hairpin, carried them and the row would not be the floor.
+    fn check(&self, txns: u64) -> anyhow::Result<()> {
+        let seen = edge2_in_receives()?.saturating_sub(self.in_receives);
+        // Carried by the kernel, a transaction is at least two packets (ten or more with
+        // `-C`); the allowance is for edge2's own traffic (HAProxy's checks).
+        anyhow::ensure!(
+            seen < 200 + txns / 2,
+            "hairpin run: edge2's IP stack took in {seen} packets for {txns} transactions"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for HairpinRun {
+    fn drop(&mut self) {
+        for (ns, addr) in &self.neigh {
+            let _ = Command::new("ip")
+                .args(["-n", ns, "neigh", "del", addr, "dev", "eth0"])
+                .status();
+        }
     }
 }
 
@@ -519,7 +597,7 @@ fn pgbench(args: &[String]) -> anyhow::Result<String> {
 
 fn addr_of(t: Target, leader_host: &str) -> (String, u16) {
     match t {
-        Target::Direct => (leader_host.to_string(), 5432),
+        Target::Direct | Target::Hairpin => (leader_host.to_string(), 5432),
         Target::Haproxy => (HAPROXY_ADDR.to_string(), 5000),
         Target::Pgrouter | Target::PgrouterGeneric => (VIP.to_string(), 5000),
     }
@@ -529,10 +607,15 @@ fn run_one(
     p: &Params,
     mode: Mode,
     t: Target,
-    leader_host: &str,
+    (leader_name, leader_host): (&str, &str),
     seconds: u32,
 ) -> anyhow::Result<Sample> {
     let (host, port) = addr_of(t, leader_host);
+    let hairpin = if t == Target::Hairpin {
+        Some(HairpinRun::start(leader_name)?)
+    } else {
+        None
+    };
     let mut args = vec![
         s("-n"),
         s("-S"),
@@ -554,7 +637,11 @@ fn run_one(
     }
     args.push(s("postgres"));
     let out = pgbench(&args)?;
-    parse_pgbench(&out)
+    let sample = parse_pgbench(&out)?;
+    if let Some(h) = hairpin {
+        h.check(sample.txns)?;
+    }
+    Ok(sample)
 }
 
 /// The benchmark's pgrouter on edge1, restarted when another XDP mode is needed.
@@ -756,7 +843,13 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         if tg == Target::Haproxy {
             ensure_haproxy(lab, dir, report)?;
         }
-        let w = run_one(p, Mode::Persistent, tg, &leader.host, p.warmup_seconds)?;
+        let w = run_one(
+            p,
+            Mode::Persistent,
+            tg,
+            (&leader.name, &leader.host),
+            p.warmup_seconds,
+        )?;
         println!("bench: warm-up {:<21} {:>8.0} tps", tg.name(), w.tps);
     }
     for rep in 0..p.reps as usize {
@@ -769,10 +862,10 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
                 if tg == Target::Haproxy {
                     ensure_haproxy(lab, dir, report)?;
                 }
-                let smp = match run_one(p, mode, tg, &leader.host, p.seconds) {
+                let smp = match run_one(p, mode, tg, (&leader.name, &leader.host), p.seconds) {
                     Err(_) if tg == Target::Haproxy && !spawned_alive(lab, HAPROXY_PROC) => {
                         ensure_haproxy(lab, dir, report)?;
-                        run_one(p, mode, tg, &leader.host, p.seconds)?
+                        run_one(p, mode, tg, (&leader.name, &leader.host), p.seconds)?
                     }
                     r => r?,
                 };
@@ -971,6 +1064,7 @@ tps = 432.150000 (including reconnection times)
                 scale: 10,
                 warmup_seconds: 3,
                 generic_too: true,
+                hairpin: true,
             }),
             leader: "pg1 198.18.0.11".into(),
             xdp_mode: "native XDP on eth0".into(),

@@ -2,10 +2,11 @@
 //! target, so the intrinsics are used directly; LLVM lowers them to BPF_ATOMIC instructions.
 use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd, atomic_xsub};
 
-/// Adds `v`, returning nothing (a plain `lock add`).
+/// Adds `v` and returns the previous value (BPF_ADD | BPF_FETCH): the maxconn slot test and
+/// the taking of the slot are one instruction, so two CPUs can't both take the last slot.
 #[inline(always)]
-pub fn add(p: *mut u32, v: u32) {
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
+pub fn fetch_add(p: *mut u32, v: u32) -> u32 {
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(p, v) }
 }
 
 #[inline(always)]

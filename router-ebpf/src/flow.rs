@@ -172,11 +172,14 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
             return xdp_action::XDP_DROP;
         }
     };
+    // From here on the backend's slot is held: every path that drops the SYN gives it back.
     let Some(b) = PGR_BACKENDS.get(backend_id) else {
+        select::release(backend_id);
         return xdp_action::XDP_DROP;
     };
     let (min, max) = (svc.snat_port_min, svc.snat_port_max);
     if min == 0 || max < min {
+        select::release(backend_id);
         stats.drop_snat_exhausted += 1;
         count(counter::DROP_SYN);
         return xdp_action::XDP_DROP;
@@ -223,6 +226,7 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
     if !found {
         // Rare and actionable: the SNAT range is too small for the connection rate.
         aya_log_ebpf::warn!(ctx, "snat ports exhausted for service {}", svc.id);
+        select::release(backend_id);
         stats.drop_snat_exhausted += 1;
         count(counter::DROP_SYN);
         return xdp_action::XDP_DROP;
@@ -243,11 +247,9 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
     {
         // Another CPU created this flow from a duplicate SYN; the retransmit will use it.
         let _ = PGR_CONNTRACK.remove(&rkey);
+        select::release(backend_id);
         count(counter::CT_INSERT_FAILED);
         return xdp_action::XDP_DROP;
-    }
-    if let Some(c) = PGR_BACKEND_CONNS.get_ptr_mut(backend_id) {
-        atomic::add(c, 1);
     }
     stats.new_flows += 1;
     if let Some(bs) = backend_stats(backend_id) {

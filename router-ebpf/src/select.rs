@@ -1,10 +1,12 @@
 //! Backend selection for a new flow: balance mode, active state and maxconn.
 use router_ebpf::{
-    BACKEND_ACTIVE, BALANCE_LEAST_CONN, BALANCE_SOURCE_HASH, FlowKey, MAX_SET, Service,
+    BACKEND_ACTIVE, BACKEND_SHUTDOWN, BALANCE_LEAST_CONN, BALANCE_SOURCE_HASH, FlowKey, MAX_SET,
+    Service,
 };
 
-use crate::maps::{
-    PGR_BACKEND_CONNS, PGR_BACKEND_SETS, PGR_BACKENDS, PGR_RR_CURSOR, backend_stats,
+use crate::{
+    atomic,
+    maps::{PGR_BACKEND_CONNS, PGR_BACKEND_SETS, PGR_BACKENDS, PGR_RR_CURSOR, backend_stats},
 };
 
 pub enum NoChoice {
@@ -15,7 +17,47 @@ pub enum NoChoice {
     AllAtMaxconn,
 }
 
-/// Picks a backend id from the service's current set.
+/// Takes one of backend `id`'s slots. With a `maxconn` the count is raised first and the old
+/// value tested after (one atomic fetch-add): concurrent SYNs on other CPUs can never take
+/// more slots than there are. A flow that is not created after all gives it back with
+/// [`release`]; a created one when it closes.
+#[inline(always)]
+fn reserve(id: u32, maxconn: u32) -> bool {
+    let Some(c) = PGR_BACKEND_CONNS.get_ptr_mut(id) else {
+        return false;
+    };
+    let old = atomic::fetch_add(c, 1);
+    if maxconn != 0 && old >= maxconn {
+        atomic::sub(c, 1);
+        return false;
+    }
+    true
+}
+
+/// Gives back a slot taken by [`choose`] for a flow that was not created. As in closing a
+/// flow, a shut-down backend's count belongs to userspace (it zeroes it) and is left alone.
+#[inline(always)]
+pub fn release(id: u32) {
+    if PGR_BACKENDS
+        .get(id)
+        .is_some_and(|b| b.state == BACKEND_SHUTDOWN)
+    {
+        return;
+    }
+    if let Some(c) = PGR_BACKEND_CONNS.get_ptr_mut(id) {
+        atomic::sub(c, 1);
+    }
+}
+
+#[inline(always)]
+fn full(id: u32) {
+    if let Some(s) = backend_stats(id) {
+        s.drop_maxconn += 1;
+    }
+}
+
+/// Picks a backend id from the service's current set and takes one of its slots (see
+/// [`reserve`]); the caller must [`release`] it if the flow is not created.
 #[inline(always)]
 pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
     let Some(set) = PGR_BACKEND_SETS.get_ptr(&svc.id) else {
@@ -64,15 +106,20 @@ pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
             Some(p) => unsafe { core::ptr::read_volatile(p) },
             None => 0,
         };
+        // A plain read first: a full backend is skipped without an atomic operation.
         if b.maxconn != 0 && conns >= b.maxconn {
             saw_full = true;
-            if let Some(s) = backend_stats(id) {
-                s.drop_maxconn += 1;
-            }
+            full(id);
             continue;
         }
         if !least {
-            return Ok(id);
+            if reserve(id, b.maxconn) {
+                return Ok(id);
+            }
+            // Another CPU took the last slot since the read.
+            saw_full = true;
+            full(id);
+            continue;
         }
         if conns < best_conns {
             best = id;
@@ -80,7 +127,14 @@ pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
         }
     }
     if best != u32::MAX {
-        Ok(best)
+        let maxconn = PGR_BACKENDS.get(best).map_or(0, |b| b.maxconn);
+        if reserve(best, maxconn) {
+            return Ok(best);
+        }
+        // Lost the least-loaded backend's last slot to another CPU: the client's SYN
+        // retransmission picks again.
+        full(best);
+        Err(NoChoice::AllAtMaxconn)
     } else if saw_full {
         Err(NoChoice::AllAtMaxconn)
     } else {

@@ -516,6 +516,129 @@ fn maxconn_drops_syns_beyond_the_limit_and_frees_slots_on_close() {
 }
 
 #[test]
+fn a_syn_dropped_after_its_backend_was_chosen_gives_the_slot_back() {
+    let mut k = K::new();
+    let mut l = standard();
+    l[0].backends[0].maxconn = 2;
+    // One SNAT port: the first flow keeps the client's port 40000, the second finds none.
+    k.publish_with(&l, (40000, 40000));
+    let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
+    let sid = k.applied.service_ids["pg/PG1"];
+    open(&mut k, 40000, 5000);
+    let (v, _) = k.run(&client_syn(51030, 5000).build(&[]));
+    assert_eq!(v, XDP_DROP, "no SNAT port left");
+    assert_eq!(k.maps.service_stats(sid).drop_snat_exhausted, 1);
+    assert_eq!(
+        k.maps.active_conns(bid),
+        1,
+        "the dropped SYN's slot was given back"
+    );
+    // With ports again, exactly one more flow fits under maxconn 2.
+    k.publish_with(&l, SNAT);
+    open(&mut k, 51031, 5000);
+    let (v, _) = k.run(&client_syn(51032, 5000).build(&[]));
+    assert_eq!(v, XDP_DROP, "maxconn 2 reached");
+    assert_eq!(k.maps.active_conns(bid), 2);
+    assert_eq!(k.maps.service_stats(sid).drop_maxconn, 1);
+}
+
+/// BPF_PROG_TEST_RUN straight from a thread: aya's wrapper needs `&mut` on the program.
+fn raw_test_run(prog_fd: i32, frame: &[u8], ifindex: u32) -> u32 {
+    let ctx = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&1u32.to_ne_bytes()); // repeat
+    attr[40..44].copy_from_slice(&(ctx.len() as u32).to_ne_bytes());
+    attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: `union bpf_attr`'s test member, zero-padded; the buffers outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 10, attr.as_mut_ptr(), attr.len() as u32) };
+    assert_eq!(
+        r,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+    u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]])
+}
+
+/// Concurrent SYNs on every CPU never take more than `maxconn` slots. Each round raises
+/// maxconn by one and every CPU sends a SYN at the same moment: exactly one may get the new
+/// slot. Holds however the CPUs interleave, because testing and taking a slot is one atomic
+/// fetch-add (with a read-then-add, two CPUs that read the same count both took the slot).
+#[test]
+fn maxconn_holds_under_concurrent_syns_on_every_cpu() {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    use std::sync::Barrier;
+    const ROUNDS: u32 = 300;
+    let mut k = K::with_conntrack(65536);
+    let mut l = standard();
+    let bid = {
+        k.publish(&l);
+        k.applied.backend_ids[&("pg/PG1".into(), "a".into())]
+    };
+    let fd = {
+        let xdp: &Xdp =
+            k.dp.ebpf
+                .program(PROGRAM_NAME)
+                .expect("program")
+                .try_into()
+                .expect("xdp");
+        xdp.fd().expect("loaded").as_fd().as_raw_fd()
+    };
+    let ifindex = k.ifindex;
+    let cpus = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 16);
+    let (go, done) = (Barrier::new(cpus + 1), Barrier::new(cpus + 1));
+    let made = std::sync::atomic::AtomicU32::new(0);
+    let mut over = Vec::new();
+    std::thread::scope(|s| {
+        for cpu in 0..cpus {
+            let (go, done, made) = (&go, &done, &made);
+            s.spawn(move || {
+                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+                }
+                for round in 0..ROUNDS {
+                    let sport = 1024 + (round * cpus as u32 + cpu as u32) as u16;
+                    let frame = client_syn(sport, 5000).build(&[]);
+                    go.wait();
+                    if raw_test_run(fd, &frame, ifindex) == XDP_TX {
+                        made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    done.wait();
+                }
+            });
+        }
+        for round in 1..=ROUNDS {
+            l[0].backends[0].maxconn = round;
+            k.publish(&l);
+            go.wait();
+            done.wait();
+            let n = made.load(std::sync::atomic::Ordering::SeqCst);
+            if n > round {
+                over.push((round, n));
+            }
+        }
+    });
+    assert!(
+        over.is_empty(),
+        "{cpus} CPUs took more slots than maxconn (round, flows): {over:?}"
+    );
+    assert_eq!(made.into_inner(), ROUNDS, "one new slot per round, taken");
+    assert_eq!(k.maps.active_conns(bid), ROUNDS);
+    assert_eq!(k.flows().len() as u32, 2 * ROUNDS, "two entries per flow");
+}
+
+#[test]
 fn empty_write_set_drops_syns_and_never_picks_a_non_primary() {
     let mut k = K::new();
     let mut l = standard();

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use router_ebpf::{
-    BACKEND_ACTIVE, BACKEND_DRAIN, BACKEND_SHUTDOWN, FAMILY_IPV4, FLOW_F_CLOSED,
+    BACKEND_ACTIVE, BACKEND_DRAIN, BACKEND_SHUTDOWN, FAMILY_IPV4, FLOW_F_ANSWERED, FLOW_F_CLOSED,
     FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow, FlowKey, PROTO_TCP, Service,
     counter,
 };
@@ -265,6 +265,17 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
 fn translate(ctx: &XdpContext, h: &Headers, entry: *mut Flow, f: &Flow, tcp_flags: u8) -> u32 {
     if tcp_flags & TCP_ACK != 0 {
         unsafe { (*entry).last_ack = get32(&(*h.tcp).ack) };
+    }
+    if f.flags & (FLOW_F_REPLY | FLOW_F_ANSWERED) == FLOW_F_REPLY {
+        // The backend's first answer. Only this flow's reply packets write the reply entry's
+        // flags, so a plain write is enough (two CPUs would write the same bit).
+        if tcp_flags & TCP_RST != 0 {
+            if let Some(b) = backend_stats(f.backend_id) {
+                b.refused += 1;
+            }
+        } else {
+            unsafe { (*entry).flags |= FLOW_F_ANSWERED };
+        }
     }
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         track_close(entry, f, tcp_flags);

@@ -16,7 +16,7 @@ pub type Be32 = u32;
 
 /// Bumped whenever a map layout below changes; userspace pins maps under a folder named after it
 /// so an incompatible build never reads an old map.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Most services (VIP:port listeners) one data path serves.
 pub const MAX_SERVICES: u32 = 256;
@@ -186,6 +186,9 @@ pub const FLOW_F_FIN_CLIENT: u64 = 1 << 1;
 pub const FLOW_F_FIN_BACKEND: u64 = 1 << 2;
 /// Closed (both FINs, or a RST): a new SYN on this tuple starts a new flow.
 pub const FLOW_F_CLOSED: u64 = 1 << 3;
+/// Reply entry only: the backend has answered with something other than a RST, so a later
+/// RST is a reset of a connection, not a refusal (`BackendStats::refused`).
+pub const FLOW_F_ANSWERED: u64 = 1 << 4;
 
 /// Value of `PGR_CONNTRACK`: how to rewrite a packet whose tuple is the key. A flow has two
 /// entries, forward (client → VIP) and reply (backend → SNAT address); only the kernel writes
@@ -259,8 +262,12 @@ pub struct BackendStats {
     pub rst_sent: u64,
     /// SYNs that found this backend at `maxconn`.
     pub drop_maxconn: u64,
+    /// Connections the backend refused: a RST before any other answer to our SYN, i.e.
+    /// nothing listens on the port (PostgreSQL stopped or restarting). The controller polls
+    /// it to take the node out at once, before Patroni's API shows anything.
+    pub refused: u64,
 }
-const _: () = assert!(size_of::<BackendStats>() == 56);
+const _: () = assert!(size_of::<BackendStats>() == 64);
 
 /// Global verdict and reason counters (`PGR_COUNTERS`, per-CPU array of u64, key: the
 /// constant). Every early return of the program counts here.
@@ -348,7 +355,8 @@ impl_accumulate!(BackendStats {
     bytes_out,
     new_flows,
     rst_sent,
-    drop_maxconn
+    drop_maxconn,
+    refused
 });
 
 #[cfg(feature = "user")]

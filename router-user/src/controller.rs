@@ -66,6 +66,8 @@ struct Daemon {
     /// cluster's first checks are in, so a restart never marks healthy nodes down (which
     /// would reset their sessions).
     hold_until_warm: bool,
+    /// Backend id → the data path's `refused` count at the last poll.
+    refused_seen: std::collections::HashMap<u32, u64>,
 }
 
 /// Runs until SIGTERM/SIGINT. The XDP program and its maps stay pinned afterwards, so a
@@ -129,6 +131,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         shared: shared.clone(),
         last_error: None,
         hold_until_warm: false,
+        refused_seen: Default::default(),
     };
     d.hold_until_warm = !d.applied.services.is_empty();
     d.adopt_pinned();
@@ -144,6 +147,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Refusals seen by the data path reach the health checks within this period.
+    let mut refusals = tokio::time::interval(Duration::from_millis(100));
+    refusals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks = 0u64;
     d.sync();
     // systemd's Type=notify: the program is attached and the control socket listens.
@@ -183,6 +189,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 }
                 d.refresh_status();
             }
+            _ = refusals.tick() => d.poll_refusals(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -273,6 +280,29 @@ impl Daemon {
     }
 
     /// Publishes the current desired sets; on failure the running maps stay as they are.
+    /// Tells each cluster's health task which nodes refused connections (a RST answering the
+    /// data path's SYN) since the last poll: that node's PostgreSQL is not listening, which
+    /// Patroni's API shows only a second or more later.
+    fn poll_refusals(&mut self) {
+        for ((listener, node), id) in &self.applied.backend_ids {
+            let n = self.maps.backend_stats(*id).refused;
+            // The first reading of an id (start, adoption, new listener) is a baseline.
+            match self.refused_seen.insert(*id, n) {
+                Some(prev) if n > prev => {}
+                _ => continue,
+            }
+            // Listener names are `<cluster>/<listener>`.
+            let Some((cluster, _)) = listener.split_once('/') else {
+                continue;
+            };
+            for c in self.clusters.iter().filter(|c| c.cfg.name == cluster) {
+                if let Some(idx) = c.cfg.nodes.iter().position(|x| x.name == *node) {
+                    c.handle.refused(idx);
+                }
+            }
+        }
+    }
+
     fn sync(&mut self) {
         if self.hold_until_warm {
             let warm = self

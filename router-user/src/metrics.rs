@@ -113,7 +113,7 @@ pub fn render(st: &Status) -> String {
     }
     let _ = writeln!(
         o,
-        "# TYPE pgrouter_fallback_active gauge\n# TYPE pgrouter_listener_drops_total counter\n# TYPE pgrouter_backend_active_flows gauge\n# TYPE pgrouter_backend_flows_total counter\n# TYPE pgrouter_backend_bytes_total counter\n# TYPE pgrouter_backend_resets_total counter"
+        "# TYPE pgrouter_fallback_active gauge\n# TYPE pgrouter_listener_drops_total counter\n# TYPE pgrouter_backend_active_flows gauge\n# TYPE pgrouter_backend_flows_total counter\n# TYPE pgrouter_backend_bytes_total counter\n# TYPE pgrouter_backend_resets_total counter\n# TYPE pgrouter_backend_refused_total counter"
     );
     for l in &st.listeners {
         let ln = esc(&l.name);
@@ -151,6 +151,7 @@ pub fn render(st: &Status) -> String {
                 b.bytes_out
             );
             let _ = writeln!(o, "pgrouter_backend_resets_total{{{lb}}} {}", b.rst_sent);
+            let _ = writeln!(o, "pgrouter_backend_refused_total{{{lb}}} {}", b.refused);
         }
     }
     let _ = writeln!(

@@ -67,6 +67,8 @@ pub struct BackendStatus {
     pub bytes_out: u64,
     pub rst_sent: u64,
     pub drop_maxconn: u64,
+    /// Connections the node refused (nothing listening on its port).
+    pub refused: u64,
 }
 
 #[expect(
@@ -119,6 +121,7 @@ pub fn collect(
                         bytes_out: st.bytes_out,
                         rst_sent: st.rst_sent,
                         drop_maxconn: st.drop_maxconn,
+                        refused: st.refused,
                     }
                 })
                 .collect();
@@ -242,14 +245,19 @@ pub fn render(v: &Value) -> String {
                 .collect();
             let _ = writeln!(
                 o,
-                "  {:<10} {:<16} {:<9} {:<9} {:>3} {:>10}  {}",
+                "  {:<10} {:<16} {:<9} {:<9} {:>3} {:>10}  {}{}",
                 s(&n["name"]),
                 format!("{}:{}", s(&n["addr"]), s(&n["port"])),
                 s(&n["role"]),
                 s(&n["state"]),
                 s(&n["timeline"]),
                 s(&n["lag_bytes"]),
-                checks.join(" ")
+                checks.join(" "),
+                if n["refusing"] == true {
+                    "  REFUSING CONNECTIONS (out of every set)"
+                } else {
+                    ""
+                }
             );
         }
     }

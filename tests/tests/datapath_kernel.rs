@@ -639,6 +639,39 @@ fn maxconn_holds_under_concurrent_syns_on_every_cpu() {
 }
 
 #[test]
+fn a_backend_refusing_our_syn_is_counted_a_reset_after_an_answer_is_not() {
+    let mut k = K::new();
+    k.publish(&standard());
+    let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
+    // Nothing listens: the backend answers the SYN with RST|ACK.
+    let (node, snat) = open(&mut k, 51040, 5000);
+    let refuse = Tcp::new((node, 5432), (VIP, snat))
+        .rst()
+        .ack(7778)
+        .macs(node_mac(node), EDGE_MAC);
+    let (v, out) = k.run(&refuse.build(&[]));
+    assert_eq!(v, XDP_TX, "the client gets the refusal");
+    let p = assert_csums(&out);
+    assert_eq!((p.dst, p.dport), (CLIENT, 51040));
+    assert_eq!(k.maps.backend_stats(bid).refused, 1);
+    // A session the backend answered, reset later: not a refusal.
+    let (node, snat) = open(&mut k, 51041, 5000);
+    let synack = Tcp::new((node, 5432), (VIP, snat))
+        .syn()
+        .ack(7778)
+        .seq(1)
+        .macs(node_mac(node), EDGE_MAC);
+    assert_eq!(k.run(&synack.build(&[])).0, XDP_TX);
+    let reset = Tcp::new((node, 5432), (VIP, snat))
+        .rst()
+        .ack(7778)
+        .seq(2)
+        .macs(node_mac(node), EDGE_MAC);
+    assert_eq!(k.run(&reset.build(&[])).0, XDP_TX);
+    assert_eq!(k.maps.backend_stats(bid).refused, 1, "unchanged");
+}
+
+#[test]
 fn empty_write_set_drops_syns_and_never_picks_a_non_primary() {
     let mut k = K::new();
     let mut l = standard();

@@ -1364,3 +1364,87 @@ fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
         );
     }
 }
+
+/// PostgreSQL on a replica stops listening while its Patroni API still reports a healthy
+/// replica (as in the first second of a Patroni stop). The data path sees the refusal (a RST
+/// answering its SYN) and the node leaves the read set within the controller's 100 ms poll,
+/// long before `fall` failed checks could; while it refuses, a passing check brings it back
+/// at most once per `interval`; listening again, it serves again.
+#[test]
+fn a_replica_refusing_connections_leaves_the_read_set_before_its_api_says_so() {
+    let mut s = setup("pgrh3", Opts::default());
+    let p = Prober::start(&s.client, 5001);
+    let warm = Instant::now();
+    p.wait_served_by("pg2", warm, Duration::from_secs(5));
+    p.wait_served_by("pg3", warm, Duration::from_secs(5));
+
+    let pid: u32 = std::fs::read_to_string(s.lab.dir.join("pg2.pid"))
+        .expect("pg2 echo pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let stop = Instant::now();
+    s.lab.kill(pid);
+    let first = wait_for("a refused read", Duration::from_secs(5), || {
+        p.recs()
+            .into_iter()
+            .find(|r| r.start >= stop && r.res.is_err())
+    })
+    .unwrap_or_else(|e| panic!("{e}; records: {}", summary(&p.recs(), stop)));
+    // Poll period 100 ms + the map write; well inside the 1 s hold.
+    let settle = first.end + Duration::from_millis(250);
+    let hold_end = first.end + INTERVAL - Duration::from_millis(50);
+    p.wait_count_after(hold_end, 1, Duration::from_secs(5));
+    let recs = p.recs();
+    let in_hold: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.start >= settle && r.end < hold_end)
+        .collect();
+    println!(
+        "refusal: first refused read {} ms after the echo stopped; records: {}",
+        ms(first.end - stop),
+        summary(&recs, stop)
+    );
+    assert!(
+        in_hold.len() >= 10,
+        "the client kept trying: {}",
+        in_hold.len()
+    );
+    assert!(
+        in_hold.iter().all(|r| r.res.as_deref() == Ok("pg3")),
+        "from 250 ms after the refusal reads go to pg3: {}",
+        summary(&recs, first.end)
+    );
+    let v = s.status();
+    let pg2 = check(&v, "pg2", "/replica").expect("pg2 /replica");
+    assert_eq!(pg2["up"], true, "Patroni's API still says pg2 is fine");
+    assert_eq!(node(&v, "pg2").expect("pg2")["refusing"], true, "{v}");
+    let refused = listener(&v, "PG1_ro").expect("PG1_ro")["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["node"] == "pg2")
+        .map(|b| b["refused"].as_u64().unwrap_or(0));
+    assert!(
+        refused >= Some(1),
+        "pg2's refusals are counted: {refused:?}"
+    );
+
+    // Listening again: pg2 serves again after the hold.
+    let ns = s.lab.ns("pg2");
+    s.lab
+        .spawn(
+            &ns,
+            "pg2",
+            &[
+                env!("CARGO_BIN_EXE_pgr-echo"),
+                "pg2",
+                &format!("{}:5432", NODES[1].1),
+            ],
+        )
+        .expect("echo");
+    let back = Instant::now();
+    p.wait_served_by("pg2", back, INTERVAL * 2 + MARGIN);
+    let recs = p.stop();
+    println!("return: records {}", summary(&recs, back));
+}

@@ -71,6 +71,8 @@ pub struct NodeStatus {
     pub lag_bytes: Option<u64>,
     /// Patroni last reported a non-primary role to the primary check.
     pub demoted: bool,
+    /// Out of every set: its PostgreSQL refused a connection (see `ClusterState::refused`).
+    pub refusing: bool,
     pub checks: Vec<CheckStatus>,
 }
 
@@ -113,12 +115,19 @@ pub struct ClusterHandle {
     desired: watch::Receiver<ClusterSnapshot>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    refused: mpsc::UnboundedSender<usize>,
 }
 
 impl ClusterHandle {
     /// Latest snapshot; `changed()` wakes on every update.
     pub fn desired(&self) -> watch::Receiver<ClusterSnapshot> {
         self.desired.clone()
+    }
+
+    /// The data path saw node `idx` (config order) refuse a connection; see
+    /// [`ClusterState::refused`]. Ignored by static clusters.
+    pub fn refused(&self, idx: usize) {
+        let _ = self.refused.send(idx);
     }
 
     /// Stops the cluster task and its probers (in-flight requests are dropped).
@@ -136,6 +145,7 @@ impl ClusterHandle {
 /// `node.role` sets once and never probe.
 pub fn spawn_cluster(cfg: &config::Cluster) -> ClusterHandle {
     let (stop, mut stop_rx) = watch::channel(false);
+    let (refused, mut refused_rx) = mpsc::unbounded_channel();
     if cfg.checks == Checks::Static {
         let (tx, desired) = watch::channel(static_snapshot(cfg));
         let task = tokio::spawn(async move {
@@ -146,6 +156,7 @@ pub fn spawn_cluster(cfg: &config::Cluster) -> ClusterHandle {
             desired,
             stop,
             task,
+            refused,
         };
     }
 
@@ -189,6 +200,10 @@ pub fn spawn_cluster(cfg: &config::Cluster) -> ClusterHandle {
                     state.apply(i, probe, Instant::now());
                     tx.send_replace(state.snapshot());
                 }
+                Some(i) = refused_rx.recv() => {
+                    state.refused(i, Instant::now());
+                    tx.send_replace(state.snapshot());
+                }
                 _ = sleep_until_opt(wake) => {}
                 _ = stop_rx.wait_for(|s| *s) => break,
             }
@@ -198,6 +213,7 @@ pub fn spawn_cluster(cfg: &config::Cluster) -> ClusterHandle {
         desired,
         stop,
         task,
+        refused,
     }
 }
 
@@ -266,6 +282,7 @@ pub fn static_snapshot(cfg: &config::Cluster) -> ClusterSnapshot {
                     replication_state: None,
                     lag_bytes: None,
                     demoted: false,
+                    refusing: false,
                     checks: Vec::new(),
                 })
                 .collect(),

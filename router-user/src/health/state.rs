@@ -42,6 +42,9 @@ struct NodeState {
     in_flight: bool,
     /// A cluster-wide re-check was requested while this node's probe was in flight.
     hurry: bool,
+    /// PostgreSQL refused a connection (the data path saw a RST answer our SYN): the node is
+    /// out of every set until a check of it finishes after this instant.
+    refused_until: Option<Instant>,
 }
 
 /// Pure per-cluster state.
@@ -70,6 +73,7 @@ impl ClusterState {
                 last_start: None,
                 in_flight: false,
                 hurry: false,
+                refused_until: None,
             })
             .collect();
         let mut s = Self {
@@ -114,6 +118,33 @@ impl ClusterState {
             .min()
     }
 
+    /// The data path saw node `idx`'s PostgreSQL refuse a connection: nothing listens on its
+    /// port (stopped, crashed, restarting), whatever Patroni's API still says — during a stop
+    /// it answers as before for a second or more, then not at all. The node leaves every set
+    /// now and is checked at once; it comes back on its first check that finishes at least
+    /// one `interval` later (HAProxy's `observe layer4` with `on-error mark-down`, with a hold
+    /// so a stale API answer cannot bring it straight back). Returns true when a set changed.
+    pub fn refused(&mut self, idx: usize, now: Instant) -> bool {
+        let hold = self.cfg.health.interval;
+        let (Some(node_cfg), Some(node)) = (self.cfg.nodes.get(idx), self.nodes.get_mut(idx))
+        else {
+            return false;
+        };
+        if node.refused_until.is_none() {
+            warn!(
+                cluster = %self.cfg.name, node = %node_cfg.name,
+                "node refused a connection (PostgreSQL not listening): out of every set for at least {hold:?}, checking it now"
+            );
+        }
+        node.refused_until = Some(now + hold);
+        if node.in_flight {
+            node.hurry = true;
+        } else {
+            node.due = now;
+        }
+        self.recompute()
+    }
+
     /// Applies one node's probe. Returns true when a listener's desired state changed.
     pub fn apply(&mut self, idx: usize, probe: NodeProbe, now: Instant) -> bool {
         let h = self.cfg.health;
@@ -124,6 +155,13 @@ impl ClusterState {
         let Some(node) = self.nodes.get_mut(idx) else {
             return false;
         };
+        if node.refused_until.is_some_and(|t| t <= now) {
+            node.refused_until = None;
+            info!(
+                cluster = %self.cfg.name, node = %node_name,
+                "refusal hold over: the node's checks decide again"
+            );
+        }
         let mut result_changed = false;
         for (k, outcome) in probe
             .outcomes
@@ -233,7 +271,13 @@ impl ClusterState {
                     .kinds
                     .iter()
                     .cloned()
-                    .zip(n.checks.iter().map(|c| c.verdict))
+                    .zip(n.checks.iter().map(|c| {
+                        if n.refused_until.is_some() {
+                            Verdict::Down
+                        } else {
+                            c.verdict
+                        }
+                    }))
                     .collect(),
                 timeline: n.info.timeline,
                 demoted: n.demoted,
@@ -312,6 +356,7 @@ impl ClusterState {
                     _ => None,
                 },
                 demoted: n.demoted,
+                refusing: n.refused_until.is_some(),
                 checks: self
                     .kinds
                     .iter()

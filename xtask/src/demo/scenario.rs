@@ -367,6 +367,13 @@ impl Env {
                     if by.is_empty() { "-".into() } else { by.join("+") }
                 ));
                 if r.name == "pgrouter" {
+                    // From the first stop on: the replicas' PostgreSQL stops refusing before
+                    // Patroni's API says so, and pgrouter acts on the refusals.
+                    let worst = prober::outage(&rd, action, start);
+                    o.check(
+                        format!("pgrouter: failed reads in a row span at most 1 s from the first stop on ({worst} ms)"),
+                        worst <= 1000,
+                    );
                     o.check(
                         format!("pgrouter: no failed read beyond 1 s while both replicas are stopped ({fails} failed)"),
                         fails == 0,

@@ -287,3 +287,49 @@ fn snapshot_reports_node_facts_and_check_results() {
         Some(200)
     );
 }
+
+/// A node whose PostgreSQL refused a connection leaves every set at once and is checked at
+/// once; a passing check within the hold (Patroni's API lags a stopping PostgreSQL) does not
+/// bring it back, the first one finishing after the hold does.
+#[test]
+fn a_refused_connection_takes_the_node_out_until_a_check_after_the_hold() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = ClusterState::new(&cluster(), t0);
+    let mut t = t0;
+    for _ in 0..2 {
+        s.take_due(t);
+        s.apply(0, as_primary(t), t);
+        s.apply(1, as_replica(t), t);
+        t += ms(200);
+    }
+    assert_eq!(members(&s, 0), vec!["a"]);
+    assert_eq!(members(&s, 1), vec!["b"]);
+
+    let tr = t;
+    assert!(s.refused(1, tr), "a set changed");
+    assert_eq!(members(&s, 1), vec!["a"], "reads fall back to the primary");
+    assert!(s.snapshot().status.nodes[1].refusing);
+    assert_eq!(
+        s.take_due(tr),
+        vec![1],
+        "the refusing node is checked at once"
+    );
+    assert!(!s.apply(1, as_replica(tr), tr + ms(5)));
+    assert_eq!(
+        members(&s, 1),
+        vec!["a"],
+        "a stale API answer within the hold"
+    );
+
+    let th = tr + ms(1000);
+    assert_eq!(s.take_due(th), vec![0, 1]);
+    assert!(s.apply(1, as_replica(th), th + ms(5)));
+    assert_eq!(members(&s, 1), vec!["b"], "back after the hold");
+    assert!(!s.snapshot().status.nodes[1].refusing);
+
+    // The primary refusing: writes go nowhere rather than to a node that refuses them.
+    assert!(s.refused(0, th + ms(10)));
+    assert!(members(&s, 0).is_empty());
+    assert_eq!(members(&s, 1), vec!["b"]);
+}

@@ -143,6 +143,7 @@ fn defaults_apply_when_sections_are_omitted() {
     assert_eq!(c.health.timeout, Duration::from_secs(1));
     assert_eq!(c.health.downinter, Duration::from_secs(1));
     assert_eq!(c.health.rise, 1);
+    assert!(c.health.observe_refusals);
     assert_eq!(c.api.port, 8008);
     assert_eq!(cfg.datapath.conntrack_entries, 524288);
     assert_eq!(c.listeners[0].maxconn, 0);
@@ -580,5 +581,23 @@ fn tls_name_needs_https_and_a_dns_name() {
         "cluster[0].node[0].tls_name",
         "tls_name",
         "not a DNS name",
+    );
+}
+
+#[test]
+fn observe_refusals_is_a_bool_and_can_be_turned_off() {
+    let text = BASE.replace("fall = 2", "fall = 2\nobserve_refusals = false");
+    match config::parse(&text, "t.toml") {
+        Ok(c) => assert!(!c.clusters[0].health.observe_refusals),
+        Err(e) => panic!("{e}"),
+    }
+    let text = BASE.replace("fall = 2", "fall = 2\nobserve_refusals = \"yes\"");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].health.observe_refusals",
+        "observe_refusals",
+        "",
     );
 }

@@ -116,6 +116,9 @@ pub struct Health {
     pub fall: u32,
     /// Consecutive successes to mark a node up.
     pub rise: u32,
+    /// A node whose PostgreSQL refuses a connection through the data path leaves every set
+    /// at once (`ClusterState::refused`). On by default; off leaves it to the checks alone.
+    pub observe_refusals: bool,
 }
 
 impl Default for Health {
@@ -127,6 +130,7 @@ impl Default for Health {
             timeout: Duration::from_secs(1),
             fall: 2,
             rise: 1,
+            observe_refusals: true,
         }
     }
 }
@@ -343,7 +347,7 @@ fn summarize(cfg: &Config) -> String {
         let _ = writeln!(
             s,
             "cluster {} ({:?} checks, {} nodes; interval {:?} fastinter {:?} downinter {:?} \
-             timeout {:?} fall {} rise {})",
+             timeout {:?} fall {} rise {}{})",
             c.name,
             c.checks,
             c.nodes.len(),
@@ -352,7 +356,12 @@ fn summarize(cfg: &Config) -> String {
             h.downinter,
             h.timeout,
             h.fall,
-            h.rise
+            h.rise,
+            if h.observe_refusals {
+                ""
+            } else {
+                "; refusals ignored"
+            }
         );
         for l in &c.listeners {
             let mut extra = String::new();

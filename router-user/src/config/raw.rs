@@ -114,6 +114,8 @@ pub(super) struct Health {
     pub fall: u32,
     #[serde(default = "d_rise")]
     pub rise: u32,
+    #[serde(default = "d_true")]
+    pub observe_refusals: bool,
 }
 
 impl Default for Health {
@@ -125,6 +127,7 @@ impl Default for Health {
             timeout: d_timeout(),
             fall: d_fall(),
             rise: d_rise(),
+            observe_refusals: true,
         }
     }
 }
@@ -146,6 +149,9 @@ fn d_fall() -> u32 {
 }
 fn d_rise() -> u32 {
     1
+}
+fn d_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

@@ -252,6 +252,7 @@ fn health(ctx: &mut Ctx<'_>, ci: usize, h: raw::Health) -> Health {
         timeout: ctx.duration(at("timeout"), &h.timeout),
         fall: h.fall,
         rise: h.rise,
+        observe_refusals: h.observe_refusals,
     };
     for (k, v) in [("fall", h.fall), ("rise", h.rise)] {
         if v == 0 {

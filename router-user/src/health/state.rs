@@ -125,6 +125,9 @@ impl ClusterState {
     /// one `interval` later (HAProxy's `observe layer4` with `on-error mark-down`, with a hold
     /// so a stale API answer cannot bring it straight back). Returns true when a set changed.
     pub fn refused(&mut self, idx: usize, now: Instant) -> bool {
+        if !self.cfg.health.observe_refusals {
+            return false;
+        }
         let hold = self.cfg.health.interval;
         let (Some(node_cfg), Some(node)) = (self.cfg.nodes.get(idx), self.nodes.get_mut(idx))
         else {

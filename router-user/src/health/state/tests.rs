@@ -333,3 +333,21 @@ fn a_refused_connection_takes_the_node_out_until_a_check_after_the_hold() {
     assert!(members(&s, 0).is_empty());
     assert_eq!(members(&s, 1), vec!["b"]);
 }
+
+#[test]
+fn refusals_are_ignored_when_observe_refusals_is_off() {
+    let t0 = Instant::now();
+    let mut cfg = cluster();
+    cfg.health.observe_refusals = false;
+    let mut s = ClusterState::new(&cfg, t0);
+    let mut t = t0;
+    for _ in 0..2 {
+        s.take_due(t);
+        s.apply(0, as_primary(t), t);
+        s.apply(1, as_replica(t), t);
+        t += Duration::from_millis(200);
+    }
+    assert!(!s.refused(1, t));
+    assert_eq!(members(&s, 1), vec!["b"]);
+    assert!(!s.snapshot().status.nodes[1].refusing);
+}

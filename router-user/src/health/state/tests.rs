@@ -85,6 +85,18 @@ fn unreachable(started: Instant) -> NodeProbe {
     }
 }
 
+/// Two cycles (rise = 2) from `t0`: a primary, b replica. Returns the next cycle's time.
+fn both_up(s: &mut ClusterState, t0: Instant) -> Instant {
+    let mut t = t0;
+    for _ in 0..2 {
+        s.take_due(t);
+        s.apply(0, as_primary(t), t);
+        s.apply(1, as_replica(t), t);
+        t += Duration::from_millis(200);
+    }
+    t
+}
+
 fn members(s: &ClusterState, listener: usize) -> Vec<String> {
     s.snapshot().status.listeners[listener].members.clone()
 }
@@ -143,13 +155,7 @@ fn a_changed_result_rechecks_the_whole_cluster_at_fastinter() {
     let t0 = Instant::now();
     let mut s = ClusterState::new(&cluster(), t0);
     // Bring both up: a primary, b replica.
-    let mut t = t0;
-    for _ in 0..2 {
-        s.take_due(t);
-        s.apply(0, as_primary(t), t);
-        s.apply(1, as_replica(t), t);
-        t += Duration::from_millis(200);
-    }
+    let t = both_up(&mut s, t0);
     assert_eq!(members(&s, 0), vec!["a"]);
     // One more check of b so that a and b are on different schedules.
     s.take_due(t);
@@ -181,13 +187,7 @@ fn a_changed_result_rechecks_the_whole_cluster_at_fastinter() {
 fn without_a_primary_every_node_stays_at_fastinter_until_one_is_found() {
     let t0 = Instant::now();
     let mut s = ClusterState::new(&cluster(), t0);
-    let mut t = t0;
-    for _ in 0..2 {
-        s.take_due(t);
-        s.apply(0, as_primary(t), t);
-        s.apply(1, as_replica(t), t);
-        t += Duration::from_millis(200);
-    }
+    both_up(&mut s, t0);
     // Settle into interval.
     for _ in 0..3 {
         let due = s.nodes.iter().map(|n| n.due).min().unwrap();
@@ -340,13 +340,7 @@ fn refusals_are_ignored_when_observe_refusals_is_off() {
     let mut cfg = cluster();
     cfg.health.observe_refusals = false;
     let mut s = ClusterState::new(&cfg, t0);
-    let mut t = t0;
-    for _ in 0..2 {
-        s.take_due(t);
-        s.apply(0, as_primary(t), t);
-        s.apply(1, as_replica(t), t);
-        t += Duration::from_millis(200);
-    }
+    let t = both_up(&mut s, t0);
     assert!(!s.refused(1, t));
     assert_eq!(members(&s, 1), vec!["b"]);
     assert!(!s.snapshot().status.nodes[1].refusing);

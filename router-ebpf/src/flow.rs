@@ -6,14 +6,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use router_ebpf::{
-    BACKEND_ACTIVE, BACKEND_DRAIN, BACKEND_SHUTDOWN, FAMILY_IPV4, FLOW_F_ANSWERED, FLOW_F_CLOSED,
-    FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow, FlowKey, PROTO_TCP, Service,
-    counter,
+    BACKEND_ACTIVE, BACKEND_DRAIN, FAMILY_IPV4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND,
+    FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow, FlowKey, PROTO_TCP, Service, counter,
 };
 
 use crate::{
     atomic, csum,
-    maps::{PGR_BACKEND_CONNS, PGR_BACKENDS, PGR_CONNTRACK, backend_stats, count, service_stats},
+    maps::{PGR_BACKENDS, PGR_CONNTRACK, backend_stats, count, service_stats},
     parse::{Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, get32, put32},
     reset, select, xmit,
 };
@@ -59,17 +58,12 @@ fn backend_state(id: u32) -> u8 {
     }
 }
 
-/// Marks the forward entry closed and, the first time only, releases the backend's slot.
-/// A shut-down backend's count belongs to userspace (it sweeps the flows and zeroes the count
-/// before reactivating the backend), so it is left alone here.
+/// Marks the forward entry closed and, the first time only, releases the backend's slot
+/// ([`select::release`]: a shut-down backend's count belongs to userspace).
 #[inline(always)]
 fn close(fwd: *mut Flow, backend_id: u32) {
-    if atomic::fetch_or(unsafe { &raw mut (*fwd).flags }, FLOW_F_CLOSED) & FLOW_F_CLOSED == 0
-        && backend_state(backend_id) != BACKEND_SHUTDOWN
-    {
-        if let Some(c) = PGR_BACKEND_CONNS.get_ptr_mut(backend_id) {
-            atomic::sub(c, 1);
-        }
+    if atomic::fetch_or(unsafe { &raw mut (*fwd).flags }, FLOW_F_CLOSED) & FLOW_F_CLOSED == 0 {
+        select::release(backend_id);
     }
 }
 

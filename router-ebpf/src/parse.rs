@@ -10,7 +10,6 @@ pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const TCP_LEN: usize = 20;
 
-pub const TCP_PROTO: u8 = 6;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;

@@ -95,7 +95,7 @@ pub fn reply_rst(ctx: &XdpContext) -> u32 {
         for w in &ipw[6..10] {
             sum += u64::from(*w);
         }
-        sum += u64::from(u16::from(crate::parse::TCP_PROTO).to_be());
+        sum += u64::from(u16::from(router_ebpf::PROTO_TCP).to_be());
         sum += u64::from((TCP_LEN as u16).to_be());
         let tw = &mut *tcp;
         for w in tw.iter() {

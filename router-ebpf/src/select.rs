@@ -34,8 +34,9 @@ fn reserve(id: u32, maxconn: u32) -> bool {
     true
 }
 
-/// Gives back a slot taken by [`choose`] for a flow that was not created. As in closing a
-/// flow, a shut-down backend's count belongs to userspace (it zeroes it) and is left alone.
+/// Gives back a slot: of a flow that closed, or taken by [`choose`] for a flow that was not
+/// created. A shut-down backend's count belongs to userspace (it sweeps the flows and zeroes
+/// the count before reactivating the backend), so it is left alone.
 #[inline(always)]
 pub fn release(id: u32) {
     if PGR_BACKENDS
@@ -83,6 +84,7 @@ pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
     let least = svc.balance == BALANCE_LEAST_CONN;
     let mut best = u32::MAX;
     let mut best_conns = u32::MAX;
+    let mut best_maxconn = 0;
     let mut saw_full = false;
     for i in 0..MAX_SET as u32 {
         if i >= n {
@@ -124,11 +126,11 @@ pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
         if conns < best_conns {
             best = id;
             best_conns = conns;
+            best_maxconn = b.maxconn;
         }
     }
     if best != u32::MAX {
-        let maxconn = PGR_BACKENDS.get(best).map_or(0, |b| b.maxconn);
-        if reserve(best, maxconn) {
+        if reserve(best, best_maxconn) {
             return Ok(best);
         }
         // Lost the least-loaded backend's last slot to another CPU: the client's SYN

@@ -279,11 +279,18 @@ impl Daemon {
         self.applied.adopt(&desired);
     }
 
-    /// Publishes the current desired sets; on failure the running maps stay as they are.
     /// Tells each cluster's health task which nodes refused connections (a RST answering the
     /// data path's SYN) since the last poll: that node's PostgreSQL is not listening, which
     /// Patroni's API shows only a second or more later.
     fn poll_refusals(&mut self) {
+        // Static clusters and `observe_refusals = false` ignore refusals: nothing to read.
+        if !self
+            .clusters
+            .iter()
+            .any(|c| c.cfg.checks != config::Checks::Static && c.cfg.health.observe_refusals)
+        {
+            return;
+        }
         for ((listener, node), id) in &self.applied.backend_ids {
             let n = self.maps.backend_stats(*id).refused;
             // The first reading of an id (start, adoption, new listener) is a baseline.
@@ -303,6 +310,7 @@ impl Daemon {
         }
     }
 
+    /// Publishes the current desired sets; on failure the running maps stay as they are.
     fn sync(&mut self) {
         if self.hold_until_warm {
             let warm = self
@@ -397,7 +405,8 @@ impl Daemon {
         t.named
             .insert("xdp-attached".into(), !self.attached.is_empty());
         for c in &self.clusters {
-            let s = c.handle.desired().borrow().clone();
+            let rx = c.handle.desired();
+            let s = rx.borrow();
             let reachable = s.status.nodes.iter().any(|n| {
                 n.checks
                     .iter()

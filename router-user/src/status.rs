@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     config::Config,
-    dataplane::{Applied, Maps, plan::service_key},
+    dataplane::{Applied, Maps},
     health::ClusterSnapshot,
     model::BackendState,
     vrrp::InstanceStatus,
@@ -93,7 +93,6 @@ pub fn collect(
             let generation = sid
                 .and_then(|id| applied.sets.get(&id))
                 .map(|s| s.generation);
-            let _ = service_key(l.vip, l.port);
             let backends = l
                 .backends
                 .iter()

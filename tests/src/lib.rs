@@ -106,3 +106,17 @@ pub fn mount_bpffs(dir: &std::path::Path) -> anyhow::Result<()> {
     run("mount", &["-t", "bpf", "bpf", d])?;
     Ok(())
 }
+
+/// Attaches the object's `xdp_pass` program in driver mode to `iface`, a bridge-side veth
+/// peer: a veth delivers native XDP_TX frames only when its peer has an XDP program. The
+/// program stays attached as long as the returned object lives.
+pub fn attach_peer_xdp_pass(iface: &str) -> anyhow::Result<aya::Ebpf> {
+    let mut ebpf = aya::Ebpf::load(pgrouter::dataplane::loader::EBPF_OBJECT)?;
+    let p: &mut aya::programs::Xdp = ebpf
+        .program_mut("xdp_pass")
+        .ok_or_else(|| anyhow::anyhow!("no xdp_pass program in the object"))?
+        .try_into()?;
+    p.load()?;
+    p.attach(iface, aya::programs::XdpMode::Driver)?;
+    Ok(ebpf)
+}

@@ -91,20 +91,8 @@ fn setup(prefix: &str, mode: &str) -> Setup {
         .expect("echo");
     }
     // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
-    let peer_xdp = if mode == "native" {
-        let mut ebpf = aya::Ebpf::load(pgrouter::dataplane::loader::EBPF_OBJECT).expect("object");
-        let p: &mut aya::programs::Xdp = ebpf
-            .program_mut("xdp_pass")
-            .expect("xdp_pass")
-            .try_into()
-            .expect("xdp");
-        p.load().expect("load xdp_pass");
-        p.attach(&format!("{prefix}v2"), aya::programs::XdpMode::Driver)
-            .expect("attach peer");
-        Some(ebpf)
-    } else {
-        None
-    };
+    let peer_xdp = (mode == "native")
+        .then(|| tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass"));
     // `ip netns exec` gives pgrouter a private mount namespace: a bpffs it mounted itself
     // would vanish with it (and the pinned link with it). Mount it here, in ours, as systemd
     // would on a host.

@@ -37,6 +37,10 @@ const MARGIN: Duration = Duration::from_millis(300);
 /// 10MB as Patroni counts it (powers of 1024).
 const LAG_LIMIT: u64 = 10 * 1024 * 1024;
 
+/// A primary listener on :5002 that keeps sessions of a node marked down.
+const KEEP_LISTENER: &str = "[[cluster.listener]]\nname = \"PG1_keep\"\nvip = \"198.18.0.100\"\n\
+                             port = 5002\nkind = \"primary\"\non_marked_down = \"keep\"\n";
+
 /// Extra config per test.
 #[derive(Clone, Copy, Default)]
 struct Opts {
@@ -168,6 +172,14 @@ fn node<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// A node's check result by path prefix (`/primary`, `/replica`).
+/// Listener `listener`'s backend entry for `node` in a status document.
+fn backend<'a>(v: &'a Value, listener_name: &str, node_name: &str) -> Option<&'a Value> {
+    listener(v, listener_name)?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["node"] == node_name)
+}
+
 fn check<'a>(v: &'a Value, node_name: &str, path: &str) -> Option<&'a Value> {
     node(v, node_name)?["checks"]
         .as_array()?
@@ -229,15 +241,7 @@ fn setup(prefix: &str, o: Opts) -> Setup {
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(&format!("{name}-api"))));
     }
     // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
-    let mut peer = aya::Ebpf::load(pgrouter::dataplane::loader::EBPF_OBJECT).expect("object");
-    let p: &mut aya::programs::Xdp = peer
-        .program_mut("xdp_pass")
-        .expect("xdp_pass")
-        .try_into()
-        .expect("xdp");
-    p.load().expect("load xdp_pass");
-    p.attach(&format!("{prefix}v2"), aya::programs::XdpMode::Driver)
-        .expect("attach peer");
+    let peer = tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass");
 
     // bpffs for the pins, mounted here in the root mount namespace: `ip netns exec` gives
     // pgrouter a private mount namespace, and a bpffs it mounted there itself would vanish
@@ -737,13 +741,7 @@ fn reads_fall_back_to_the_primary_and_return() {
         listener(&v, "PG1_ro").expect("PG1_ro")["fallback_active"],
         false
     );
-    let pg1 = listener(&v, "PG1_ro").expect("PG1_ro")["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .find(|b| b["node"] == "pg1")
-        .cloned()
-        .expect("pg1 backend");
+    let pg1 = backend(&v, "PG1_ro", "pg1").expect("pg1 backend");
     assert_eq!(pg1["state"], "drain", "{pg1}");
     assert_eq!(
         alive(&mut held),
@@ -822,8 +820,7 @@ fn marked_down_primary_sessions_are_reset() {
     let s = setup(
         "pgrh4",
         Opts {
-            extra: "[[cluster.listener]]\nname = \"PG1_keep\"\nvip = \"198.18.0.100\"\n\
-                    port = 5002\nkind = \"primary\"\non_marked_down = \"keep\"\n",
+            extra: KEEP_LISTENER,
             ..Default::default()
         },
     );
@@ -850,13 +847,7 @@ fn marked_down_primary_sessions_are_reset() {
     let c = check(&v, "pg1", "/primary").expect("check");
     assert_eq!(c["verdict"], "down", "{c}");
     assert_eq!(v["clusters"][0]["primary"], Value::Null);
-    let kb = listener(&v, "PG1_keep").expect("PG1_keep")["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .find(|b| b["node"] == "pg1")
-        .cloned()
-        .expect("pg1");
+    let kb = backend(&v, "PG1_keep", "pg1").expect("pg1");
     assert_eq!(kb["state"], "drain", "{kb}");
     assert_eq!(alive(&mut keep), Ok(()), "on_marked_down = keep");
     // And no new writes anywhere while no node passes the primary check.
@@ -1299,8 +1290,7 @@ fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
     let s = setup(
         "pgrha",
         Opts {
-            extra: "[[cluster.listener]]\nname = \"PG1_keep\"\nvip = \"198.18.0.100\"\n\
-                    port = 5002\nkind = \"primary\"\non_marked_down = \"keep\"\n",
+            extra: KEEP_LISTENER,
             ..Default::default()
         },
     );
@@ -1419,12 +1409,7 @@ fn a_replica_refusing_connections_leaves_the_read_set_before_its_api_says_so() {
     let pg2 = check(&v, "pg2", "/replica").expect("pg2 /replica");
     assert_eq!(pg2["up"], true, "Patroni's API still says pg2 is fine");
     assert_eq!(node(&v, "pg2").expect("pg2")["refusing"], true, "{v}");
-    let refused = listener(&v, "PG1_ro").expect("PG1_ro")["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .find(|b| b["node"] == "pg2")
-        .map(|b| b["refused"].as_u64().unwrap_or(0));
+    let refused = backend(&v, "PG1_ro", "pg2").map(|b| b["refused"].as_u64().unwrap_or(0));
     assert!(
         refused >= Some(1),
         "pg2's refusals are counted: {refused:?}"

@@ -199,14 +199,14 @@ pub fn plan(
         next.sets.insert(id, set);
     }
 
-    // Backends of vanished nodes or listeners: shut down so their flows end, ids retired.
+    // Backends of vanished nodes or listeners (a vanished listener has no nodes left):
+    // shut down so their flows end, ids retired.
     let mut retired = Vec::new();
     for (k, bid) in &applied.backend_ids {
-        let listener_gone = !wanted.contains(k.0.as_str());
-        let node_gone = !desired
+        let gone = !desired
             .iter()
             .any(|l| l.name == k.0 && l.backends.iter().any(|b| b.node == k.1));
-        if listener_gone || node_gone {
+        if gone {
             if let Some(old) = applied.backends.get(bid) {
                 next.backends.insert(
                     *bid,

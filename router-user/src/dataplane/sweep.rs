@@ -17,6 +17,19 @@ pub struct Victim {
     pub reply: Option<Flow>,
 }
 
+/// The key of a flow's other conntrack entry: the tuple `fwd` rewrites packets to, reversed.
+fn reply_key(key: &FlowKey, fwd: &Flow) -> FlowKey {
+    FlowKey {
+        saddr: fwd.daddr,
+        daddr: fwd.saddr,
+        sport: fwd.dport,
+        dport: fwd.sport,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
 /// Finds the forward entries of flows on `backends`, with their reply entries.
 pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> Vec<Victim> {
     let mut out = Vec::new();
@@ -24,16 +37,7 @@ pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> Vec<Victim> {
         if f.flags & FLOW_F_REPLY != 0 || !backends.contains(&f.backend_id) {
             continue;
         }
-        let rkey = FlowKey {
-            saddr: f.daddr,
-            daddr: f.saddr,
-            sport: f.dport,
-            dport: f.sport,
-            proto: k.proto,
-            family: k.family,
-            _pad: [0; 2],
-        };
-        let reply = maps.conntrack.get(&rkey, 0).ok();
+        let reply = maps.conntrack.get(&reply_key(&k, &f), 0).ok();
         out.push(Victim {
             fwd_key: k,
             fwd: f,
@@ -119,16 +123,7 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
             }
         }
         let _ = maps.conntrack.remove(&v.fwd_key);
-        let rkey = FlowKey {
-            saddr: v.fwd.daddr,
-            daddr: v.fwd.saddr,
-            sport: v.fwd.dport,
-            dport: v.fwd.sport,
-            proto: v.fwd_key.proto,
-            family: v.fwd_key.family,
-            _pad: [0; 2],
-        };
-        let _ = maps.conntrack.remove(&rkey);
+        let _ = maps.conntrack.remove(&reply_key(&v.fwd_key, &v.fwd));
     }
     if sock >= 0 {
         unsafe { libc::close(sock) };

@@ -202,7 +202,15 @@ pub fn spawn_cluster(cfg: &config::Cluster) -> ClusterHandle {
                 }
                 Some(i) = refused_rx.recv() => {
                     state.refused(i, Instant::now());
-                    tx.send_replace(state.snapshot());
+                    // Repeated refusals during a hold change nothing: no wake-up for them.
+                    let snap = state.snapshot();
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != snap;
+                        if changed {
+                            *cur = snap;
+                        }
+                        changed
+                    });
                 }
                 _ = sleep_until_opt(wake) => {}
                 _ = stop_rx.wait_for(|s| *s) => break,

@@ -47,6 +47,18 @@ struct NodeState {
     refused_until: Option<Instant>,
 }
 
+impl NodeState {
+    /// Asks for a check of this node by `at`: right after its probe in flight, if one is,
+    /// else by moving its due time forward.
+    fn recheck_by(&mut self, at: Instant) {
+        if self.in_flight {
+            self.hurry = true;
+        } else {
+            self.due = self.due.min(at);
+        }
+    }
+}
+
 /// Pure per-cluster state.
 #[derive(Clone, Debug)]
 pub struct ClusterState {
@@ -140,11 +152,7 @@ impl ClusterState {
             );
         }
         node.refused_until = Some(now + hold);
-        if node.in_flight {
-            node.hurry = true;
-        } else {
-            node.due = now;
-        }
+        node.recheck_by(now);
         self.recompute()
     }
 
@@ -231,12 +239,7 @@ impl ClusterState {
             // One check changed result: re-check the whole cluster at fastinter, so the sets
             // follow a switchover within about one fastinter.
             for n in &mut self.nodes {
-                if n.in_flight {
-                    n.hurry = true;
-                } else {
-                    let soon = n.last_start.map_or(now, |s| s + h.fastinter);
-                    n.due = n.due.min(soon);
-                }
+                n.recheck_by(n.last_start.map_or(now, |s| s + h.fastinter));
             }
         }
 
@@ -250,12 +253,7 @@ impl ClusterState {
                 if n.checks.iter().all(|c| c.verdict == Verdict::Down) {
                     continue;
                 }
-                if n.in_flight {
-                    n.hurry = true;
-                } else {
-                    let soon = n.last_start.map_or(now, |s| s + h.fastinter);
-                    n.due = n.due.min(soon);
-                }
+                n.recheck_by(n.last_start.map_or(now, |s| s + h.fastinter));
             }
         }
         changed

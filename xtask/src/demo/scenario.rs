@@ -244,6 +244,34 @@ impl Env {
         Ok(self.lab.leader()?.name)
     }
 
+    /// Stops pgrouter (SIGTERM) on every edge but `keep`, so no backup takes the VIP while
+    /// `keep`'s pgrouter is killed or replaced; returns the stopped edges.
+    fn stop_backups(&self, keep: &str) -> Result<Vec<&'static str>> {
+        let others: Vec<&'static str> = self
+            .pgrouter_edges
+            .iter()
+            .copied()
+            .filter(|e| *e != keep)
+            .collect();
+        for e in &others {
+            self.event(format!(
+                "stopping pgrouter on {e} (a backup would take the VIP from {keep} meanwhile)"
+            ));
+            edges::kill(&self.lab, e, libc::SIGTERM)?;
+        }
+        Ok(others)
+    }
+
+    /// Starts pgrouter again on the edges [`Self::stop_backups`] stopped.
+    fn restart_backups(&self, stopped: &[&str], leader: &str) -> Result<()> {
+        for e in stopped {
+            edges::start(&self.lab, e)?;
+            edges::wait_ready(&self.lab, e, leader, Duration::from_secs(20))?;
+            self.event(format!("pgrouter on {e} back (VRRP backup)"));
+        }
+        Ok(())
+    }
+
     /// Best-effort return to a healthy lab after a failed scenario.
     pub fn restore(&self) {
         println!("demo: restoring the lab after a failed scenario");
@@ -523,18 +551,7 @@ impl Env {
         self.run_one("controller restart under load", |env, o| {
             let leader = env.leader_name()?;
             let a = "edge1";
-            let others: Vec<&str> = env
-                .pgrouter_edges
-                .iter()
-                .copied()
-                .filter(|e| *e != a)
-                .collect();
-            for e in &others {
-                env.event(format!(
-                    "stopping pgrouter on {e} (a backup would take the VIP from a killed master)"
-                ));
-                edges::kill(&env.lab, e, libc::SIGTERM)?;
-            }
+            let others = env.stop_backups(a)?;
             let sessions = Sessions::open(env.prober.clock, 4)?;
             Env::sleep(Duration::from_secs(1));
             let action = env.event(format!("kill -9 of pgrouter on {a} (4 sessions open)"));
@@ -581,11 +598,7 @@ impl Env {
                 text.contains("found pinned state"),
             );
             env.write_checks(o);
-            for e in &others {
-                edges::start(&env.lab, e)?;
-                edges::wait_ready(&env.lab, e, &leader, Duration::from_secs(20))?;
-                env.event(format!("pgrouter on {e} back (VRRP backup)"));
-            }
+            env.restart_backups(&others, &leader)?;
             Ok(())
         })
     }
@@ -595,24 +608,11 @@ impl Env {
     /// systemd way (SIGTERM), round 2 with SIGKILL; each time the binary is started from a
     /// copy at another path (standing for the new version). Zero failed transactions, no
     /// client aborted, and the new process takes over the pinned XDP link.
-    // Registered by `("upgrade-under-pgbench", Env::upgrade_under_pgbench)` in `play()`
-    // (demo.rs, next to "controller-restart"); until that line lands it has no caller.
     pub fn upgrade_under_pgbench(&self) -> Outcome {
         self.run_one("upgrade under pgbench", |env, o| {
             let leader = env.leader_name()?;
             let a = "edge1";
-            let others: Vec<&str> = env
-                .pgrouter_edges
-                .iter()
-                .copied()
-                .filter(|e| *e != a)
-                .collect();
-            for e in &others {
-                env.event(format!(
-                    "stopping pgrouter on {e} (a backup would take the VIP from a stopped master)"
-                ));
-                edges::kill(&env.lab, e, libc::SIGTERM)?;
-            }
+            let others = env.stop_backups(a)?;
             // The new version's binary: a copy of the release build at another path.
             let new_bin = env.lab.dir.join("pgrouter-new");
             std::fs::copy(edges::pgrouter_bin(), &new_bin)
@@ -688,11 +688,7 @@ impl Env {
             o.stats = env.stats(o.from_ms, o.from_ms, to, Some(&leader));
             o.to_ms = to;
             env.write_checks(o);
-            for e in &others {
-                edges::start(&env.lab, e)?;
-                edges::wait_ready(&env.lab, e, &leader, Duration::from_secs(20))?;
-                env.event(format!("pgrouter on {e} back (VRRP backup)"));
-            }
+            env.restart_backups(&others, &leader)?;
             Ok(())
         })
     }

@@ -16,7 +16,7 @@ pub type Be32 = u32;
 
 /// Bumped whenever a map layout below changes; userspace pins maps under a folder named after it
 /// so an incompatible build never reads an old map.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Most services (VIP:port listeners) one data path serves.
 pub const MAX_SERVICES: u32 = 256;
@@ -27,6 +27,29 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_SET: usize = 32;
 /// Default connection-tracking capacity in entries; each flow takes two (forward and reply).
 pub const DEFAULT_CT_ENTRIES: u32 = 524_288;
+/// Default handshake-table capacity in entries (two per half-open flow). Small on purpose: it
+/// bounds how many SNAT ports half-open flows (a SYN flood) can hold at once, and a flood only
+/// ever evicts other half-open flows, never established ones.
+pub const DEFAULT_HS_ENTRIES: u32 = 16_384;
+
+/// Default flow timeouts (ns). Handshake: from the SYN until the client's ACK completes it
+/// (HAProxy's `timeout connect`). Established: idle time, at least 2 h 4 min (RFC 5382 REQ-5).
+/// Closing: idle time after a FIN in one direction (netfilter's fin_wait). Closed: how long a
+/// flow whose FINs were both acknowledged, or that saw a valid RST, keeps translating late
+/// retransmissions; its SNAT port is reusable at once regardless.
+pub const DEFAULT_TIMEOUT_HANDSHAKE_NS: u64 = 5_000_000_000;
+pub const DEFAULT_TIMEOUT_ESTABLISHED_NS: u64 = 7_440_000_000_000;
+pub const DEFAULT_TIMEOUT_CLOSING_NS: u64 = 120_000_000_000;
+pub const DEFAULT_TIMEOUT_CLOSED_NS: u64 = 10_000_000_000;
+/// How long a node that closed first keeps the 4-tuple in TIME_WAIT (Linux: 60 s). A SNAT port
+/// whose flow the backend closed first is reused within this time only by the same client
+/// host (whose TCP timestamps grow, so the node accepts the SYN) or when no other port is free.
+pub const NODE_TIME_WAIT_NS: u64 = 60_000_000_000;
+/// Default hold for a SYN to a listener whose set is empty (ms): dropped silently, so the
+/// client retransmits and connects once a backend exists, for this long after the set became
+/// empty; then answered by a RST. Covers a planned switchover, stays under pgjdbc's 10 s
+/// `connectTimeout`.
+pub const DEFAULT_EMPTY_HOLD_MS: u32 = 8_000;
 /// Interfaces the program may redirect to.
 pub const MAX_IFACES: u32 = 64;
 
@@ -47,8 +70,10 @@ pub mod map_names {
     pub const RR_CURSOR: &str = "PGR_RR_CURSOR";
     pub const IFACES: &str = "PGR_IFACES";
     pub const IFACE_MACS: &str = "PGR_IFACE_MACS";
+    pub const HANDSHAKE: &str = "PGR_HANDSHAKE";
+    pub const TIMEOUTS: &str = "PGR_TIMEOUTS";
     /// Every map pgrouter pins, in a stable order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKEND_SETS,
         BACKENDS,
@@ -60,11 +85,17 @@ pub mod map_names {
         RR_CURSOR,
         IFACES,
         IFACE_MACS,
+        HANDSHAKE,
+        TIMEOUTS,
     ];
 }
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "pgrouter";
+/// Name of the flow-reaping program: never attached, run by the controller's garbage
+/// collector through `BPF_PROG_TEST_RUN` with a [`GcRequest`] as the frame, so a slot is given
+/// back by the same atomic close as on the packet path (userspace has no atomics on maps).
+pub const GC_PROGRAM_NAME: &str = "pgrouter_gc";
 
 /// Key of `PGR_SERVICES`: a listener address as the client addresses it.
 #[repr(C)]
@@ -106,8 +137,12 @@ pub struct Service {
     /// Inclusive SNAT port range (host order). Keep it out of the kernel's ephemeral range.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// How long after its set became empty a SYN is held (dropped silently, so the client
+    /// retransmits) before SYNs are answered by a RST (ms, host order). 0: RST at once
+    /// (`on_empty = "reject"`).
+    pub empty_hold_ms: u32,
 }
-const _: () = assert!(size_of::<Service>() == 28);
+const _: () = assert!(size_of::<Service>() == 32);
 
 /// Value of `PGR_BACKEND_SETS` (key: service id). Userspace replaces the whole value in one
 /// hash-map update, which the kernel swaps in atomically, so a packet sees either the old
@@ -121,8 +156,12 @@ pub struct BackendSet {
     pub count: u32,
     /// Backend ids (indexes into `PGR_BACKENDS`).
     pub ids: [u32; MAX_SET],
+    /// With `count == 0`: when the set became empty (CLOCK_MONOTONIC ns, the clock of
+    /// `bpf_ktime_get_coarse_ns`), kept across republications while it stays empty; the
+    /// service's `empty_hold_ms` counts from here. 0 otherwise.
+    pub empty_since_ns: u64,
 }
-const _: () = assert!(size_of::<BackendSet>() == 8 + 4 * MAX_SET);
+const _: () = assert!(size_of::<BackendSet>() == 8 + 4 * MAX_SET + 8);
 
 impl Default for BackendSet {
     fn default() -> Self {
@@ -130,6 +169,7 @@ impl Default for BackendSet {
             generation: 0,
             count: 0,
             ids: [0; MAX_SET],
+            empty_since_ns: 0,
         }
     }
 }
@@ -180,19 +220,37 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 
 /// Flow flag: this entry translates backend → client packets (the reply direction).
 pub const FLOW_F_REPLY: u64 = 1 << 0;
-/// The client sent a FIN.
+/// Forward entry: the client's FIN was acknowledged by the backend (so it was in-window: the
+/// backend, not us, judged it).
 pub const FLOW_F_FIN_CLIENT: u64 = 1 << 1;
-/// The backend sent a FIN.
+/// Forward entry: the backend's FIN was acknowledged by the client.
 pub const FLOW_F_FIN_BACKEND: u64 = 1 << 2;
-/// Closed (both FINs, or a RST): a new SYN on this tuple starts a new flow.
+/// Forward entry: closed (both FINs acknowledged, a RST with the exact expected sequence
+/// number, an expiry, or a shutdown). Set once, atomically; whoever sets it gives the slot
+/// back. A closed flow's SNAT port is reusable at once; a new SYN on its tuple starts afresh.
 pub const FLOW_F_CLOSED: u64 = 1 << 3;
-/// Reply entry only: the backend has answered with something other than a RST, so a later
-/// RST is a reset of a connection, not a refusal (`BackendStats::refused`).
+/// Reply entry: the backend has answered our SYN with a SYN-ACK, so a later RST is a reset of
+/// a connection, not a refusal (`BackendStats::refused`).
 pub const FLOW_F_ANSWERED: u64 = 1 << 4;
+/// The other direction sent a FIN ending at `peer_fin_end`; this direction's ACK of it makes
+/// it count.
+pub const FLOW_F_PEER_FIN: u64 = 1 << 5;
+/// This direction has acknowledged the other direction's FIN (recorded once).
+pub const FLOW_F_PEER_FIN_ACKED: u64 = 1 << 6;
+/// Reply entry: claimed by a CPU that is taking its SNAT port over or reaping it; nobody else
+/// may act on this entry.
+pub const FLOW_F_CLAIMED: u64 = 1 << 7;
+/// Forward entry: the backend's FIN came before the client's, so the node holds the 4-tuple in
+/// TIME_WAIT (see [`NODE_TIME_WAIT_NS`]).
+pub const FLOW_F_BACKEND_CLOSED_FIRST: u64 = 1 << 8;
+/// Forward entry: the client has sent a FIN (acknowledged or not), so the flow is closing.
+pub const FLOW_F_CLIENT_FIN_SEEN: u64 = 1 << 9;
 
-/// Value of `PGR_CONNTRACK`: how to rewrite a packet whose tuple is the key. A flow has two
-/// entries, forward (client → VIP) and reply (backend → SNAT address); only the kernel writes
-/// them, userspace reads and deletes them.
+/// Value of `PGR_CONNTRACK` (established flows) and `PGR_HANDSHAKE` (flows whose handshake has
+/// not completed): how to rewrite a packet whose tuple is the key. A flow has two entries,
+/// forward (client → VIP) and reply (backend → SNAT address), always in the same table; only
+/// the kernel writes them, userspace reads and deletes them (and reaps through
+/// [`GC_PROGRAM_NAME`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -206,15 +264,96 @@ pub struct Flow {
     pub dport: Be16,
     pub backend_id: u32,
     pub service_id: u32,
-    /// Last acknowledgement number sent in this entry's direction (network order), so a reset
-    /// can be sent with an in-window sequence number.
+    /// Last acknowledgement number sent in this entry's direction (network order): a RST in
+    /// the other direction closes the flow only with exactly this sequence number (RFC 5961
+    /// §3.2), and a controller reset lands in-window.
     pub last_ack: Be32,
     /// `FLOW_F_*` bits; close state lives in the forward entry. 64-bit because the BPF
     /// backend encodes 32-bit fetch-or without the fetch flag (the old value is lost).
     pub flags: u64,
+    /// CLOCK_MONOTONIC_COARSE ns of the last packet in this entry's direction; in the
+    /// handshake table, of the first SYN (retransmissions do not extend a handshake).
+    pub last_seen: u64,
+    /// The client's initial sequence number (host order), in both handshake entries: a RST
+    /// from the node is a refusal only if it acknowledges exactly `isn + 1`.
+    pub isn: u32,
+    /// With [`FLOW_F_PEER_FIN`]: the sequence number right after the other direction's FIN
+    /// (host order); an ACK of at least this acknowledges it.
+    pub peer_fin_end: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 56);
+const _: () = assert!(size_of::<Flow>() == 72);
 const _: () = assert!(core::mem::offset_of!(Flow, flags) == 48);
+const _: () = assert!(core::mem::offset_of!(Flow, last_seen) == 56);
+
+/// Value of `PGR_TIMEOUTS` (array of one, key 0): flow timeouts in ns, written by the
+/// controller at start and on reload. A zero field means the `DEFAULT_TIMEOUT_*` constant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub handshake_ns: u64,
+    pub established_ns: u64,
+    pub closing_ns: u64,
+    pub closed_ns: u64,
+}
+const _: () = assert!(size_of::<Timeouts>() == 32);
+
+/// [`GcRequest::op`]: reap the flow whose forward (or orphaned reply) entry has key `key` in
+/// `PGR_CONNTRACK` if it has expired by the kernel's clock; with [`GC_F_FORCE`], whatever its
+/// age. Verdict: `XDP_DROP` reaped, `XDP_PASS` kept (alive, claimed, or gone).
+pub const GC_OP_REAP: u32 = 1;
+/// [`GcRequest::op`]: add `delta` to backend `backend_id`'s open-flow count atomically
+/// (a drift correction found by the controller's recount). Verdict `XDP_DROP`.
+pub const GC_OP_ADJUST: u32 = 2;
+/// [`GcRequest::flags`]: reap even if not expired.
+pub const GC_F_FORCE: u32 = 1;
+
+/// The frame the controller hands to [`GC_PROGRAM_NAME`] under `BPF_PROG_TEST_RUN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcRequest {
+    pub op: u32,
+    pub flags: u32,
+    pub backend_id: u32,
+    pub delta: i32,
+    pub key: FlowKey,
+}
+const _: () = assert!(size_of::<GcRequest>() == 56);
+
+/// A flow's life-cycle state as status and metrics report it, derived from the table it is in
+/// and its forward entry's flags ([`flow_state`]).
+pub const FLOW_STATE_HANDSHAKE: u8 = 0;
+pub const FLOW_STATE_ESTABLISHED: u8 = 1;
+pub const FLOW_STATE_CLOSING: u8 = 2;
+pub const FLOW_STATE_CLOSED: u8 = 3;
+pub const FLOW_STATE_NAMES: [&str; 4] = ["handshake", "established", "closing", "closed"];
+
+/// State of a flow in `PGR_CONNTRACK` from its forward entry's flags (the handshake table
+/// holds only [`FLOW_STATE_HANDSHAKE`] flows): any FIN seen makes it closing.
+#[inline(always)]
+pub const fn flow_state(fwd_flags: u64) -> u8 {
+    if fwd_flags & FLOW_F_CLOSED != 0 {
+        FLOW_STATE_CLOSED
+    } else if fwd_flags
+        & (FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND | FLOW_F_PEER_FIN | FLOW_F_CLIENT_FIN_SEEN)
+        != 0
+    {
+        FLOW_STATE_CLOSING
+    } else {
+        FLOW_STATE_ESTABLISHED
+    }
+}
+
+/// The timeout (ns) of a flow state, zero fields meaning the defaults.
+#[inline(always)]
+pub const fn state_timeout(t: &Timeouts, state: u8) -> u64 {
+    let (v, d) = match state {
+        FLOW_STATE_HANDSHAKE => (t.handshake_ns, DEFAULT_TIMEOUT_HANDSHAKE_NS),
+        FLOW_STATE_ESTABLISHED => (t.established_ns, DEFAULT_TIMEOUT_ESTABLISHED_NS),
+        FLOW_STATE_CLOSING => (t.closing_ns, DEFAULT_TIMEOUT_CLOSING_NS),
+        _ => (t.closed_ns, DEFAULT_TIMEOUT_CLOSED_NS),
+    };
+    if v == 0 { d } else { v }
+}
 
 /// Value of `PGR_IFACE_MACS` (hash, key: ifindex): the interface's MAC address, so the
 /// program ignores frames a switch flooded to it that are meant for another host.
@@ -236,19 +375,25 @@ pub struct ServiceStats {
     /// Backend → client packets and bytes (L3).
     pub packets_out: u64,
     pub bytes_out: u64,
+    /// Handshakes started (SYN forwarded to a backend).
     pub new_flows: u64,
     pub rst_sent: u64,
-    /// SYN dropped: the set is empty.
+    /// SYN dropped: the set is empty and within its hold (the client retransmits).
     pub drop_no_backend: u64,
-    /// SYN dropped: every member is at `maxconn`.
+    /// SYN dropped, or a handshake's completion held back: every member is at `maxconn`.
     pub drop_maxconn: u64,
-    /// SYN dropped: no free SNAT port after bounded probing.
+    /// SYN dropped: no free SNAT port.
     pub drop_snat_exhausted: u64,
-    /// A non-SYN packet without a flow (mid-flow after eviction, or forged): LRU pressure shows
-    /// here.
+    /// A non-SYN packet without a live flow (expired, reaped, or forged).
     pub ct_miss: u64,
+    /// SYN answered by a RST: the set is empty past its hold (or `on_empty = "reject"`).
+    pub rst_no_backend: u64,
+    /// Handshakes completed: the flow moved to the established table and took its slot.
+    pub established: u64,
+    /// A completed handshake found the established table full (the client retransmits).
+    pub drop_ct_full: u64,
 }
-const _: () = assert!(size_of::<ServiceStats>() == 80);
+const _: () = assert!(size_of::<ServiceStats>() == 104);
 
 /// Per-backend counters (`PGR_BACKEND_STATS`, per-CPU array, key: backend id).
 #[repr(C)]
@@ -260,7 +405,7 @@ pub struct BackendStats {
     pub bytes_out: u64,
     pub new_flows: u64,
     pub rst_sent: u64,
-    /// SYNs that found this backend at `maxconn`.
+    /// SYNs or handshake completions that found this backend at `maxconn`.
     pub drop_maxconn: u64,
     /// Connections the backend refused: a RST before any other answer to our SYN, i.e.
     /// nothing listens on the port (PostgreSQL stopped or restarting). The controller polls
@@ -288,13 +433,13 @@ pub mod counter {
     pub const PASS_FIB_OTHER: u32 = 6;
     pub const TX: u32 = 7;
     pub const REDIRECT: u32 = 8;
-    /// Dropped: SYN with no backend, all at maxconn, or SNAT exhausted (see service stats).
+    /// Dropped: SYN with every member at maxconn, or no SNAT port free (see service stats).
     pub const DROP_SYN: u32 = 9;
     /// A RST answered an unknown mid-flow packet.
     pub const RST_UNKNOWN_FLOW: u32 = 10;
     /// A RST answered a packet of a flow whose backend was shut down.
     pub const RST_SHUTDOWN: u32 = 11;
-    /// Conntrack insert failed (map full under NOEXIST races); SYN dropped.
+    /// A SYN lost the race for its tuple to a duplicate on another CPU; dropped.
     pub const CT_INSERT_FAILED: u32 = 12;
     /// The redirect target interface is not in `PGR_IFACES`; passed.
     pub const PASS_NO_IFACE: u32 = 13;
@@ -303,8 +448,29 @@ pub mod counter {
     /// Passed: the frame is addressed to another host's MAC (flooded by a switch that lost
     /// track of the VIP owner). Only the host the frame is for may answer it.
     pub const PASS_OTHER_HOST: u32 = 15;
+    /// Dropped: a SYN to an empty set within its hold (the client's retransmission retries).
+    pub const DROP_SYN_HELD: u32 = 16;
+    /// A RST answered a SYN: the set is empty past its hold, or the listener rejects at once.
+    pub const RST_NO_BACKEND: u32 = 17;
+    /// Dropped: a handshake's completing ACK while every slot of its backend is taken; the
+    /// client's retransmission retries until the handshake timeout.
+    pub const DROP_WAIT_SLOT: u32 = 18;
+    /// Dropped: a completed handshake found the established table full.
+    pub const DROP_CT_FULL: u32 = 19;
+    /// Forwarded without closing the flow: a RST whose sequence number is not exactly the one
+    /// expected (RFC 5961: the endpoint answers it with a challenge ACK).
+    pub const RST_NOT_EXACT: u32 = 20;
+    /// Forwarded, not counted as a refusal: a RST "from" a node that does not acknowledge our
+    /// SYN's ISN + 1.
+    pub const RST_FORGED_REFUSAL: u32 = 21;
+    /// A packet found its flow expired: the flow was ended (slot and port given back).
+    pub const EXPIRED_ON_PACKET: u32 = 22;
+    /// A new flow took over the SNAT port of a closed or expired flow.
+    pub const SNAT_REUSED: u32 = 23;
+    /// A new flow's SNAT port was found only by the linear scan after the random probes.
+    pub const SNAT_SCANNED: u32 = 24;
     /// Names of the counters above, indexed by their value (status, metrics, docs/maps.md).
-    pub const NAMES: [&str; 16] = [
+    pub const NAMES: [&str; 25] = [
         "pass_not_ipv4",
         "pass_not_tcp",
         "pass_not_ours",
@@ -321,8 +487,17 @@ pub mod counter {
         "pass_no_iface",
         "drop_rst_no_flow",
         "pass_other_host",
+        "drop_syn_held",
+        "rst_no_backend",
+        "drop_wait_slot",
+        "drop_ct_full",
+        "rst_not_exact",
+        "rst_forged_refusal",
+        "expired_on_packet",
+        "snat_reused",
+        "snat_scanned",
     ];
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 25;
     const _: () = assert!(NAMES.len() as u32 == COUNT);
 }
 
@@ -346,7 +521,10 @@ impl_accumulate!(ServiceStats {
     drop_no_backend,
     drop_maxconn,
     drop_snat_exhausted,
-    ct_miss
+    ct_miss,
+    rst_no_backend,
+    established,
+    drop_ct_full
 });
 impl_accumulate!(BackendStats {
     packets_in,
@@ -372,4 +550,6 @@ mod pod {
     unsafe impl aya::Pod for IfaceMac {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for Timeouts {}
+    unsafe impl aya::Pod for GcRequest {}
 }

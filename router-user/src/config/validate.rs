@@ -45,9 +45,16 @@ impl From<usize> for Seg {
 
 impl Ctx<'_> {
     fn err(&mut self, path: Vec<Seg>, message: impl Into<String>) {
-        let (line, col) = self
-            .spans
-            .span_of(&path)
+        self.err_near(path, &[], message);
+    }
+
+    /// Like `err`, but when `path` is not written in the file (a default), points at the
+    /// first of `near` that is: the key whose value makes the default wrong.
+    fn err_near(&mut self, path: Vec<Seg>, near: &[Vec<Seg>], message: impl Into<String>) {
+        let (line, col) = std::iter::once(&path)
+            .chain(near)
+            .find_map(|p| self.spans.written(p))
+            .or_else(|| self.spans.span_of(&path))
             .map_or((1, 1), |s| self.spans.line_col(s.start));
         self.diags.push(Diagnostic {
             file: self.file.clone(),
@@ -246,10 +253,12 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
     } else if d.handshake_entries / 2 >= ports {
         // Half-open flows each hold a SNAT port: as many as the ports would let a SYN flood
         // take every port and leave none for connections that complete.
-        ctx.err(
+        ctx.err_near(
             p!["datapath", "handshake_entries"],
+            &[p!["datapath", "snat_ports"]],
             format!(
-                "{} entries hold {} half-open connections, not fewer than the {ports} ports of                  snat_ports {}-{}; a SYN flood could take every port",
+                "{} entries hold {} half-open connections, not fewer than the {ports} ports of \
+                 snat_ports {}-{}; a SYN flood could take every port",
                 d.handshake_entries,
                 d.handshake_entries / 2,
                 snat_ports.first,

@@ -421,20 +421,25 @@ fn summarize(cfg: &Config) -> String {
         cfg.datapath.snat_ports.last
     );
     let t = &cfg.datapath.timeouts;
+    let d = units::duration_text;
     let _ = writeln!(
         s,
-        "flows: handshake table {} entries; timeouts handshake {:?} established {:?} closing {:?} \
-         closed {:?}",
-        cfg.datapath.handshake_entries, t.handshake, t.established, t.closing, t.closed
+        "flows: handshake table {} entries; timeouts handshake {} established {} closing {} \
+         closed {}",
+        cfg.datapath.handshake_entries,
+        d(t.handshake),
+        d(t.established),
+        d(t.closing),
+        d(t.closed)
     );
     if t.established_below_rfc5382() {
         // Accepted (tests use seconds), but idle sessions (a pooler's, a psql left open) would
         // be cut where a NAT following RFC 5382 keeps them.
         let _ = writeln!(
             s,
-            "warning: datapath.timeouts.established {:?} is below 2h4m; RFC 5382 (REQ-5) asks for \
+            "warning: datapath.timeouts.established {} is below 2h4m; RFC 5382 (REQ-5) asks for \
              at least 2h4m, or idle sessions are cut",
-            t.established
+            d(t.established)
         );
     }
     for c in &cfg.clusters {
@@ -468,8 +473,8 @@ fn summarize(cfg: &Config) -> String {
             }
             match l.on_empty {
                 OnEmpty::Reject => extra.push_str(", empty: reject"),
-                OnEmpty::Hold(d) => {
-                    let _ = write!(extra, ", empty: hold {d:?}");
+                OnEmpty::Hold(hold) => {
+                    let _ = write!(extra, ", empty: hold {}", d(hold));
                 }
             }
             let _ = writeln!(

@@ -235,7 +235,7 @@ fn render(
                 let _ = writeln!(
                     o,
                     "{key} = {}  # {} ({}:{})",
-                    q(&translate::duration_text(f.value)),
+                    q(&crate::config::units::duration_text(f.value)),
                     f.directives,
                     hsrc.path,
                     f.line

@@ -12,7 +12,8 @@
 //! A value of 0 is HAProxy's "no limit"; pgrouter needs one, so the default stays.
 use std::time::Duration;
 
-use super::{Directive, Place, Proxy, Route, Sink, Source, fmt_duration, haproxy};
+use super::{Directive, Place, Proxy, Route, Sink, Source, haproxy};
+use crate::config::units::duration_text;
 
 /// The `timeout` keys this module reads.
 pub(super) const KEYS: &[&str] = &[
@@ -101,7 +102,7 @@ fn largest(
             format!(
                 "`timeout {} 0` means no limit in HAProxy; pgrouter needs one and keeps its default {what} = \"{}\"",
                 t.key,
-                fmt_duration(default)
+                duration_text(default)
             ),
         );
     }
@@ -121,7 +122,7 @@ fn largest(
             format!(
                 "listeners use different values for `timeout {}`; pgrouter has one {what} timeout for all and takes the largest, {}",
                 best.key,
-                fmt_duration(best.value)
+                duration_text(best.value)
             ),
         );
     }
@@ -217,8 +218,8 @@ pub(super) fn flow_timeouts(
             format!(
                 "`{}`: pgrouter keeps HAProxy's idle limit as written (established = \"{}\"), so idle sessions (poolers, an open psql) are cut after {}; RFC 5382 asks a NAT for at least 2h4m, pgrouter's default: delete the `established` line to use it",
                 e.directives,
-                fmt_duration(e.value),
-                fmt_duration(e.value)
+                duration_text(e.value),
+                duration_text(e.value)
             ),
         );
     }
@@ -231,6 +232,6 @@ pub(super) fn flow_timeouts(
 fn closing_note(default: Duration) -> String {
     format!(
         "pgrouter has one limit for a connection with a FIN seen in either direction, datapath.timeouts.closing (default \"{}\"); not set from this",
-        fmt_duration(default)
+        duration_text(default)
     )
 }

@@ -80,6 +80,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: Some(cfg.datapath.pin_path.clone()),
         conntrack_entries: cfg.datapath.conntrack_entries,
+        handshake_entries: cfg.datapath.handshake_entries,
     })?;
     let mut maps = Maps::take(&mut dp.ebpf)?;
     let mode = match cfg.datapath.mode {
@@ -328,7 +329,12 @@ impl Daemon {
             self.cfg.datapath.snat_ports.first,
             self.cfg.datapath.snat_ports.last,
         );
-        let (delta, next) = match dataplane::plan(&desired, &self.applied, snat) {
+        let (delta, next) = match dataplane::plan(
+            &desired,
+            &self.applied,
+            snat,
+            dataplane::host::monotonic_ns(),
+        ) {
             Ok(p) => p,
             Err(e) => {
                 error!("cannot publish backend sets: {e}; keeping the running ones");

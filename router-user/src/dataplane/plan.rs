@@ -150,6 +150,8 @@ pub fn plan(
             snat_addr,
             snat_port_min: snat_ports.0,
             snat_port_max: snat_ports.1,
+            // wt-cfg provides this (listener `on_empty`/`empty_hold`).
+            empty_hold_ms: router_ebpf::DEFAULT_EMPTY_HOLD_MS,
         };
         next.services.insert(service_key(l.vip, l.port), svc);
 

@@ -97,8 +97,9 @@ pub struct ListenerStatus {
     pub established: u64,
     /// Completed handshakes dropped because PGR_CONNTRACK was full.
     pub drop_ct_full: u64,
-    /// SNAT ports held by this listener's flows (reply entries in either table) at the last
-    /// full GC cycle, and the size of its SNAT range.
+    /// SNAT ports held by this listener's flows that are not closed (half-open or open; a
+    /// closed flow's port is reusable at once) at the last full GC cycle, and the size of its
+    /// SNAT range.
     pub snat_ports_in_use: u64,
     pub snat_ports: u64,
     pub backends: Vec<BackendStatus>,

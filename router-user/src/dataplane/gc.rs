@@ -126,7 +126,10 @@ pub struct Tally {
     /// Backend id → forward entries in PGR_CONNTRACK without `FLOW_F_CLOSED`: what
     /// PGR_BACKEND_CONNS should hold.
     pub open: BTreeMap<u32, u64>,
-    /// Service id → reply entries (SNAT ports held) in either table.
+    /// Service id → SNAT ports held by flows that are not closed (half-open or open), in
+    /// either table: the ports a new flow cannot take. A closed flow's port is reusable at
+    /// once (the kernel takes it over), so it is not counted. Counted at forward entries,
+    /// whose flags carry the close state, so no lookup is needed.
     pub snat_ports: BTreeMap<u32, u64>,
     pub handshake_entries: u64,
     pub conntrack_entries: u64,
@@ -141,12 +144,14 @@ impl Tally {
             Table::Conntrack => self.conntrack_entries += 1,
         }
         if f.flags & FLOW_F_REPLY != 0 {
-            *self.snat_ports.entry(f.service_id).or_default() += 1;
             return;
         }
         self.flows.entry(f.backend_id).or_default()[usize::from(state & 3)] += 1;
-        if table == Table::Conntrack && f.flags & FLOW_F_CLOSED == 0 {
-            *self.open.entry(f.backend_id).or_default() += 1;
+        if f.flags & FLOW_F_CLOSED == 0 {
+            *self.snat_ports.entry(f.service_id).or_default() += 1;
+            if table == Table::Conntrack {
+                *self.open.entry(f.backend_id).or_default() += 1;
+            }
         }
     }
 
@@ -155,12 +160,12 @@ impl Tally {
     pub fn kept(&mut self, r: &Reap) {
         self.conntrack_entries += 1;
         if r.orphan {
-            *self.snat_ports.entry(r.service_id).or_default() += 1;
             return;
         }
         self.flows.entry(r.backend_id).or_default()[usize::from(r.state & 3)] += 1;
         if r.open {
             *self.open.entry(r.backend_id).or_default() += 1;
+            *self.snat_ports.entry(r.service_id).or_default() += 1;
         }
     }
 }

@@ -15,12 +15,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    os::fd::{AsFd as _, BorrowedFd},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-
-use std::os::fd::{AsFd as _, BorrowedFd};
 
 use anyhow::{Context as _, anyhow};
 use router_ebpf::Timeouts;

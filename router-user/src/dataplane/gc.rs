@@ -531,8 +531,9 @@ impl Gc {
             let b = match tables.walk(table, &mut cursor, self.per_tick) {
                 Ok(b) => b,
                 Err(e) => {
+                    // Retried from the same cursor next tick; the other table goes on.
                     self.error(&format!("walking {table:?}"), &e);
-                    return false;
+                    continue;
                 }
             };
             self.walks[i] = Walk {

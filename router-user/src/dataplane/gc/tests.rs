@@ -404,6 +404,8 @@ struct Fake {
     ct: BTreeMap<FlowKey, Flow>,
     conns: BTreeMap<u32, u32>,
     keep: Vec<FlowKey>,
+    /// Walks of the conntrack table that fail before one succeeds.
+    failing_walks: u32,
     walks: usize,
     runs: Vec<GcRequest>,
 }
@@ -425,6 +427,10 @@ impl Tables for Fake {
         max: usize,
     ) -> io::Result<Batch<FlowKey, Flow>> {
         self.walks += 1;
+        if t == Table::Conntrack && self.failing_walks > 0 {
+            self.failing_walks -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let from = cursor.unwrap_or(0) as usize;
         let entries: Vec<_> = self
             .table(t)
@@ -577,4 +583,24 @@ fn a_leaked_slot_comes_back_after_two_full_cycles() {
         fake.runs.last().map(|r| (r.op, r.backend_id, r.delta)),
         Some((GC_OP_ADJUST, 1, -2))
     );
+}
+
+/// A failed walk is retried from the same place on the next tick and counted; no report is
+/// published from a cycle that did not see the whole table.
+#[test]
+fn a_failed_walk_is_retried_and_never_yields_a_partial_report() {
+    let mut fake = Fake {
+        failing_walks: 2,
+        ..Fake::default()
+    };
+    fake.ct.extend(flow(40001, 20001, 1, NOW, NOW, 0));
+    fake.conns.insert(1, 1);
+    let a = applied(&[(1, BACKEND_ACTIVE)]);
+    let mut gc = Gc::default();
+    assert!(!gc.tick(&mut fake, &a, &timeouts(), NOW));
+    assert!(!gc.tick(&mut fake, &a, &timeouts(), NOW));
+    assert!(gc.last.is_none());
+    assert_eq!(gc.counters.errors, 2);
+    assert!(gc.tick(&mut fake, &a, &timeouts(), NOW));
+    assert_eq!(gc.last.as_ref().map(|r| r.tally.open[&1]), Some(1));
 }

@@ -108,11 +108,6 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_LEN]) -> (libc::c_long, i32) {
     (rc, errno)
 }
 
-fn zeroed<T: Pod>(n: usize) -> Vec<T> {
-    // SAFETY: `Pod` types are valid for every bit pattern, zero included.
-    vec![unsafe { std::mem::zeroed::<T>() }; n]
-}
-
 /// Reads up to `max` entries of a hash map from `cursor` with one `BPF_MAP_LOOKUP_BATCH`
 /// (more only if a single bucket is larger). The walk visits buckets in order; entries
 /// inserted or deleted meanwhile may be seen once, twice or not at all, as with any walk of
@@ -124,8 +119,10 @@ pub fn lookup_batch<K: Pod, V: Pod>(
 ) -> io::Result<Batch<K, V>> {
     let mut n = max.max(MIN_BATCH);
     loop {
-        let mut keys: Vec<K> = zeroed(n);
-        let mut values: Vec<V> = zeroed(n);
+        // Left uninitialised: the kernel writes the first `count` of each, and a big batch
+        // buffer on a small table then costs no memset and no page faults.
+        let mut keys: Vec<K> = Vec::with_capacity(n);
+        let mut values: Vec<V> = Vec::with_capacity(n);
         let in_batch = *cursor;
         let mut out_batch = 0u32;
         let mut attr = batch_attr(
@@ -139,6 +136,8 @@ pub fn lookup_batch<K: Pod, V: Pod>(
             n as u32,
         );
         let (rc, errno) = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // The hash batch writes `count = 0` before anything that can return ENOENT or
+        // ENOSPC (kernel/bpf/hashtab.c), so `count` is what it filled on those returns too.
         let got = batch_count(&attr).min(n);
         let (count, end) = match outcome(rc, errno, got)? {
             Outcome::Grow if n < MAX_BATCH => {
@@ -150,8 +149,12 @@ pub fn lookup_batch<K: Pod, V: Pod>(
             Outcome::End(c) => (c, true),
         };
         *cursor = if end { None } else { Some(out_batch) };
-        keys.truncate(count);
-        values.truncate(count);
+        // SAFETY: the kernel filled `count` ≤ capacity keys and values (`batch_count` is
+        // clamped to `n`), and `Pod` types are valid for any bytes it wrote.
+        unsafe {
+            keys.set_len(count);
+            values.set_len(count);
+        }
         return Ok(Batch {
             entries: keys.into_iter().zip(values).collect(),
             end,

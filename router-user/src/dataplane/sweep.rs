@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsFd as _};
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use router_ebpf::{FLOW_F_REPLY, Flow, FlowKey};
+use router_ebpf::{FLOW_F_CLOSED, FLOW_F_REPLY, Flow, FlowKey};
 use tracing::{info, warn};
 
 use super::{batch, gc::peer_key, writer::Maps};
@@ -19,23 +19,28 @@ pub struct Victim {
     pub reply: Option<Flow>,
 }
 
-/// Every entry of `map`, read in batches (`BPF_MAP_LOOKUP_BATCH`, a few syscalls for the
-/// whole table); on a kernel without batch operations, one lookup per key.
-fn entries(map: &HashMap<MapData, FlowKey, Flow>, what: &str) -> Vec<(FlowKey, Flow)> {
+/// The entries of `map` that `keep` selects, read in batches (`BPF_MAP_LOOKUP_BATCH`, a few
+/// syscalls for the whole table, memory only for what is kept); on a kernel without batch
+/// operations, one lookup per key.
+fn entries(
+    map: &HashMap<MapData, FlowKey, Flow>,
+    what: &str,
+    keep: impl Fn(&Flow) -> bool,
+) -> Vec<(FlowKey, Flow)> {
     let fd = map.map().fd().as_fd();
     let mut cursor = None;
     let mut out = Vec::new();
     loop {
         match batch::lookup_batch::<FlowKey, Flow>(fd, &mut cursor, SWEEP_BATCH) {
             Ok(b) => {
-                out.extend(b.entries);
+                out.extend(b.entries.into_iter().filter(|(_, f)| keep(f)));
                 if b.end {
                     return out;
                 }
             }
             Err(e) => {
                 warn!("shutdown-sessions: batch walk of {what}: {e}; walking key by key");
-                return map.iter().flatten().collect();
+                return map.iter().flatten().filter(|(_, f)| keep(f)).collect();
             }
         }
     }
@@ -47,14 +52,17 @@ const SWEEP_BATCH: usize = 16_384;
 /// Finds the forward entries of established flows on `backends`, with their reply entries,
 /// and the handshake-table entries (both directions) of flows on `backends`.
 pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> (Vec<Victim>, Vec<FlowKey>) {
-    let ct = entries(&maps.conntrack, "PGR_CONNTRACK");
+    // Both entries of a flow carry its backend id.
+    let on = |f: &Flow| backends.contains(&f.backend_id);
+    let ct = entries(&maps.conntrack, "PGR_CONNTRACK", on);
     let by_key: std::collections::HashMap<FlowKey, Flow> = ct.iter().copied().collect();
     let mut out = Vec::new();
     for (k, f) in &ct {
-        if f.flags & FLOW_F_REPLY != 0 || !backends.contains(&f.backend_id) {
+        if f.flags & FLOW_F_REPLY != 0 {
             continue;
         }
         let rk = peer_key(f);
+        // Inserted after the walk passed its bucket: look it up.
         let reply = by_key
             .get(&rk)
             .copied()
@@ -65,9 +73,8 @@ pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> (Vec<Victim>, Vec<FlowK
             reply,
         });
     }
-    let half_open = entries(&maps.handshake, "PGR_HANDSHAKE")
+    let half_open = entries(&maps.handshake, "PGR_HANDSHAKE", on)
         .into_iter()
-        .filter(|(_, f)| backends.contains(&f.backend_id))
         .map(|(k, _)| k)
         .collect();
     (out, half_open)
@@ -144,7 +151,8 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
         let vip = (v4(v.fwd_key.daddr), u16::from_be(v.fwd_key.dport));
         let node = (v4(v.fwd.daddr), u16::from_be(v.fwd.dport));
         let snat = (v4(v.fwd.saddr), u16::from_be(v.fwd.sport));
-        if sock >= 0 {
+        // A closed flow is over at both ends already: nothing to reset, only to delete.
+        if sock >= 0 && v.fwd.flags & FLOW_F_CLOSED == 0 {
             // To the client: its last ACK is the next sequence it expects from us.
             if v.fwd.last_ack != 0 {
                 send(sock, &rst_segment(vip, client, v.fwd.last_ack), client.0);

@@ -23,8 +23,8 @@ use std::{
 use aya::maps::IterableMap as _;
 use router_ebpf::{
     BACKEND_SHUTDOWN, BACKEND_UNUSED, FAMILY_IPV4, FLOW_F_CLAIMED, FLOW_F_CLOSED, FLOW_F_REPLY,
-    FLOW_STATE_CLOSED, FLOW_STATE_HANDSHAKE, FLOW_STATE_NAMES, Flow, FlowKey, GC_F_FORCE,
-    GC_OP_ADJUST, GC_OP_REAP, GcRequest, PROTO_TCP, Timeouts, flow_state, state_timeout,
+    FLOW_STATE_CLOSED, FLOW_STATE_HANDSHAKE, FLOW_STATE_NAMES, Flow, FlowKey, GC_OP_ADJUST,
+    GC_OP_REAP, GcRequest, PROTO_TCP, Timeouts, flow_state, state_timeout,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -92,13 +92,14 @@ pub struct Reap {
 }
 
 impl Reap {
-    /// The request frame. Orphans are forced: one past the grace is no insertion race, and
-    /// with no forward entry the kernel has no state to time it by (it still refuses to
-    /// touch a reply entry whose forward entry exists or that is claimed).
+    /// The request frame. Never forced, orphans included: between our judgement and the
+    /// run, the kernel may have given the entry's port to a new flow, and only its own
+    /// re-check (expiry by its clock, the claim bit, whether a forward entry now points at
+    /// the key) can tell.
     pub fn request(&self) -> GcRequest {
         GcRequest {
             op: GC_OP_REAP,
-            flags: if self.orphan { GC_F_FORCE } else { 0 },
+            flags: 0,
             backend_id: self.backend_id,
             delta: 0,
             key: self.key,

@@ -10,7 +10,7 @@ use router_ebpf::{
 };
 
 use crate::{
-    flow::{self, peer_key},
+    flow,
     maps::{PGR_CONNTRACK, PGR_HANDSHAKE, PGR_SNAT_CURSOR},
 };
 
@@ -117,7 +117,7 @@ fn probe(port: u16, w: *mut Want) -> bool {
         // A client tuple that looks like a reply key: never ours to take.
         false
     } else {
-        match PGR_CONNTRACK.get_ptr(peer_key(r)) {
+        match PGR_CONNTRACK.get_ptr(r.peer_key()) {
             // Orphaned reply entry: its flow is gone.
             None => true,
             Some(fwd) => {

@@ -154,9 +154,17 @@ pub fn end(key: &FlowKey, entry: *mut Flow) {
 const NOW_ESTABLISHED: u32 = u32::MAX;
 
 /// Removes a half-open flow's entries (they hold no slot).
-#[inline(always)]
+///
+/// The other entry is removed only if it is still this flow's: the table is LRU, so it may
+/// have been evicted and its key (a SNAT port) taken by another flow since.
+#[inline(never)]
 fn end_handshake(key: &FlowKey, f: &Flow) {
-    let _ = PGR_HANDSHAKE.remove(&f.peer_key());
+    let other = f.peer_key();
+    if let Some(o) = PGR_HANDSHAKE.get_ptr(&other) {
+        if unsafe { (*o).peer_key() } == *key {
+            let _ = PGR_HANDSHAKE.remove(&other);
+        }
+    }
     let _ = PGR_HANDSHAKE.remove(key);
 }
 
@@ -436,7 +444,10 @@ fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f: &Flow) -> 
     }
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
         if let Some(r) = PGR_HANDSHAKE.get_ptr(&f.peer_key()) {
-            if unsafe { (*r).flags } & FLOW_F_ANSWERED != 0 {
+            // The reply entry must still be this flow's: an LRU eviction may have handed its
+            // SNAT port to another flow, whose reply entry now stands under the key.
+            let (flags, owner) = unsafe { ((*r).flags, (*r).peer_key()) };
+            if flags & FLOW_F_ANSWERED != 0 && owner == *key {
                 return establish(key, f, r);
             }
         }

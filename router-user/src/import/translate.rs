@@ -27,8 +27,6 @@ const HAPROXY_RISE: u32 = 2;
 /// would drop the VIP for every listener. A large negative weight moves the VIP only to a
 /// peer that does reach the leader.
 pub const PATRONI_TRACK_WEIGHT: i32 = -50;
-/// Where pgrouter's SNAT ports live by default (`datapath.snat_ports`).
-const SNAT_DEFAULT: (u16, u16) = (40000, 59999);
 
 /// Everything `render` writes.
 #[derive(Clone, Debug, Default)]
@@ -1394,9 +1392,10 @@ fn cluster_listeners(
                         );
                         continue;
                     }
-                    if (SNAT_DEFAULT.0..=SNAT_DEFAULT.1).contains(&port) {
+                    let snat = crate::config::DEFAULT_SNAT_PORTS;
+                    if snat.contains(port) {
                         sink.warn(hsrc.path, *bline, Place::Datapath, format!(
-                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", SNAT_DEFAULT.0, SNAT_DEFAULT.1));
+                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", snat.first, snat.last));
                     }
                     let base = sanitize(&f.name);
                     let name = if made == 0 {

@@ -393,7 +393,6 @@ pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> 
 /// What `pgrouter check-config` prints for a valid file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
-    pub config: Config,
     pub text: String,
 }
 
@@ -407,7 +406,7 @@ impl fmt::Display for Summary {
 pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
     let config = load(path)?;
     let text = summarize(&config);
-    Ok(Summary { config, text })
+    Ok(Summary { text })
 }
 
 fn summarize(cfg: &Config) -> String {

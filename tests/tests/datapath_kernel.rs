@@ -1860,3 +1860,41 @@ fn bench_test_run_ns_per_packet() {
         syn / base_single
     );
 }
+
+/// A blind spoofer who knows a flow's tuples (the SNAT port is the client's own port when it
+/// lies in the range) but not its sequence numbers must not be able to end it: not with a
+/// RST made "exact" by a spoofed ACK first, nor with FINs "acknowledged" by spoofed ACKs.
+#[test]
+#[ignore = "kernel gap: last_ack and FIN acknowledgements are taken from any segment"]
+fn spoofed_acks_cannot_make_forged_rsts_or_fins_close_a_flow() {
+    const GUESS: u32 = 0x1234_5678;
+    let mut k = K::new();
+    k.publish(&standard());
+    let c = handshake(&mut k, (CLIENT, 51250), 5000);
+    let d = handshake(&mut k, (CLIENT, 51251), 5000);
+    c.passes(
+        &mut k,
+        &c.node_seg().seq(GUESS).ack(GUESS),
+        "spoofed node ACK",
+    );
+    c.passes(
+        &mut k,
+        &c.client_seg().rst().seq(GUESS),
+        "forged client RST",
+    );
+    let rst_closed = k.fwd(&c).is_some_and(|f| f.flags & FLOW_F_CLOSED != 0);
+    let spoofed = [
+        d.client_seg().seq(GUESS).fin(),
+        d.node_seg().seq(GUESS).ack(GUESS + 1).fin(),
+        d.client_seg().seq(GUESS + 1).ack(GUESS + 1),
+    ];
+    for (i, t) in spoofed.iter().enumerate() {
+        d.passes(&mut k, t, &format!("spoofed FIN segment {i}"));
+    }
+    let fin_closed = k.fwd(&d).is_some_and(|f| f.flags & FLOW_F_CLOSED != 0);
+    assert!(
+        !rst_closed && !fin_closed,
+        "closed by a blind spoofer: by RST {rst_closed}, by FINs {fin_closed}"
+    );
+    assert_eq!(k.conns(k.primary()), 2, "both slots still held");
+}

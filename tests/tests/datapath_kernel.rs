@@ -1375,6 +1375,18 @@ fn a_handshake_expires_the_handshake_timeout_after_its_first_syn() {
     assert_eq!(k.conns(k.primary()), 0);
 }
 
+/// Zero timeouts (the controller wrote none) mean the ABI defaults: a handshake lives
+/// `DEFAULT_TIMEOUT_HANDSHAKE_NS`.
+#[test]
+fn zero_timeouts_mean_the_defaults() {
+    let mut k = K::new();
+    k.publish(&standard());
+    k.maps.set_timeouts(&Timeouts::default()).expect("timeouts");
+    let c = half_open(&mut k, (CLIENT, 51110), 5000);
+    let timeout = router_ebpf::DEFAULT_TIMEOUT_HANDSHAKE_NS;
+    assert_expires_after(&mut k, &c, timeout, &c.syn_ack(), &c.client_seg());
+}
+
 /// An established flow lives while either direction spoke within `established`: idle on
 /// one side only keeps it; idle both ways past it, the client's next segment gets a RST, the
 /// slot comes back, and a SYN on the tuple starts a new flow.
@@ -1437,7 +1449,8 @@ fn a_closed_flows_snat_port_is_reused_at_once() {
 }
 
 /// Both FINs acknowledged close the flow and give its slot back once: retransmitted
-/// closing segments give nothing back again.
+/// closing segments, and a SYN that reuses the closed tuple (a new flow), give nothing back
+/// again.
 #[test]
 fn both_fins_acknowledged_give_the_slot_back_once() {
     let (mut k, c) = one_flow();
@@ -1445,6 +1458,13 @@ fn both_fins_acknowledged_give_the_slot_back_once() {
     let f = k.fwd(&c).expect("a closed flow lingers");
     assert_ne!(f.flags & FLOW_F_CLOSED, 0, "closed");
     close_by_fins(&mut k, &c);
+    assert_eq!(k.conns(k.primary()), 0);
+    syn(&mut k, c.client, c.vport);
+    assert!(
+        k.fwd(&c).is_none(),
+        "the closed flow made way for the new one"
+    );
+    assert_eq!(k.handshakes().len(), 2);
     assert_slot_back(&mut k, 51201);
 }
 

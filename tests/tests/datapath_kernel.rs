@@ -1552,12 +1552,12 @@ fn gc_reap_leaves_a_live_flow_alone_and_reaps_an_expired_one() {
     assert_eq!(k.conns(bid), 0);
 }
 
-/// `GC_OP_ADJUST` adds its delta to a backend's slot count atomically: adjustments racing
-/// on every CPU all land, a negative delta subtracts, and a bad backend id, op or request
+/// `GC_OP_ADJUST` adds its delta to a backend's slot count atomically: adjustments run at
+/// the same moment on every CPU all land, a negative delta subtracts, and a bad backend id, op or request
 /// length is refused (XDP_ABORTED).
 #[test]
 fn gc_adjust_adds_to_the_slot_count_atomically() {
-    const PER_CPU: u32 = 5000;
+    const PER_CPU: u32 = 2000;
     let mut k = K::new();
     k.publish(&standard());
     let bid = k.primary();
@@ -1567,27 +1567,14 @@ fn gc_adjust_adds_to_the_slot_count_atomically() {
         delta: 1,
         ..Default::default()
     };
-    let frame = request_bytes(&one);
-    let raw = k.raw(GC_PROGRAM_NAME);
+    let job = (k.raw(GC_PROGRAM_NAME), request_bytes(&one).to_vec());
     let cpus = racers_per_cpu();
-    let start = Barrier::new(cpus);
-    let refused = AtomicU32::new(0);
-    std::thread::scope(|s| {
-        for cpu in 0..cpus {
-            let (start, refused, frame) = (&start, &refused, &frame);
-            let mut raw = raw;
-            s.spawn(move || {
-                pin_to_cpu(cpu);
-                start.wait();
-                for _ in 0..PER_CPU {
-                    if raw.run(frame).0 != XDP_DROP {
-                        refused.fetch_add(1, SeqCst);
-                    }
-                }
-            });
-        }
-    });
-    assert_eq!(refused.into_inner(), 0);
+    let prepare = |_: &mut K, _| vec![job.clone(); cpus];
+    let check = |k: &mut K, round: u32, verdicts: &[u32]| {
+        assert!(verdicts.iter().all(|v| *v == XDP_DROP), "{verdicts:?}");
+        assert_eq!(k.conns(bid), (round + 1) * cpus as u32, "round {round}");
+    };
+    race(&mut k, cpus, PER_CPU, prepare, check);
     let total = PER_CPU * cpus as u32;
     assert_eq!(k.conns(bid), total, "every adjustment landed");
     let back = GcRequest {

@@ -87,6 +87,7 @@ pub enum Failure {
     /// Anything else (a reset mid-session, a protocol error).
     Other,
 }
+
 #[derive(Clone, Debug)]
 pub struct Probe {
     pub t_ms: u64,

@@ -255,11 +255,14 @@ pub struct EmptySetCounters {
 }
 
 impl EmptySetCounters {
+    /// The counters of `listener` (its name in the config; status names it
+    /// `<cluster>/<listener>`).
     pub fn of(v: &Value, listener: &str) -> Option<Self> {
+        let qualified = format!("{CLUSTER}/{listener}");
         let l = v["listeners"]
             .as_array()?
             .iter()
-            .find(|l| l["name"] == listener)?;
+            .find(|l| l["name"] == qualified.as_str())?;
         Some(Self {
             held: l["drop_no_backend"].as_u64()?,
             rejected: l["rst_no_backend"].as_u64()?,
@@ -387,9 +390,9 @@ mod tests {
     #[test]
     fn empty_set_counters_come_from_the_listener_and_its_backends() {
         let v: Value = serde_json::json!({"listeners": [
-            {"name": "PG1", "drop_no_backend": 9, "rst_no_backend": 0,
+            {"name": "pgrlab/PG1", "drop_no_backend": 9, "rst_no_backend": 0,
              "backends": [{"refused": 1}, {"refused": 0}]},
-            {"name": "PG1_reject", "drop_no_backend": 0, "rst_no_backend": 7, "backends": []}]});
+            {"name": "pgrlab/PG1_reject", "drop_no_backend": 0, "rst_no_backend": 7, "backends": []}]});
         let a = EmptySetCounters::of(&v, "PG1").unwrap();
         assert_eq!((a.held, a.rejected, a.node_refusals), (9, 0, 1));
         let b = EmptySetCounters::of(&v, "PG1_reject").unwrap();

@@ -805,8 +805,12 @@ impl OnEmptyProbe {
     fn counters(edge: &str) -> Result<[EmptySetCounters; 2]> {
         let v = edges::status(edge).ok_or_else(|| anyhow!("pgrouter on {edge}: no status"))?;
         let get = |l| {
-            EmptySetCounters::of(&v, l)
-                .ok_or_else(|| anyhow!("pgrouter on {edge}: no listener {l} in status --json"))
+            EmptySetCounters::of(&v, l).ok_or_else(|| {
+                anyhow!(
+                    "pgrouter on {edge}: no counters of listener {l} in status --json: {:.600}",
+                    v["listeners"].to_string()
+                )
+            })
         };
         Ok([get(edges::WRITE_LISTENER)?, get(edges::REJECT_LISTENER)?])
     }

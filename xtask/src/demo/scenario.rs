@@ -830,8 +830,8 @@ impl OnEmptyProbe {
         let rej = prober::attempts(&self.prober.probes(REJECT_LABEL), action, to);
         let line = format!(
             "switchover: new connections — hold: {}; reject: {}",
-            mode_text(&hold),
-            mode_text(&rej)
+            mode_text(&hold, kh.rejected),
+            mode_text(&rej, kr.rejected)
         );
         o.notes.push(line.clone());
         o.on_empty = Some(line);
@@ -897,19 +897,23 @@ impl OnEmptyProbe {
     }
 }
 
-/// "0 of 37 failed (longest connect 1.02 s)", with the failures by kind.
-fn mode_text(a: &Attempts) -> String {
+/// "0 of 37 failed (longest connect 1.02 s)", with the failures by kind. `rsts`: the RSTs
+/// pgrouter sent for want of a backend on the listener meanwhile; refusals beyond them came
+/// from a node (the old primary's closed port, before that refusal took it out of the set).
+fn mode_text(a: &Attempts, rsts: u64) -> String {
     let mut kinds = vec![];
     if a.refused > 0 {
-        kinds.push(if a.longest_refusal_ms < PROMPT_MS {
-            format!("{} refused at once", a.refused)
-        } else {
-            format!(
-                "{} refused, the longest after {:.2} s",
-                a.refused,
-                a.longest_refusal_ms as f64 / 1000.0
-            )
-        });
+        let by_router = (a.refused as u64).min(rsts);
+        let by_node = a.refused as u64 - by_router;
+        kinds.push(format!(
+            "{} refused {} ({by_router} by pgrouter, {by_node} by a node)",
+            a.refused,
+            if a.longest_refusal_ms < PROMPT_MS {
+                "at once".to_string()
+            } else {
+                format!("after up to {:.2} s", a.longest_refusal_ms as f64 / 1000.0)
+            }
+        ));
     }
     if a.timed_out > 0 {
         kinds.push(format!("{} timed out", a.timed_out));
@@ -1192,4 +1196,33 @@ pub fn wait_serving(env: &Env) -> Result<()> {
         bail!("routers do not serve every probe:{msg}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mode_line_attributes_refusals_to_pgrouter_or_a_node() {
+        let a = Attempts {
+            total: 56,
+            refused: 25,
+            longest_wait_ms: 8,
+            longest_refusal_ms: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            mode_text(&a, 24),
+            "25 of 56 failed: 25 refused at once (24 by pgrouter, 1 by a node) (longest connect 0.01 s)"
+        );
+        let held = Attempts {
+            total: 37,
+            longest_wait_ms: 1020,
+            ..Default::default()
+        };
+        assert_eq!(
+            mode_text(&held, 0),
+            "0 of 37 failed (longest connect 1.02 s)"
+        );
+    }
 }

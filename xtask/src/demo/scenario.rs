@@ -922,7 +922,9 @@ fn mode_text(a: &Attempts, rsts: u64) -> String {
         kinds.push(format!(
             "{} by PostgreSQL: {}",
             a.server,
-            a.server_error.as_deref().unwrap_or("?")
+            a.server_error
+                .as_deref()
+                .map_or("?", |e| e.trim_start_matches("db error: "))
         ));
     }
     if a.other > 0 {

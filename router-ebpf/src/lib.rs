@@ -47,9 +47,12 @@ pub const DEFAULT_TIMEOUT_CLOSED_NS: u64 = 10_000_000_000;
 pub const NODE_TIME_WAIT_NS: u64 = 60_000_000_000;
 /// Default hold for a SYN to a listener whose set is empty (ms): dropped silently, so the
 /// client retransmits and connects once a backend exists, for this long after the set became
-/// empty; then answered by a RST. Covers a planned switchover, stays under pgjdbc's 10 s
-/// `connectTimeout`.
-pub const DEFAULT_EMPTY_HOLD_MS: u32 = 8_000;
+/// empty; then answered by a RST. Covers a planned switchover (2–3 s in the lab). At most 7 s:
+/// a client retransmits its SYN 1, 3 and 7 s after the first, so with a hold of 7 s or less
+/// every client has a connection or a refusal within 7 s of its first SYN, before pgjdbc's
+/// 10 s `connectTimeout` (with 8 s, a SYN sent as the set emptied would be retransmitted
+/// next at 15 s: a timeout, not a refusal).
+pub const DEFAULT_EMPTY_HOLD_MS: u32 = 6_000;
 /// Interfaces the program may redirect to.
 pub const MAX_IFACES: u32 = 64;
 

@@ -42,8 +42,9 @@ pub const DEFAULT_TIMEOUT_ESTABLISHED_NS: u64 = 7_440_000_000_000;
 pub const DEFAULT_TIMEOUT_CLOSING_NS: u64 = 120_000_000_000;
 pub const DEFAULT_TIMEOUT_CLOSED_NS: u64 = 10_000_000_000;
 /// How long a node that closed first keeps the 4-tuple in TIME_WAIT (Linux: 60 s). A SNAT port
-/// whose flow the backend closed first is reused within this time only by the same client
-/// host (whose TCP timestamps grow, so the node accepts the SYN) or when no other port is free.
+/// whose flow the backend closed first is reused within this time only when no other port is
+/// free: the node answers a SYN on it with a challenge ACK unless the SYN's timestamp or
+/// sequence number happens to be newer (RFC 6191), and the client then retransmits.
 pub const NODE_TIME_WAIT_NS: u64 = 60_000_000_000;
 /// Default hold for a SYN to a listener whose set is empty (ms): dropped silently, so the
 /// client retransmits and connects once a backend exists, for this long after the set became

@@ -73,6 +73,32 @@ impl Tables {
             .copied()
             .collect()
     }
+    /// Entries that keep SNAT port `port` of `snat` from a new flow: any handshake entry
+    /// holding it, and an established-table forward entry holding it that is not closed (a
+    /// closed flow's port is reusable at once). An expired flow not yet reaped still counts.
+    pub fn live_holders(&self, snat: Ipv4Addr, port: u16) -> Vec<Entry> {
+        self.holding_port(snat, port)
+            .into_iter()
+            .filter(|e| {
+                let in_conntrack = self.conntrack.iter().any(|c| c.key == e.key);
+                !in_conntrack || (!e.is_reply() && e.state() != router_ebpf::FLOW_STATE_CLOSED)
+            })
+            .collect()
+    }
+
+    /// Flows of `addr` (as client) that are still open: handshake entries from it, and
+    /// established-table forward entries from it that are not closed.
+    pub fn live_from(&self, addr: Ipv4Addr) -> Vec<Entry> {
+        self.half_open()
+            .chain(
+                self.flows()
+                    .filter(|e| e.state() != router_ebpf::FLOW_STATE_CLOSED),
+            )
+            .filter(|e| e.src().0 == addr)
+            .copied()
+            .collect()
+    }
+
     /// Every entry (either table) that holds SNAT port `port` of `snat`: a forward entry
     /// rewriting to it or the reply entry keyed by it.
     pub fn holding_port(&self, snat: Ipv4Addr, port: u16) -> Vec<Entry> {

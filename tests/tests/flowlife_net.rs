@@ -279,14 +279,29 @@ fn counter(v: &Value, name: &str) -> u64 {
 
 /// Slots pg1 holds on listener `name` (`active_flows`: maxconn slots in use).
 fn slots(v: &Value, name: &str) -> Option<u64> {
+    pg1(v, name)?["active_flows"].as_u64()
+}
+
+/// Listener `name`'s data-path status (`pg/<name>`).
+fn listener_status<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     v["listeners"]
         .as_array()?
         .iter()
-        .find(|l| l["name"] == format!("pg/{name}"))?["backends"]
+        .find(|l| l["name"] == format!("pg/{name}"))
+}
+
+/// pg1's backend entry on listener `name`.
+fn pg1<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    listener_status(v, name)?["backends"]
         .as_array()?
         .iter()
-        .find(|b| b["node"] == "pg1")?["active_flows"]
-        .as_u64()
+        .find(|b| b["node"] == "pg1")
+}
+
+/// pg1's flows in `state` on listener `name` as status reports them (counted by the flow GC
+/// at its last full cycle, so up to a GC tick behind the tables).
+fn status_flows(v: &Value, name: &str, state: &str) -> Option<u64> {
+    pg1(v, name)?["flows"][state].as_u64()
 }
 
 fn vip(port: u16) -> SocketAddr {
@@ -596,6 +611,17 @@ fn half_open_syns_take_no_slot_and_expire_after_the_handshake_timeout() {
         0,
         "a spoofed SYN reached the established table"
     );
+    // Seen from outside: status counts them as handshakes (as of the GC's last cycle).
+    let sock = s.socket.clone();
+    wait_for(
+        "status to show the half-open flows",
+        GC_TICK + SLACK,
+        || {
+            let v = tests::status_json(&sock)?;
+            (status_flows(&v, "PG1", "handshake")? == u64::from(HALF_OPEN)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", pg1(&s.status(), "PG1")));
 
     // maxconn real clients at once, while the half-open flows are all still there.
     let barrier = Arc::new(Barrier::new(MAXCONN));
@@ -682,11 +708,14 @@ fn half_open_syns_take_no_slot_and_expire_after_the_handshake_timeout() {
         gone >= HANDSHAKE - Duration::from_millis(100),
         "half-open flows removed after {gone:?}, before their handshake timeout"
     );
-    // Every slot came back once the real clients closed.
+    // Every slot came back once the real clients closed, and status agrees no handshake is
+    // left.
     wait_for("the real clients' slots", Duration::from_secs(5), || {
-        (slots(&s.status(), "PG1") == Some(0)).then_some(())
+        let v = s.status();
+        (slots(&v, "PG1") == Some(0) && status_flows(&v, "PG1", "handshake") == Some(0))
+            .then_some(())
     })
-    .expect("slots back");
+    .unwrap_or_else(|e| panic!("{e}: {:?}", pg1(&s.status(), "PG1")));
 }
 
 /// A client host that dies mid-session (no FIN, no RST: its link is gone) must not keep its
@@ -762,6 +791,18 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
         back >= IDLE - Duration::from_millis(500),
         "the idle flow was ended after {back:?}, before its {IDLE:?} timeout"
     );
+
+    // Seen from outside: no open flow and no SNAT port in use on the listener.
+    wait_for("status to show the flow gone", GC_TICK + SLACK, || {
+        let v = s.status();
+        let open = ["handshake", "established", "closing"]
+            .iter()
+            .map(|st| status_flows(&v, "PG1", st))
+            .sum::<Option<u64>>()?;
+        let ports = listener_status(&v, "PG1")?["snat_ports_in_use"].as_u64()?;
+        (open == 0 && ports == 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", listener_status(&s.status(), "PG1")));
 
     // Another client takes the slot.
     in_netns(&s.client, || -> std::io::Result<()> {

@@ -17,7 +17,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Barrier, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -370,21 +370,33 @@ fn client_raw(s: &Setup) -> RawSocket {
 
 /// A TCP server run on a thread inside the node's namespace, for tests that need the node to
 /// close first. Per connection: read 16 bytes, echo them; if the first byte is `s` close at
-/// once (the node closes first and holds TIME_WAIT), else wait for the client's FIN.
+/// once (the node closes first and holds TIME_WAIT), else wait for the client's FIN. Bytes
+/// 1..5 carry the client's connection number, logged with the SNAT port the node saw.
 struct ClosingNode {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
-    served: Arc<AtomicU64>,
+    log: Arc<Mutex<Vec<Accepted>>>,
+}
+
+/// One connection the node served.
+#[derive(Clone, Copy, Debug)]
+struct Accepted {
+    /// The client's connection number.
+    n: u32,
+    /// The SNAT port the connection came from.
+    port: u16,
+    at: Instant,
+    node_first: bool,
 }
 
 impl ClosingNode {
     fn start(ns: &str, addr: SocketAddr) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU64::new(0));
+        let log: Arc<Mutex<Vec<Accepted>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
-        let (ns, st, sv) = (ns.to_string(), stop.clone(), served.clone());
+        let (ns, st, lg) = (ns.to_string(), stop.clone(), log.clone());
         let handle = std::thread::spawn(move || {
-            let _ = in_netns(&ns, move || serve_closing(addr, &st, &sv, &tx));
+            let _ = in_netns(&ns, move || serve_closing(addr, &st, &lg, &tx));
         });
         rx.recv_timeout(Duration::from_secs(5))
             .expect("node server started")
@@ -392,8 +404,12 @@ impl ClosingNode {
         Self {
             stop,
             handle: Some(handle),
-            served,
+            log,
         }
+    }
+
+    fn log(&self) -> Vec<Accepted> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -409,7 +425,7 @@ impl Drop for ClosingNode {
 fn serve_closing(
     addr: SocketAddr,
     stop: &AtomicBool,
-    served: &AtomicU64,
+    log: &Mutex<Vec<Accepted>>,
     ready: &mpsc::Sender<std::io::Result<()>>,
 ) {
     let l = match TcpListener::bind(addr) {
@@ -430,20 +446,29 @@ fn serve_closing(
         if unsafe { libc::poll(&mut p, 1, 50) } <= 0 {
             continue;
         }
-        let Ok((mut s, _)) = l.accept() else {
+        let Ok((mut s, peer)) = l.accept() else {
             continue;
         };
+        let at = Instant::now();
         let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
         let mut b = [0u8; 16];
         if s.read_exact(&mut b).is_err() || s.write_all(&b).is_err() {
             continue;
         }
-        if b[0] != b's' {
+        let node_first = b[0] == b's';
+        if !node_first {
             // The client closes first: wait for its FIN.
             let mut rest = [0u8; 64];
             while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
         }
-        served.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut log) = log.lock() {
+            log.push(Accepted {
+                n: u32::from_be_bytes([b[1], b[2], b[3], b[4]]),
+                port: peer.port(),
+                at,
+                node_first,
+            });
+        }
         drop(s);
     }
 }
@@ -468,8 +493,9 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
     let node = ClosingNode::start(&s.node, SocketAddr::from((NODE, PG_PORT)));
     let retrans_before = tcpext(&s.lab, &s.client, "TCPSynRetrans");
     let start = Instant::now();
-    let (slowest, failures) = in_netns(&s.client, || {
+    let (slowest, slow, failures) = in_netns(&s.client, || {
         let mut slowest = Duration::ZERO;
+        let mut slow = Vec::new();
         let mut failures = Vec::new();
         for i in 0..CONNS {
             let node_first = i % 2 == 1;
@@ -491,7 +517,12 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
                 Ok(took)
             })();
             match r {
-                Ok(took) => slowest = slowest.max(took),
+                Ok(took) => {
+                    slowest = slowest.max(took);
+                    if took >= Duration::from_millis(500) {
+                        slow.push((i, took));
+                    }
+                }
                 Err(e) => {
                     failures.push(format!("connection #{i}: {e}"));
                     if failures.len() >= 20 {
@@ -500,7 +531,7 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
                 }
             }
         }
-        (slowest, failures)
+        (slowest, slow, failures)
     })
     .expect("client thread");
     let elapsed = start.elapsed();
@@ -512,14 +543,40 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
         .trim()
         .parse::<u64>()
         .unwrap_or(0);
-    let served = node.served.load(Ordering::Relaxed);
+    let served = node.log();
     drop(node);
+    let ports: std::collections::BTreeSet<u16> = served.iter().map(|a| a.port).collect();
+    // Each slow connect with the connection that last used its SNAT port before it.
+    for (i, took) in &slow {
+        let Some(me) = served.iter().find(|a| a.n == *i) else {
+            println!("churn: connection #{i} took {took:?}; the node never served it");
+            continue;
+        };
+        let before = served
+            .iter()
+            .filter(|a| a.port == me.port && a.n < *i)
+            .max_by_key(|a| a.n);
+        println!(
+            "churn: connection #{i} took {took:?} on SNAT port {}; the port's previous \
+             connection: {}",
+            me.port,
+            before.map_or("none".into(), |b| format!(
+                "#{} (closed first by the {}), accepted {:?} earlier",
+                b.n,
+                if b.node_first { "node" } else { "client" },
+                me.at - b.at
+            ))
+        );
+    }
     println!(
         "churn: {CONNS} connections over {PORTS} SNAT ports in {elapsed:?} \
          ({:.0}/s), slowest connect {slowest:?}, {syn_retrans} SYN retransmissions, \
-         {} failures, node served {served}, node TIME_WAIT sockets at the end {node_time_wait}",
+         {} failures, node served {} on {} distinct SNAT ports, node TIME_WAIT sockets at \
+         the end {node_time_wait}",
         f64::from(CONNS) / elapsed.as_secs_f64(),
-        failures.len()
+        failures.len(),
+        served.len(),
+        ports.len()
     );
     s.report("churn");
     assert!(failures.is_empty(), "failed connections: {failures:#?}");
@@ -532,6 +589,10 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
     assert!(
         slowest < Duration::from_millis(900),
         "a connect took {slowest:?}: the first SYN was lost"
+    );
+    assert!(
+        ports.iter().all(|p| (41_000..=41_199).contains(p)),
+        "SNAT ports outside the range: {ports:?}"
     );
     // The scenario really reused tuples the node holds in TIME_WAIT.
     assert!(

@@ -781,7 +781,8 @@ fn half_open_syns_take_no_slot_and_expire_after_the_handshake_timeout() {
 
 /// A client host that dies mid-session (no FIN, no RST: its link is gone) must not keep its
 /// maxconn slot and SNAT port for ever: both come back after the established idle timeout,
-/// and another client takes the slot.
+/// and another client takes the slot. Idle means neither side sends: the session is quiet
+/// (all data acknowledged) when the client vanishes.
 #[test]
 fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(2);
@@ -812,6 +813,20 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
     assert_eq!(fwd.len(), 1, "one flow from the doomed client: {fwd:?}");
     let (snat, port) = fwd[0].from();
     assert_eq!(slots(&s.status(), "PG1"), Some(1), "its slot is taken");
+
+    // An idle session: the client has acknowledged all the node sent (a delayed ACK still
+    // pending would leave the node retransmitting, which keeps the flow alive by design).
+    let node = s.node.clone();
+    let lab = &s.lab;
+    wait_for(
+        "the node's data to be acknowledged",
+        Duration::from_secs(2),
+        || {
+            let ss = lab.exec(&node, "ss -Htin state established").ok()?;
+            (!ss.trim().is_empty() && !ss.contains("unacked")).then_some(())
+        },
+    )
+    .expect("idle session");
 
     // Pull the cable: the link goes first, so closing the socket sends nothing.
     s.lab
@@ -845,7 +860,7 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
     });
     println!(
         "vanished: slot and SNAT port {snat}:{port} back {back:?} after the client vanished \
-         (idle timeout {IDLE:?}); entries left for it: {} (closed, not yet deleted)",
+         (idle timeout {IDLE:?}); its entries left in the tables: {}",
         s.tables().involving(gone_addr).len()
     );
     assert!(

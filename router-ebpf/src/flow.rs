@@ -45,20 +45,6 @@ pub fn tuple(h: &Headers) -> FlowKey {
     }
 }
 
-/// The key of a flow's other entry: the tuple of the packets that entry rewrites into.
-#[inline(always)]
-pub fn peer_key(f: &Flow) -> FlowKey {
-    FlowKey {
-        saddr: f.daddr,
-        daddr: f.saddr,
-        sport: f.dport,
-        dport: f.sport,
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
-}
-
 /// Which table a tracked packet's entry lives in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -120,7 +106,7 @@ pub fn entry_expired(e: &Flow, now: u64, t: &Timeouts) -> bool {
     {
         return false;
     }
-    let Some(p) = PGR_CONNTRACK.get_ptr(peer_key(e)) else {
+    let Some(p) = PGR_CONNTRACK.get_ptr(e.peer_key()) else {
         // Its other entry is gone: nothing can translate this flow both ways any more.
         return true;
     };
@@ -147,9 +133,9 @@ fn close(fwd: *mut Flow, backend_id: u32) {
 #[inline(never)]
 pub fn end(key: &FlowKey, entry: *mut Flow) {
     let e = unsafe { *entry };
-    let other = peer_key(&e);
+    let other = e.peer_key();
     if let Some(o) = PGR_CONNTRACK.get_ptr_mut(&other) {
-        if peer_key(unsafe { &*o }) == *key {
+        if unsafe { (*o).peer_key() } == *key {
             if e.flags & FLOW_F_REPLY != 0 {
                 close(o, e.backend_id);
             }
@@ -168,9 +154,17 @@ pub fn end(key: &FlowKey, entry: *mut Flow) {
 const NOW_ESTABLISHED: u32 = u32::MAX;
 
 /// Removes a half-open flow's entries (they hold no slot).
-#[inline(always)]
+///
+/// The other entry is removed only if it is still this flow's: the table is LRU, so it may
+/// have been evicted and its key (a SNAT port) taken by another flow since.
+#[inline(never)]
 fn end_handshake(key: &FlowKey, f: &Flow) {
-    let _ = PGR_HANDSHAKE.remove(&peer_key(f));
+    let other = f.peer_key();
+    if let Some(o) = PGR_HANDSHAKE.get_ptr(&other) {
+        if unsafe { (*o).peer_key() } == *key {
+            let _ = PGR_HANDSHAKE.remove(&other);
+        }
+    }
     let _ = PGR_HANDSHAKE.remove(key);
 }
 
@@ -449,8 +443,11 @@ fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f: &Flow) -> 
         return send(ctx, h, &fc);
     }
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
-        if let Some(r) = PGR_HANDSHAKE.get_ptr(&peer_key(f)) {
-            if unsafe { (*r).flags } & FLOW_F_ANSWERED != 0 {
+        if let Some(r) = PGR_HANDSHAKE.get_ptr(&f.peer_key()) {
+            // The reply entry must still be this flow's: an LRU eviction may have handed its
+            // SNAT port to another flow, whose reply entry now stands under the key.
+            let (flags, owner) = unsafe { ((*r).flags, (*r).peer_key()) };
+            if flags & FLOW_F_ANSWERED != 0 && owner == *key {
                 return establish(key, f, r);
             }
         }
@@ -464,7 +461,7 @@ fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f: &Flow) -> 
 #[inline(never)]
 fn establish(key: &FlowKey, f: &Flow, r: *const Flow) -> u32 {
     let now = now();
-    let rkey = &peer_key(f);
+    let rkey = &f.peer_key();
     let maxconn = match PGR_BACKENDS.get(f.backend_id) {
         Some(b) => b.maxconn,
         None => return xdp_action::XDP_DROP,
@@ -598,7 +595,7 @@ fn forward_entry(entry: *mut Flow, f: &Flow) -> Option<*mut Flow> {
     if f.flags & FLOW_F_REPLY == 0 {
         Some(entry)
     } else {
-        PGR_CONNTRACK.get_ptr_mut(&peer_key(f))
+        PGR_CONNTRACK.get_ptr_mut(&f.peer_key())
     }
 }
 
@@ -619,7 +616,7 @@ fn fin_acked(fwd: *mut Flow, backend_id: u32, bit: u64) {
 #[inline(always)]
 fn track_close(h: &Headers, entry: *mut Flow, f: &Flow, tcp_flags: u8) {
     let is_reply = f.flags & FLOW_F_REPLY != 0;
-    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&peer_key(f)) else {
+    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&f.peer_key()) else {
         return;
     };
     let seq_be = get32(unsafe { &(*h.tcp).seq });

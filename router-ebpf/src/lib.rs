@@ -279,6 +279,23 @@ pub struct Flow {
     pub peer_fin_end: u32,
 }
 const _: () = assert!(size_of::<Flow>() == 72);
+
+impl Flow {
+    /// The key of this flow's other entry: the tuple of the packets this entry rewrites
+    /// into, reversed (forward entry → reply key, reply entry → client tuple).
+    #[inline(always)]
+    pub const fn peer_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: PROTO_TCP,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        }
+    }
+}
 const _: () = assert!(core::mem::offset_of!(Flow, flags) == 48);
 const _: () = assert!(core::mem::offset_of!(Flow, last_seen) == 56);
 

@@ -243,9 +243,11 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
     };
     let ports = u32::from(snat_ports.last.saturating_sub(snat_ports.first)) + 1;
     // Unset: the default, capped so half-open flows can hold at most half the ports.
-    let handshake_entries = d
-        .handshake_entries
-        .unwrap_or_else(|| router_ebpf::DEFAULT_HS_ENTRIES.min(ports).max(MIN_HS_ENTRIES));
+    let handshake_entries = d.handshake_entries.unwrap_or_else(|| {
+        router_ebpf::DEFAULT_HS_ENTRIES
+            .min(ports)
+            .max(MIN_HS_ENTRIES)
+    });
     if handshake_entries < MIN_HS_ENTRIES {
         ctx.err(
             p!["datapath", "handshake_entries"],

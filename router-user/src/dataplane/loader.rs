@@ -50,7 +50,7 @@ pub struct LoadOptions {
 pub struct Datapath {
     pub ebpf: Ebpf,
     /// Kept alive: dropping it closes the log map while the program still references it.
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub logger: Option<aya_log::EbpfLogger<XdpLog>>,
     pub pin_dir: Option<PathBuf>,
 }
 
@@ -70,7 +70,7 @@ impl Datapath {
         loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
         loader.map_max_entries(map_names::HANDSHAKE, opts.handshake_entries);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, XdpLog) {
             Ok(l) => Some(l),
             Err(e) => {
                 warn!(error = %e, "kernel log forwarding unavailable");
@@ -195,6 +195,25 @@ impl Datapath {
         }
         Err(last_err.unwrap_or_else(|| anyhow!("no attach mode tried")))
     }
+}
+
+/// Forwards the XDP program's aya-log records to tracing, marked `source = "xdp"`. Given to
+/// aya-log directly: the global `log` logger is tracing's own bridge, which would drop the
+/// mark.
+pub struct XdpLog;
+
+impl log::Log for XdpLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        match r.level() {
+            log::Level::Error => tracing::error!(source = "xdp", "{}", r.args()),
+            log::Level::Warn => tracing::warn!(source = "xdp", "{}", r.args()),
+            _ => tracing::info!(source = "xdp", "{}", r.args()),
+        }
+    }
+    fn flush(&self) {}
 }
 
 /// Removes pgrouter from `iface` by unpinning its link (the kernel detaches when the last

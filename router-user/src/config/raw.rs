@@ -62,7 +62,8 @@ fn default_conntrack_entries() -> u32 {
     router_ebpf::DEFAULT_CT_ENTRIES
 }
 fn default_snat_ports() -> String {
-    "40000-59999".into()
+    let r = super::DEFAULT_SNAT_PORTS;
+    format!("{}-{}", r.first, r.last)
 }
 
 /// `[datapath.timeouts]`: durations as written; `None` = the ABI default.

@@ -235,10 +235,7 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
         }
         Err(e) => {
             ctx.err(p!["datapath", "snat_ports"], e);
-            PortRange {
-                first: 40000,
-                last: 59999,
-            }
+            super::DEFAULT_SNAT_PORTS
         }
     };
     let ports = u32::from(snat_ports.last.saturating_sub(snat_ports.first)) + 1;

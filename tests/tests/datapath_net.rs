@@ -99,18 +99,8 @@ fn setup(prefix: &str, mode: &str) -> Setup {
     tests::mount_bpffs(&lab.dir.join("bpf")).expect("mount bpffs");
     let cfg_path = lab.dir.join("pgrouter.toml");
     std::fs::write(&cfg_path, config(&lab, mode, "pg1")).expect("config");
-    let bin = tests::pgrouter_bin();
-    lab.spawn(
-        &edge,
-        "pgrouter",
-        &[
-            bin.to_str().expect("utf8"),
-            "run",
-            "-c",
-            cfg_path.to_str().expect("utf8"),
-        ],
-    )
-    .expect("pgrouter");
+    lab.spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+        .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let s2 = socket.clone();
     wait_for("pgrouter to publish sets", Duration::from_secs(20), || {

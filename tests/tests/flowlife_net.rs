@@ -182,18 +182,8 @@ fn setup(prefix: &str, o: Opts) -> Setup {
     tests::mount_bpffs(&pins).expect("bpffs");
     let cfg_path = lab.dir.join("pgrouter.toml");
     std::fs::write(&cfg_path, config(&lab, &o)).expect("config");
-    let bin = tests::pgrouter_bin();
-    lab.spawn(
-        &edge,
-        "pgrouter",
-        &[
-            bin.to_str().expect("utf8"),
-            "run",
-            "-c",
-            cfg_path.to_str().expect("utf8"),
-        ],
-    )
-    .expect("pgrouter");
+    lab.spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+        .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let sock = socket.clone();
     wait_for("pgrouter to publish pg1", Duration::from_secs(20), || {

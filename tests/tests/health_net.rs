@@ -249,18 +249,8 @@ fn setup(prefix: &str, o: Opts) -> Setup {
     tests::mount_bpffs(&lab.dir.join("bpf")).expect("bpffs");
     let cfg_path = lab.dir.join("pgrouter.toml");
     std::fs::write(&cfg_path, config(&lab, o)).expect("config");
-    let bin = tests::pgrouter_bin();
     let pgrouter = lab
-        .spawn(
-            &edge,
-            "pgrouter",
-            &[
-                bin.to_str().expect("utf8"),
-                "run",
-                "-c",
-                cfg_path.to_str().expect("utf8"),
-            ],
-        )
+        .spawn_pgrouter(&edge, "pgrouter", &cfg_path)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     wait_for(
@@ -302,22 +292,9 @@ impl Setup {
 
     /// Starts `pgrouter run` again, logging to `<log>.log`.
     fn start_pgrouter(&mut self, log: &str) {
-        let bin = tests::pgrouter_bin();
         let cfg = self.lab.dir.join("pgrouter.toml");
         let edge = self.edge.clone();
-        self.pgrouter = self
-            .lab
-            .spawn(
-                &edge,
-                log,
-                &[
-                    bin.to_str().expect("utf8"),
-                    "run",
-                    "-c",
-                    cfg.to_str().expect("utf8"),
-                ],
-            )
-            .expect("pgrouter");
+        self.pgrouter = self.lab.spawn_pgrouter(&edge, log, &cfg).expect("pgrouter");
     }
 
     fn set(&self, node: &str, state: &str) {

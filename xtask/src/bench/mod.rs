@@ -1,6 +1,10 @@
 //! `cargo xtask bench`: speed figures as ratios against a baseline measured in the same run,
 //! written to BENCHMARKS.md. Never timed assertions.
+pub mod churn;
+pub mod flood;
+pub mod gc;
 pub mod hairpin;
+pub mod micro;
 pub mod pgbench;
 pub mod svg;
 
@@ -12,41 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Runs the XDP per-packet micro-benchmark (BPF_PROG_TEST_RUN, the real object against a
-/// minimal XDP_TX program from the same object) and returns its BENCH line's fields.
-fn xdp_micro() -> anyhow::Result<Vec<(String, String)>> {
-    let out = Command::new("cargo")
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "tests",
-            "--test",
-            "datapath_kernel",
-        ])
-        .args([
-            "--",
-            "--ignored",
-            "--exact",
-            "bench_test_run_ns_per_packet",
-            "--nocapture",
-        ])
-        .output()
-        .context("running the XDP micro-benchmark")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(line) = text.lines().find(|l| l.starts_with("BENCH ")) else {
-        bail!(
-            "no BENCH line in the micro-benchmark output:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    Ok(line
-        .trim_start_matches("BENCH ")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
+use micro::MicroReport;
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -128,6 +98,14 @@ pub fn failover_md(outages: Option<&str>, since_unix_ms: u64) -> String {
     md
 }
 
+/// A section's markdown, or its heading and why it failed in this run.
+fn section<T>(heading: &str, r: &anyhow::Result<T>, md: impl Fn(&T) -> String) -> String {
+    match r {
+        Ok(v) => md(v),
+        Err(e) => format!("## {heading}\n\nFailed in this run: {e:#}\n\n"),
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     // Development: only one section, printed; BENCHMARKS.md untouched.
     match std::env::var("PGR_BENCH_ONLY").as_deref() {
@@ -139,22 +117,46 @@ pub fn run() -> anyhow::Result<()> {
             print!("{}", failover_md(None, 0));
             return Ok(());
         }
-        _ => {}
+        Ok("micro") => {
+            print!("{}", MicroReport::run()?.markdown());
+            return Ok(());
+        }
+        Ok("churn") => {
+            print!("{}", churn::run()?.markdown());
+            return Ok(());
+        }
+        Ok("flood") => {
+            let f = flood::run();
+            let m = MicroReport::run();
+            print!(
+                "{}{}",
+                section(FLOOD, &f, flood::FloodReport::markdown),
+                section(MICRO, &m, MicroReport::markdown)
+            );
+            f?;
+            m?;
+            return Ok(());
+        }
+        Ok("gc") => {
+            print!("{}", gc::markdown(&gc::run()?));
+            return Ok(());
+        }
+        Ok(other) => {
+            bail!("PGR_BENCH_ONLY={other:?}: one of pgbench, failover, micro, churn, flood, gc")
+        }
+        Err(_) => {}
     }
     let started = std::time::Instant::now();
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let m = xdp_micro()?;
-    let get = |k: &str| {
-        m.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    // pgbench through direct / HAProxy / pgrouter (takes and releases the lab session lock).
+    let micro = MicroReport::run();
+    let gc = gc::run();
+    // Lab sections, one lab session each (each takes and releases the lab session lock).
     let pg = pgbench::run();
+    let churn = churn::run();
+    let flood = flood::run();
     let mut md = String::new();
     let _ = writeln!(md, "# pgrouter benchmarks\n");
     let _ = writeln!(
@@ -162,48 +164,17 @@ pub fn run() -> anyhow::Result<()> {
         "Machine: {}. Command: `cargo xtask bench`. Every figure is a ratio against a baseline measured in the same run.\n",
         machine()
     );
-    let _ = writeln!(md, "## XDP per-packet cost (BPF_PROG_TEST_RUN)\n");
-    let _ = writeln!(
-        md,
-        "The real program against `baseline_tx` (returns XDP_TX, nothing else) from the same object, same frames, same namespace.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| path | pgrouter ns/packet | baseline ns/packet | ratio |\n|---|---|---|---|"
-    );
-    let _ = writeln!(
-        md,
-        "| established flow (repeat 20,000) | {} | {} | {}× |",
-        get("established_ns"),
-        get("baseline_xdp_tx_ns"),
-        get("established_ratio")
-    );
-    let _ = writeln!(
-        md,
-        "| new flow, SYN (5,000 single runs) | {} | {} | {}× |",
-        get("syn_ns"),
-        get("baseline_single_run_ns"),
-        get("syn_ratio")
-    );
-    let _ = writeln!(
-        md,
-        "\nSingle runs include the test_run call's fixed cost, which is why the SYN row is compared with single runs of the baseline.\n"
-    );
-    let pg_err = match &pg {
-        Ok(r) => {
-            md.push_str(&r.markdown());
-            None
-        }
-        Err(e) => {
-            let _ = writeln!(
-                md,
-                "## pgbench: direct vs HAProxy vs pgrouter\n\nFailed in this run: {e:#}\n"
-            );
-            Some(e)
-        }
-    };
-    // Failover scenarios: they take the lab session lock themselves, after pgbench::run()
-    // has released it, write target/bench/failover-*.json and return the outage table.
+    md.push_str(&section(MICRO, &micro, MicroReport::markdown));
+    md.push_str(&section(
+        "pgbench: direct vs HAProxy vs pgrouter",
+        &pg,
+        pgbench::Report::markdown,
+    ));
+    md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
+    md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
+    md.push_str(&section(GC, &gc, |f| gc::markdown(f)));
+    // Failover scenarios: they take the lab session lock themselves, after the sections
+    // above have released it, write target/bench/failover-*.json and return the outage table.
     let failover = crate::demo::bench_failover();
     let table = match &failover {
         Ok(results) => crate::demo::markdown(results),
@@ -213,8 +184,23 @@ pub fn run() -> anyhow::Result<()> {
     let _ = writeln!(md, "Whole run: {:.0} s.", started.elapsed().as_secs_f64());
     std::fs::write(root().join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");
-    if let Some(e) = pg_err {
-        bail!("pgbench comparison failed: {e:#}");
+    let failed: Vec<String> = [
+        ("micro-benchmark", micro.err()),
+        ("pgbench comparison", pg.err()),
+        ("churn", churn.err()),
+        ("flood", flood.err()),
+        ("GC", gc.err()),
+    ]
+    .into_iter()
+    .filter_map(|(n, e)| e.map(|e| format!("{n}: {e:#}")))
+    .collect();
+    if !failed.is_empty() {
+        bail!("sections failed: {}", failed.join("; "));
     }
     Ok(())
 }
+
+const MICRO: &str = "XDP per-packet cost (BPF_PROG_TEST_RUN)";
+const CHURN: &str = "Connection churn: `pgbench -S -C` through the VIP, far past the SNAT range";
+const FLOOD: &str = "SYN flood: spoofed SYNs while sessions run";
+const GC: &str = "GC: controller CPU with a million flows";

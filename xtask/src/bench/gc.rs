@@ -1,0 +1,78 @@
+//! GC with a million flows (issue 10): the controller's garbage collector walking a full
+//! `PGR_CONNTRACK` (private maps, filled from userspace), against one full walk the old way
+//! (`HashMap::iter`, one lookup per key) of the same table in the same run. The measurement
+//! itself is `tests/tests/bench_gc.rs` (needs the embedded object); this formats it.
+use std::fmt::Write as _;
+
+use super::micro::{Fields, cargo_bench_test, field};
+
+/// Env overrides passed through: `PGR_BENCH_GC_FLOWS` (1,000,000), `PGR_BENCH_GC_SECS` (30).
+pub fn run() -> anyhow::Result<Fields> {
+    let env: Vec<(&str, String)> = ["PGR_BENCH_GC_FLOWS", "PGR_BENCH_GC_SECS"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k, v)))
+        .collect();
+    cargo_bench_test("bench_gc", "bench_gc_million_flows", &env)
+}
+
+pub fn markdown(f: &Fields) -> String {
+    let g = |k: &str| field(f, k).unwrap_or(f64::NAN);
+    let mut md = String::new();
+    let _ = writeln!(md, "## GC: controller CPU with a million flows\n");
+    let _ = writeln!(
+        md,
+        "The real object loaded with private maps (`LoadOptions {{ pin_path: None }}`, conntrack table of \
+         2,097,152 entries); `PGR_CONNTRACK` filled from userspace with **{:.0} flows = {:.0} entries** \
+         (forward and reply) in {:.1} s: 90 % established and fresh, 5 % closed 20 s ago (past the 10 s closed \
+         timeout), 5 % closing and idle past the 2 min closing timeout — {:.0} expired flows in all. Then, \
+         in the same process (`tests/tests/bench_gc.rs`, `bench_gc_million_flows`):\n",
+        g("flows"),
+        g("entries"),
+        g("fill_s"),
+        g("expired_flows"),
+    );
+    let _ = writeln!(
+        md,
+        "| | wall time | CPU (thread, user + system) | entries/s |\n|---|---:|---:|---:|\n\
+         | baseline: one full walk the old way (`HashMap::iter`: next-key + lookup per key) | {:.2} s | {:.2} s | {:.0} |",
+        g("walk_s"),
+        g("walk_cpu_s"),
+        g("walk_entries_per_s"),
+    );
+    if field(f, "gc_secs").is_some() {
+        let _ = writeln!(
+            md,
+            "| GC executor, {:.0} s of ticks ({:.0} full cycles) | {:.2} s per full cycle | **{:.1} %** of one core | {:.0} |",
+            g("gc_secs"),
+            g("gc_cycles"),
+            g("gc_cycle_s"),
+            g("gc_cpu_pct"),
+            g("gc_walked_per_s"),
+        );
+        let _ = writeln!(
+            md,
+            "\nGC: {:.0} flows reaped, {:.0} entries walked in {:.0} s; CPU = getrusage(RUSAGE_THREAD) user + system \
+             over the wall time of the ticks. Baseline CPU for one walk: {:.2} s, i.e. **{:.0} %** of a core if \
+             repeated every second as `status` did.",
+            g("gc_reaped"),
+            g("gc_walked"),
+            g("gc_secs"),
+            g("walk_cpu_s"),
+            100.0 * g("walk_cpu_s"),
+        );
+        for (k, v) in f.iter().filter(|(k, _)| k.starts_with("gc_note")) {
+            let _ = writeln!(md, "\n{k}: {}", v.replace('_', " "));
+        }
+    } else {
+        let _ = writeln!(
+            md,
+            "\nThe GC executor was not measured in this run (`{}`).",
+            f.iter()
+                .find(|(k, _)| k == "gc")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("no gc fields")
+        );
+    }
+    md.push('\n');
+    md
+}

@@ -566,8 +566,13 @@ maxconn = 100
     )
 }
 
+/// `target/release/pgrouter`, or the build named by `PGR_BENCH_PGROUTER` (e.g. one built from
+/// an earlier commit, to measure the lab sections before a change).
 fn pgrouter_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pgrouter")
+    match std::env::var_os("PGR_BENCH_PGROUTER") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pgrouter"),
+    }
 }
 
 /// Waits until `addr:port` reaches the primary `need` times in a row (every 250 ms).
@@ -1129,11 +1134,14 @@ pub(super) fn session<T>(
     snat_ports: &'static str,
     f: impl FnOnce(&mut Session) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let st = Command::new("cargo")
-        .args(["build", "--release", "-p", "router-user", "--bins"])
-        .status()
-        .context("cargo build")?;
-    anyhow::ensure!(st.success(), "cargo build --release -p router-user failed");
+    if std::env::var_os("PGR_BENCH_PGROUTER").is_none() {
+        let st = Command::new("cargo")
+            .args(["build", "--release", "-p", "router-user", "--bins"])
+            .status()
+            .context("cargo build")?;
+        anyhow::ensure!(st.success(), "cargo build --release -p router-user failed");
+    }
+    println!("bench: pgrouter = {}", pgrouter_bin().display());
 
     let _lock = SessionLock::acquire()?;
     let lab = Lab::default();

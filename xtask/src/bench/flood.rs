@@ -277,6 +277,9 @@ fn edge2_syn_counters() -> Vec<(String, f64)> {
     .collect()
 }
 
+/// The flood's own figures: sender stats, its window (s since pgbench started), counters.
+type FloodOutcome = (FloodStats, (f64, f64), Vec<(String, f64)>);
+
 fn flood_one(
     sess: &mut Session,
     fp: &FloodParams,
@@ -320,7 +323,7 @@ fn flood_one(
         .spawn()
         .context("starting pgbench")?;
     let t0 = Instant::now();
-    let res = (|| -> anyhow::Result<(FloodStats, (f64, f64), Vec<(String, f64)>)> {
+    let res = (|| -> anyhow::Result<FloodOutcome> {
         while t0.elapsed() < Duration::from_secs(u64::from(fp.secs)) {
             if child.try_wait()?.is_some() {
                 bail!("pgbench ended before the flood started");

@@ -172,7 +172,7 @@ pub fn run() -> anyhow::Result<()> {
     ));
     md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
     md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
-    md.push_str(&section(GC, &gc, |f| gc::markdown(f)));
+    md.push_str(&section(GC, &gc, gc::markdown));
     // Failover scenarios: they take the lab session lock themselves, after the sections
     // above have released it, write target/bench/failover-*.json and return the outage table.
     let failover = crate::demo::bench_failover();

@@ -115,6 +115,9 @@ pub struct ChurnRun {
     pub syn_retrans: u64,
     /// pgrouter's counters that moved during the run (pgrouter only).
     pub counters: Vec<(String, f64)>,
+    /// pgbench clients that gave up (`client N aborted …`: a connection attempt timed out
+    /// after `PGCONNECT_TIMEOUT` = 5 s).
+    pub aborted: usize,
     /// The end of pgbench's output when it failed.
     pub error_tail: Option<String>,
 }
@@ -186,6 +189,10 @@ fn soak(
         secs,
         progress: parse_progress(&out),
         summary: parse_pgbench(&out).ok(),
+        aborted: out
+            .lines()
+            .filter(|l| l.contains("client") && l.contains("aborted"))
+            .count(),
         ok,
         syn_retrans: retrans()?.saturating_sub(r0),
         counters: if target == "pgrouter" {
@@ -262,29 +269,34 @@ impl ChurnReport {
              interval ≥ {TARGET_LAST_FIRST}× its first. Method: [docs/benchmarks.md](docs/benchmarks.md).\n",
             self.leader, cp.clients, cp.threads, cp.interval, cp.secs, cp.haproxy_secs,
         );
-        // Per-interval TPS, one column per target.
+        // Per-interval TPS, one column per target. pgbench prints a progress line when it
+        // can, so with slow connections the lines slip past the nominal interval ends.
         let rows = self
             .runs
             .iter()
             .map(|r| r.intervals().len())
             .max()
             .unwrap_or(0);
-        let _ = write!(md, "| interval end (s) |");
+        let _ = write!(md, "| interval |");
         for r in &self.runs {
-            let _ = write!(md, " {} TPS |", r.target);
+            let _ = write!(
+                md,
+                " {} TPS (mean latency ± stddev, end of interval) |",
+                r.target
+            );
         }
-        let _ = write!(md, "\n|---:|");
+        let _ = write!(md, "\n|---|");
         for _ in &self.runs {
             let _ = write!(md, "---:|");
         }
         let _ = writeln!(md);
         for i in 0..rows {
-            let t = self
-                .runs
-                .iter()
-                .find_map(|r| r.intervals().get(i).map(|p| p.t))
-                .unwrap_or(f64::NAN);
-            let _ = write!(md, "| {t:.0} |");
+            let _ = write!(
+                md,
+                "| {}–{} s |",
+                i as u32 * cp.interval,
+                (i as u32 + 1) * cp.interval
+            );
             for r in &self.runs {
                 let _ = write!(
                     md,
@@ -292,8 +304,8 @@ impl ChurnReport {
                     r.intervals()
                         .get(i)
                         .map(|p| format!(
-                            "{:.1} (lat {:.0} ± {:.0} ms)",
-                            p.tps, p.latency_ms, p.stddev_ms
+                            "{:.1} ({:.0} ± {:.0} ms, {:.0} s)",
+                            p.tps, p.latency_ms, p.stddev_ms, p.t
                         ))
                         .unwrap_or_else(|| "–".into())
                 );
@@ -302,12 +314,12 @@ impl ChurnReport {
         }
         let _ = writeln!(
             md,
-            "\n| target | seconds | transactions (= connections) | mean TPS | first interval TPS | last interval TPS | last/first | client SYN retransmissions | failed transactions |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "\n| target | seconds | transactions (= connections) | mean TPS | first interval TPS | last interval TPS | last/first | client SYN retransmissions | failed transactions | clients aborted |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in &self.runs {
             let _ = writeln!(
                 md,
-                "| {}{} | {} | {} | {} | {} | {} | **{}** | {} | {} |",
+                "| {}{} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} |",
                 r.target,
                 if r.ok { "" } else { " (pgbench failed)" },
                 r.secs,
@@ -324,6 +336,7 @@ impl ChurnReport {
                     .as_ref()
                     .map(|x| x.failed.to_string())
                     .unwrap_or_else(|| "–".into()),
+                r.aborted,
             );
         }
         let find = |t: &str| self.runs.iter().find(|r| r.target == t);
@@ -460,7 +473,7 @@ tps = 88.900000 (including reconnection times)
         );
         assert!(md.contains("HAProxy last/first 0.500"), "{md}");
         assert!(
-            md.contains("| 120 | 88.0 (lat 90 ± 210 ms) | 88.0 (lat 90 ± 210 ms) |"),
+            md.contains("| 60–120 s | 88.0 (90 ± 210 ms, 120 s) | 88.0 (90 ± 210 ms, 120 s) |"),
             "{md}"
         );
         assert!(md.contains("8.0 times the 2000-port SNAT range"), "{md}");

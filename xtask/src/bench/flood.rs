@@ -225,6 +225,43 @@ pub fn flood(
     })
 }
 
+/// Opens a TCP connection (handshake only, closed at once) to `dst:port` from the client
+/// namespace every 100 ms until `until`; a probe fails if the handshake does not complete in
+/// 1 s (a dropped SYN costs 1 s). Returns (seconds since `t0`, completed).
+fn probe(
+    dst: Ipv4Addr,
+    port: u16,
+    t0: Instant,
+    until: Instant,
+) -> anyhow::Result<Vec<(f64, bool)>> {
+    in_netns(CLIENT_NS, move || {
+        let addr = std::net::SocketAddr::from((dst, port));
+        let mut out = Vec::new();
+        let mut next = Instant::now();
+        while Instant::now() < until && out.len() < 10_000 {
+            let at = t0.elapsed().as_secs_f64();
+            let ok = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+            out.push((at, ok));
+            next += Duration::from_millis(100);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        Ok(out)
+    })
+}
+
+impl FloodRun {
+    /// (succeeded, tried) of the probes started in `[from, to)`.
+    pub fn probes_in(&self, from: f64, to: f64) -> (usize, usize) {
+        let p: Vec<bool> = self
+            .probes
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, ok)| *ok)
+            .collect();
+        (p.iter().filter(|ok| **ok).count(), p.len())
+    }
+}
+
 /// One target's flood run.
 #[derive(Clone, Debug, Default)]
 pub struct FloodRun {
@@ -240,6 +277,9 @@ pub struct FloodRun {
     pub ok: bool,
     /// pgrouter's counters (or edge2's kernel SYN counters for HAProxy) over the flood.
     pub counters: Vec<(String, f64)>,
+    /// New TCP connections tried every 100 ms from the flood's start to the end of the run:
+    /// (seconds since pgbench started, handshake completed within 1 s).
+    pub probes: Vec<(f64, bool)>,
     pub error_tail: Option<String>,
 }
 
@@ -277,8 +317,9 @@ fn edge2_syn_counters() -> Vec<(String, f64)> {
     .collect()
 }
 
-/// The flood's own figures: sender stats, its window (s since pgbench started), counters.
-type FloodOutcome = (FloodStats, (f64, f64), Vec<(String, f64)>);
+/// The flood's own figures: sender stats, its window (s since pgbench started), counters,
+/// new-connection probes.
+type FloodOutcome = (FloodStats, (f64, f64), Vec<(String, f64)>, Vec<(f64, bool)>);
 
 fn flood_one(
     sess: &mut Session,
@@ -333,8 +374,15 @@ fn flood_one(
         let from = t0.elapsed().as_secs_f64();
         println!("bench: flood at {target} {host}:{port} for {} s", fp.secs);
         let dst: Ipv4Addr = host.parse().context("flood target address")?;
-        let st = flood(CLIENT_NS, dst, port, fp.secs, fp.max)?;
-        let to = t0.elapsed().as_secs_f64();
+        let probe_until = t0 + Duration::from_secs(u64::from(3 * fp.secs));
+        let (st, to, probes) = std::thread::scope(|sc| {
+            let prober = sc.spawn(|| probe(dst, port, t0, probe_until));
+            let st = flood(CLIENT_NS, dst, port, fp.secs, fp.max);
+            let to = t0.elapsed().as_secs_f64();
+            (st, to, prober.join())
+        });
+        let st = st?;
+        let probes = probes.map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
         let counters = if pgr {
             counter_deltas(&st0, &status_json(&sess.dir), "PG1")
         } else {
@@ -346,7 +394,7 @@ fn flood_one(
                 })
                 .collect()
         };
-        Ok((st, (from, to), counters))
+        Ok((st, (from, to), counters, probes))
     })();
     // pgbench ends by itself after -T; bounded wait, then stop our own child.
     let limit = Duration::from_secs(u64::from(total) + 30);
@@ -361,7 +409,7 @@ fn flood_one(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let (fl, window, counters) = res?;
+    let (fl, window, counters, probes) = res?;
     let text = fs::read_to_string(&log).unwrap_or_default();
     let progress = parse_progress(&text);
     let ok = status.is_some_and(|s| s.success());
@@ -377,6 +425,7 @@ fn flood_one(
         failed: parse_pgbench(&text).ok().map(|x| x.failed),
         ok,
         counters,
+        probes,
         error_tail: (!ok).then(|| {
             let l: Vec<&str> = text.lines().rev().take(15).collect();
             l.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -455,13 +504,13 @@ impl FloodReport {
         );
         let _ = writeln!(
             md,
-            "| target | SYNs sent | SYNs/s (sender, CPU {}) | TPS before | during | after | during/before | failed transactions | sessions lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| target | SYNs sent | SYNs/s (sender, CPU {}) | TPS before | during | after | during/before | failed transactions | sessions lost | new connections during the flood | after it |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
             self.runs.first().map(|r| r.flood.cpu).unwrap_or(0)
         );
         for r in &self.runs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | **{:.3}** | {} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | **{:.3}** | {} | {} | {} | {} |",
                 r.target,
                 r.flood.sent,
                 r.flood.sent as f64 / r.flood.secs.max(1e-9),
@@ -476,6 +525,14 @@ impl FloodReport {
                     "none"
                 } else {
                     "**yes: pgbench failed**"
+                },
+                {
+                    let (ok, n) = r.probes_in(r.window.0, r.window.1);
+                    format!("{ok}/{n}")
+                },
+                {
+                    let (ok, n) = r.probes_in(r.window.1, f64::INFINITY);
+                    format!("{ok}/{n}")
                 },
             );
         }

@@ -106,28 +106,94 @@ fn section<T>(heading: &str, r: &anyhow::Result<T>, md: impl Fn(&T) -> String) -
     }
 }
 
+/// Replaces the section `## <heading>` (up to the next `## `) of `doc` with `section`, or
+/// inserts it before the failover section (or at the end) when `doc` has none.
+pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let start_tag = format!("## {heading}\n");
+    let section = format!("{}\n", section.trim_end());
+    let next_heading = |from: usize| {
+        doc[from..]
+            .find("\n## ")
+            .map(|i| from + i + 1)
+            .unwrap_or(doc.len())
+    };
+    if let Some(i) = doc.find(&start_tag) {
+        let end = next_heading(i + start_tag.len());
+        let sep = if end < doc.len() { "\n" } else { "" };
+        return format!("{}{section}{sep}{}", &doc[..i], &doc[end..]);
+    }
+    let at = doc
+        .find("## Failover")
+        .or_else(|| doc.find("\nWhole run:").map(|i| i + 1))
+        .unwrap_or(doc.len());
+    let lead = if at == 0 || doc[..at].ends_with("\n\n") {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{}{lead}{section}\n{}", &doc[..at], &doc[at..])
+}
+
+/// `PGR_BENCH_ONLY=<section>`: prints the sections; with `PGR_BENCH_WRITE=1` also puts them
+/// into BENCHMARKS.md in place of their earlier version, dated (the other sections stay from
+/// their own runs).
+fn only(sections: &[(&str, String)]) -> anyhow::Result<()> {
+    let write = std::env::var("PGR_BENCH_WRITE").as_deref() == Ok("1");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let path = root().join("BENCHMARKS.md");
+    let mut doc = if write {
+        std::fs::read_to_string(&path).context("reading BENCHMARKS.md")?
+    } else {
+        String::new()
+    };
+    for (heading, md) in sections {
+        print!("{md}");
+        if write {
+            let dated = format!(
+                "{}\n_This section: `PGR_BENCH_ONLY` run of {} on {}, not the whole bench's run._\n",
+                md.trim_end(),
+                std::env::var("PGR_BENCH_ONLY").unwrap_or_default(),
+                svg::utc(now),
+            );
+            doc = replace_section(&doc, heading, &dated);
+        }
+    }
+    if write {
+        std::fs::write(&path, doc).context("writing BENCHMARKS.md")?;
+        println!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<()> {
-    // Development: only one section, printed; BENCHMARKS.md untouched.
+    // Development: only one section, printed (`PGR_BENCH_WRITE=1`: also into BENCHMARKS.md).
     match std::env::var("PGR_BENCH_ONLY").as_deref() {
         Ok("pgbench") => {
-            print!("{}", pgbench::run()?.markdown());
-            return Ok(());
+            return only(&[(PGBENCH, pgbench::run()?.markdown())]);
         }
         Ok("failover") => {
             print!("{}", failover_md(None, 0));
             return Ok(());
         }
         Ok("micro") => {
-            print!("{}", MicroReport::run()?.markdown());
-            return Ok(());
+            return only(&[(MICRO, MicroReport::run()?.markdown())]);
         }
         Ok("churn") => {
-            print!("{}", churn::run()?.markdown());
-            return Ok(());
+            return only(&[(CHURN, churn::run()?.markdown())]);
         }
         Ok("flood") => {
             let f = flood::run();
             let m = MicroReport::run();
+            // Written only when both worked: a failure is printed, not recorded.
+            if f.is_ok() && m.is_ok() {
+                return only(&[
+                    (FLOOD, section(FLOOD, &f, flood::FloodReport::markdown)),
+                    (MICRO, section(MICRO, &m, MicroReport::markdown)),
+                ]);
+            }
             print!(
                 "{}{}",
                 section(FLOOD, &f, flood::FloodReport::markdown),
@@ -138,8 +204,7 @@ pub fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Ok("gc") => {
-            print!("{}", gc::markdown(&gc::run()?));
-            return Ok(());
+            return only(&[(GC, gc::markdown(&gc::run()?))]);
         }
         Ok(other) => {
             bail!("PGR_BENCH_ONLY={other:?}: one of pgbench, failover, micro, churn, flood, gc")
@@ -165,11 +230,7 @@ pub fn run() -> anyhow::Result<()> {
         machine()
     );
     md.push_str(&section(MICRO, &micro, MicroReport::markdown));
-    md.push_str(&section(
-        "pgbench: direct vs HAProxy vs pgrouter",
-        &pg,
-        pgbench::Report::markdown,
-    ));
+    md.push_str(&section(PGBENCH, &pg, pgbench::Report::markdown));
     md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
     md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
     md.push_str(&section(GC, &gc, gc::markdown));
@@ -200,7 +261,34 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+const PGBENCH: &str = "pgbench: direct vs HAProxy vs pgrouter";
 const MICRO: &str = "XDP per-packet cost (BPF_PROG_TEST_RUN)";
 const CHURN: &str = "Connection churn: `pgbench -S -C` through the VIP, far past the SNAT range";
 const FLOOD: &str = "SYN flood: spoofed SYNs while sessions run";
 const GC: &str = "GC: controller CPU with a million flows";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "# pgrouter benchmarks\n\nMachine: x.\n\n## A\n\nold a\n\n## B\n\nold b\n\n## Failover: HAProxy + Keepalived vs pgrouter\n\nf\n\nWhole run: 1 s.\n";
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_inserted_before_failover() {
+        let d = replace_section(DOC, "A", "## A\n\nnew a\n");
+        assert!(d.contains("## A\n\nnew a\n\n## B\n\nold b"), "{d}");
+        assert!(!d.contains("old a"));
+        let d = replace_section(DOC, "C", "## C\n\nnew c\n");
+        assert!(d.contains("old b\n\n## C\n\nnew c\n\n## Failover"), "{d}");
+        let d = replace_section(
+            DOC,
+            "Failover: HAProxy + Keepalived vs pgrouter",
+            "## Failover: HAProxy + Keepalived vs pgrouter\n\ng\n",
+        );
+        assert!(
+            d.ends_with("## Failover: HAProxy + Keepalived vs pgrouter\n\ng\n"),
+            "{d}"
+        );
+        assert_eq!(replace_section("", "A", "## A\n\nx"), "## A\n\nx\n\n");
+    }
+}

@@ -9,16 +9,13 @@
 //!   (getrusage) over the wall time, entries walked per second, time per full cycle.
 use std::time::{Duration, Instant};
 
-use std::os::fd::AsFd as _;
-
-use aya::programs::Xdp;
 use pgrouter::dataplane::{
     Applied, Datapath, LoadOptions, Maps,
     gc::{self, Gc, Kernel},
 };
 use router_ebpf::{
     BACKEND_ACTIVE, Backend, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
-    Flow, FlowKey, GC_PROGRAM_NAME, PROTO_TCP, Timeouts,
+    DEFAULT_HS_ENTRIES, Flow, FlowKey, PROTO_TCP, Timeouts,
 };
 
 /// The table holds two entries per flow; 2^21 leaves room for 1,000,000 flows.
@@ -125,6 +122,7 @@ fn bench_gc_million_flows() {
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: None,
         conntrack_entries: CT_ENTRIES,
+        handshake_entries: DEFAULT_HS_ENTRIES,
     })
     .expect("load the XDP object");
     let mut maps = Maps::take(&mut dp.ebpf).expect("maps");
@@ -159,7 +157,7 @@ fn bench_gc_million_flows() {
     let walk_cpu = (thread_cpu() - c).as_secs_f64();
     assert_eq!(walked as u64, 2 * u64::from(flows), "the walk saw every entry");
 
-    let gc = gc_run(&mut dp, &mut maps, Duration::from_secs(secs));
+    let gc = gc_run(&dp, &mut maps, Duration::from_secs(secs));
 
     println!(
         "BENCH flows={flows} entries={} expired_flows={expired} fill_s={fill_s:.2} \
@@ -172,23 +170,8 @@ fn bench_gc_million_flows() {
 /// The controller's GC executor on the filled table: two full cycles back to back (what the
 /// controller does at start; the first reaps the expired flows), then one tick a second (its
 /// cadence) for `cadence`. Returns the `gc_*` BENCH fields.
-fn gc_run(dp: &mut Datapath, maps: &mut Maps, cadence: Duration) -> String {
-    {
-        let p: &mut Xdp = dp
-            .ebpf
-            .program_mut(GC_PROGRAM_NAME)
-            .expect("pgrouter_gc in the object")
-            .try_into()
-            .expect("pgrouter_gc is XDP");
-        if p.fd().is_err() {
-            p.load().expect("load pgrouter_gc");
-        }
-    }
-    let prog = dp
-        .ebpf
-        .program(GC_PROGRAM_NAME)
-        .and_then(|p| p.fd().ok())
-        .map(|fd| fd.as_fd());
+fn gc_run(dp: &Datapath, maps: &mut Maps, cadence: Duration) -> String {
+    let prog = Some(dp.gc_program_fd().expect("pgrouter_gc loaded"));
     let mut applied = Applied::default();
     for id in 0..3 {
         applied.backends.insert(

@@ -35,6 +35,8 @@ use crate::lab::{
 /// (hosts use .1–.30, the VIP .100).
 pub const SPOOF_FIRST: [u8; 4] = [198, 18, 0, 150];
 pub const SPOOF_COUNT: u32 = 100;
+/// Seconds of the run not counted in the "before" phase (connections, caches warming up).
+const WARM_UP_S: f64 = 3.0;
 /// Frames per `sendmmsg`.
 const BATCH: usize = 64;
 
@@ -416,7 +418,8 @@ fn flood_one(
     let run = FloodRun {
         target: target.to_string(),
         tps: [
-            mean_tps(&progress, 1.0, window.0),
+            // The first seconds warm the sessions up.
+            mean_tps(&progress, WARM_UP_S, window.0),
             mean_tps(&progress, window.0, window.1),
             mean_tps(&progress, window.1 + 1.0, f64::from(total) + 1.0),
         ],

@@ -71,14 +71,17 @@ pub fn markdown(f: &Fields) -> String {
             "\nThe two back-to-back cycles are what the controller runs at start (`START_CYCLES`); then it ticks once a \
              second, so a full cycle of this table takes {:.0} ticks ≈ {:.0} s. CPU = `getrusage(RUSAGE_THREAD)` user + \
              system (the kernel's work in the batch syscalls and the `BPF_PROG_TEST_RUN` reaps included) over the wall \
-             time. The old way costs {:.2} s of CPU per walk: **{:.0} %** of a core if repeated every second, as \
-             `pgrouter status` did on every call; the GC at its cadence uses **{:.3}×** that. Reaped {:.0} flows \
-             ({:.0} kept by the kernel's re-check, {:.0} orphans), {:.0} drift corrections, {:.0} errors.",
+             time. Per entry: the old walk {:.0} ns of CPU, a GC cycle with nothing to reap {:.0} ns (**{:.3}×**). The \
+             old walk, {:.2} s of CPU, was paid by every `pgrouter status` call; the GC's {:.1} % of a core is the \
+             whole cost now. Reaped {:.0} flows ({:.0} kept by the kernel's re-check, {:.0} orphans), {:.0} drift \
+             corrections, {:.0} errors.",
             g("gc_ticks_per_cycle"),
             g("gc_ticks_per_cycle"),
+            1e9 * g("walk_cpu_s") / g("entries"),
+            1e9 * g("gc_cycle2_cpu_s") / g("gc_cycle2_walked"),
+            (g("gc_cycle2_cpu_s") / g("gc_cycle2_walked")) / (g("walk_cpu_s") / g("entries")),
             g("walk_cpu_s"),
-            100.0 * g("walk_cpu_s"),
-            g("gc_cpu_pct") / (100.0 * g("walk_cpu_s")),
+            g("gc_cpu_pct"),
             g("gc_reaped"),
             g("gc_kept"),
             g("gc_orphans"),
@@ -97,4 +100,37 @@ pub fn markdown(f: &Fields) -> String {
     }
     md.push('\n');
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::micro::bench_fields;
+
+    #[test]
+    fn markdown_compares_the_gc_with_the_old_walk() {
+        let f = bench_fields(
+            "BENCH flows=1000000 entries=2000000 expired_flows=100000 fill_s=9.5 walk_s=4.0 \
+             walk_cpu_s=3.5 walk_entries_per_s=500000 gc_cycle1_s=2.0 gc_cycle1_cpu_s=1.9 \
+             gc_cycle1_ticks=31 gc_cycle1_walked=2000000 gc_cycle1_reaped=100000 gc_cycle2_s=1.0 \
+             gc_cycle2_cpu_s=0.9 gc_cycle2_ticks=28 gc_cycle2_walked=1800000 gc_cycle2_reaped=100000 \
+             gc_secs=30.0 gc_cpu_s=0.9 gc_cpu_pct=3.00 gc_walked=1800000 gc_walked_per_s=60000 \
+             gc_cycles=0 gc_ticks_per_cycle=28 gc_cycle_s=28 gc_reaped=100000 gc_reaped_cadence=0 \
+             gc_kept=0 gc_orphans=0 gc_drift_corrections=0 gc_errors=0 gc_per_tick=65536\n",
+            "",
+        )
+        .unwrap();
+        let md = markdown(&f);
+        assert!(md.contains("**1000000 flows = 2000000 entries**"), "{md}");
+        assert!(md.contains("**0.90 s = 3.0 % of one core**"), "{md}");
+        assert!(md.contains("| 2.00 s | 1.90 s | 1000000 |"), "{md}");
+        assert!(
+            md.contains(
+                "the old walk 1750 ns of CPU, a GC cycle with nothing to reap 500 ns (**0.286×**)"
+            ),
+            "{md}"
+        );
+        let bare = bench_fields("BENCH flows=1 gc=missing\n", "").unwrap();
+        assert!(markdown(&bare).contains("not measured in this run (`missing`)"));
+    }
 }

@@ -617,6 +617,42 @@ mod tests {
     }
 
     #[test]
+    fn report_row_has_rate_ratio_losses_and_probes() {
+        let run = FloodRun {
+            target: "pgrouter".into(),
+            flood: FloodStats {
+                sent: 400_000,
+                refused: 0,
+                secs: 10.0,
+                cpu: 1,
+            },
+            tps: [10_000.0, 9_000.0, 10_000.0],
+            window: (10.0, 20.0),
+            failed: Some(0),
+            ok: true,
+            probes: vec![(10.5, true), (15.0, false), (21.0, true), (25.0, true)],
+            ..FloodRun::default()
+        };
+        assert_eq!(run.probes_in(10.0, 20.0), (1, 2));
+        let r = FloodReport {
+            params: Some(FloodParams {
+                secs: 10,
+                max: 1000,
+                clients: 4,
+            }),
+            leader: "pg1 198.18.0.11".into(),
+            runs: vec![run],
+            notes: vec![],
+        };
+        let md = r.markdown();
+        assert!(
+            md.contains("| pgrouter | 400000 | 40000 | 10000 | 9000 | 10000 | **0.900** | 0 | none | 1/2 | 2/2 |"),
+            "{md}"
+        );
+        assert!(md.contains("198.18.0.150–198.18.0.249"), "{md}");
+    }
+
+    #[test]
     fn phases_take_only_whole_intervals_inside_them() {
         let p: Vec<Progress> = (1..=30)
             .map(|t| Progress {

@@ -1,24 +1,33 @@
-//! Connection tracking and NAT: new flows on SYN, translation of tracked flows in both
-//! directions, close accounting, and teardown of flows whose backend was shut down.
+//! Connection tracking and NAT, and the life of a flow:
+//!
+//! - a SYN creates both entries in the handshake table (`PGR_HANDSHAKE`, LRU, no slot held);
+//! - the client's ACK of the backend's SYN-ACK completes it: a `maxconn` slot is taken and the
+//!   entries move to the conntrack table (`PGR_CONNTRACK`, never evicted);
+//! - a FIN counts once the other side acknowledges it, a RST only with the exact sequence
+//!   number the other side expects; both FINs or such a RST close the flow (slot given back
+//!   once, SNAT port reusable at once);
+//! - every entry carries a last-seen time; an expired flow is treated as absent and ended on
+//!   the spot, and the controller reaps the ones no packet comes for (`gc`).
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
-    helpers::bpf_get_prandom_u32,
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
     programs::XdpContext,
 };
 use router_ebpf::{
-    BACKEND_ACTIVE, BACKEND_DRAIN, FAMILY_IPV4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND,
-    FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow, FlowKey, PROTO_TCP, Service, counter,
+    BACKEND_ACTIVE, BACKEND_DRAIN, FAMILY_IPV4, FLOW_F_ANSWERED, FLOW_F_BACKEND_CLOSED_FIRST,
+    FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_PEER_FIN,
+    FLOW_F_PEER_FIN_ACKED, FLOW_F_REPLY, FLOW_STATE_HANDSHAKE, Flow, FlowKey, PROTO_TCP, Service,
+    Timeouts, counter, flow_state, state_timeout,
 };
 
 use crate::{
     atomic, csum,
-    maps::{PGR_BACKENDS, PGR_CONNTRACK, backend_stats, count, service_stats},
-    parse::{Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, get32, put32},
-    reset, select, xmit,
+    maps::{
+        PGR_BACKENDS, PGR_CONNTRACK, PGR_HANDSHAKE, PGR_SCRATCH, backend_stats, count, may_log,
+        now, service_stats, timeouts,
+    },
+    parse::{Headers, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, get32, put32},
+    reset, select, snat, xmit,
 };
-
-/// SNAT ports tried per new flow (the client's own port first, then random ones).
-const SNAT_TRIES: u32 = 8;
 
 /// The packet's 5-tuple as a conntrack key.
 #[inline(always)]
@@ -38,7 +47,7 @@ pub fn tuple(h: &Headers) -> FlowKey {
 
 /// The key of a flow's other entry: the tuple of the packets that entry rewrites into.
 #[inline(always)]
-fn peer_key(f: &Flow) -> FlowKey {
+pub fn peer_key(f: &Flow) -> FlowKey {
     FlowKey {
         saddr: f.daddr,
         daddr: f.saddr,
@@ -50,11 +59,76 @@ fn peer_key(f: &Flow) -> FlowKey {
     }
 }
 
+/// Which table a tracked packet's entry lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Handshake,
+    Established,
+}
+
+/// A reply packet's entry (backend → SNAT address), if the tuple is a tracked reply.
 #[inline(always)]
-fn backend_state(id: u32) -> u8 {
-    match PGR_BACKENDS.get(id) {
-        Some(b) => b.state,
-        None => 0,
+pub fn reply_entry(key: &FlowKey) -> Option<(Table, *mut Flow)> {
+    if let Some(e) = PGR_CONNTRACK.get_ptr_mut(key) {
+        if unsafe { (*e).flags } & FLOW_F_REPLY != 0 {
+            return Some((Table::Established, e));
+        }
+        return None;
+    }
+    let e = PGR_HANDSHAKE.get_ptr_mut(key)?;
+    if unsafe { (*e).flags } & FLOW_F_REPLY != 0 {
+        Some((Table::Handshake, e))
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn usable(backend_id: u32) -> bool {
+    match PGR_BACKENDS.get(backend_id) {
+        Some(b) => b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAIN,
+        None => false,
+    }
+}
+
+/// `a` is at or after `b` in sequence space (RFC 9293 §3.4).
+#[inline(always)]
+fn seq_ge(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b) as i32 >= 0
+}
+
+/// Whether an established flow has expired: idle in both directions for longer than its
+/// state's timeout. `f` and `r` are its forward and reply entries.
+#[inline(always)]
+pub fn expired(f: &Flow, r: &Flow, now: u64, t: &Timeouts) -> bool {
+    let seen = if f.last_seen > r.last_seen {
+        f.last_seen
+    } else {
+        r.last_seen
+    };
+    now.saturating_sub(seen) > state_timeout(t, flow_state(f.flags))
+}
+
+/// Whether the established-table entry `e` (either direction) belongs to an expired flow. The
+/// common case (this direction seen within the shortest timeout) costs no second lookup.
+#[inline(always)]
+pub fn entry_expired(e: &Flow, now: u64, t: &Timeouts) -> bool {
+    let idle = now.saturating_sub(e.last_seen);
+    if idle <= state_timeout(t, router_ebpf::FLOW_STATE_CLOSED)
+        && idle <= state_timeout(t, router_ebpf::FLOW_STATE_CLOSING)
+        && idle <= state_timeout(t, router_ebpf::FLOW_STATE_ESTABLISHED)
+    {
+        return false;
+    }
+    let Some(p) = PGR_CONNTRACK.get_ptr(peer_key(e)) else {
+        // Its other entry is gone: nothing can translate this flow both ways any more.
+        return true;
+    };
+    let p = unsafe { &*p };
+    if e.flags & FLOW_F_REPLY == 0 {
+        expired(e, p, now, t)
+    } else {
+        expired(p, e, now, t)
     }
 }
 
@@ -67,45 +141,85 @@ fn close(fwd: *mut Flow, backend_id: u32) {
     }
 }
 
-/// Removes both entries of a flow, releasing its slot if it was still open.
-#[inline(always)]
-fn teardown(key: &FlowKey, f: &Flow, entry: *mut Flow) {
-    let peer = peer_key(f);
-    let fwd = if f.flags & FLOW_F_REPLY == 0 {
-        Some(entry)
-    } else {
-        PGR_CONNTRACK.get_ptr_mut(&peer)
-    };
-    if let Some(fwd) = fwd {
-        close(fwd, f.backend_id);
+/// Ends an established flow from either of its entries (`key` → `entry`): closes it (slot
+/// given back once) and removes both entries. An entry of the other direction is removed only
+/// if it still belongs to this flow (its SNAT port may already serve a new one).
+#[inline(never)]
+pub fn end(key: &FlowKey, entry: *mut Flow) {
+    let e = unsafe { *entry };
+    let other = peer_key(&e);
+    if let Some(o) = PGR_CONNTRACK.get_ptr_mut(&other) {
+        if peer_key(unsafe { &*o }) == *key {
+            if e.flags & FLOW_F_REPLY != 0 {
+                close(o, e.backend_id);
+            }
+            let _ = PGR_CONNTRACK.remove(&other);
+        }
     }
-    let _ = PGR_CONNTRACK.remove(&peer);
+    if e.flags & FLOW_F_REPLY == 0 {
+        close(entry, e.backend_id);
+    }
     let _ = PGR_CONNTRACK.remove(key);
 }
 
-/// Client → VIP:port.
+/// Verdict-like return of [`establish`]: the flow is in the established table now and the
+/// packet is to be handled as an established one (by the caller, which keeps BPF's call chain,
+/// and so its stack, short).
+const NOW_ESTABLISHED: u32 = u32::MAX;
+
+/// Removes a half-open flow's entries (they hold no slot).
 #[inline(always)]
+fn end_handshake(key: &FlowKey, f: &Flow) {
+    let _ = PGR_HANDSHAKE.remove(&peer_key(f));
+    let _ = PGR_HANDSHAKE.remove(key);
+}
+
+/// Client → VIP:port.
+#[inline(never)]
 pub fn forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 {
     let tcp_flags = unsafe { (*h.tcp).flags };
     // A connection request: SYN alone (SYN with RST or FIN is invalid and never opens a flow).
     let syn = tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
+    let now = now();
+    let t = timeouts();
     if let Some(entry) = PGR_CONNTRACK.get_ptr_mut(key) {
-        let f = unsafe { *entry };
-        let state = backend_state(f.backend_id);
-        let usable = state == BACKEND_ACTIVE || state == BACKEND_DRAIN;
-        if !syn || (usable && f.flags & FLOW_F_CLOSED == 0) {
-            if !usable {
-                // shutdown-sessions: the client learns now; the backend learns from the edge
-                // host's own RST to its next packet, or from the controller's sweep.
-                teardown(key, &f, entry);
-                count(counter::RST_SHUTDOWN);
-                bump_rst(svc.id, f.backend_id);
-                return reset::reply_rst(ctx);
-            }
-            return translate(ctx, h, entry, &f, tcp_flags);
+        let f = unsafe { &*entry };
+        if entry_expired(f, now, &t) {
+            // Treated as absent: ended here, so its slot and port come back now.
+            end(key, entry);
+            count(counter::EXPIRED_ON_PACKET);
+        } else if !usable(f.backend_id) {
+            // shutdown-sessions: the client learns now; the backend learns from the edge
+            // host's own RST to its next packet, or from the controller's sweep.
+            let backend_id = f.backend_id;
+            end(key, entry);
+            return rst_shutdown(ctx, svc.id, backend_id);
+        } else if syn && f.flags & FLOW_F_CLOSED != 0 {
+            // A SYN reusing a closed tuple starts a new flow.
+            end(key, entry);
+        } else {
+            return established(ctx, h, entry);
         }
-        // A SYN reusing a closed tuple, or retried after its backend was shut down.
-        teardown(key, &f, entry);
+    } else if let Some(entry) = PGR_HANDSHAKE.get_ptr(key) {
+        let f = unsafe { &*entry };
+        if now.saturating_sub(f.last_seen) > state_timeout(&t, FLOW_STATE_HANDSHAKE) {
+            end_handshake(key, f);
+            count(counter::EXPIRED_ON_PACKET);
+        } else if !usable(f.backend_id) {
+            let backend_id = f.backend_id;
+            end_handshake(key, f);
+            return rst_shutdown(ctx, svc.id, backend_id);
+        } else {
+            let v = handshake_forward(ctx, h, key, f);
+            if v != NOW_ESTABLISHED {
+                return v;
+            }
+            // The handshake completed: this packet is the flow's first established one.
+            return match PGR_CONNTRACK.get_ptr_mut(key) {
+                Some(e) => established(ctx, h, e),
+                None => xdp_action::XDP_DROP,
+            };
+        }
     }
     if syn {
         return new_flow(ctx, h, key, svc);
@@ -123,18 +237,47 @@ pub fn forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u
 }
 
 /// Backend → SNAT address: a tracked reply.
-#[inline(always)]
-pub fn reply(ctx: &XdpContext, h: &Headers, key: &FlowKey, entry: *mut Flow) -> u32 {
-    let f = unsafe { *entry };
-    let state = backend_state(f.backend_id);
-    if state != BACKEND_ACTIVE && state != BACKEND_DRAIN {
-        teardown(key, &f, entry);
-        count(counter::RST_SHUTDOWN);
-        bump_rst(f.service_id, f.backend_id);
-        return reset::reply_rst(ctx);
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, h: &Headers, key: &FlowKey, table: Table, entry: *mut Flow) -> u32 {
+    let f = unsafe { &*entry };
+    let (backend_id, service_id) = (f.backend_id, f.service_id);
+    let now = now();
+    let t = timeouts();
+    let live = match table {
+        Table::Established => !entry_expired(f, now, &t),
+        Table::Handshake => {
+            now.saturating_sub(f.last_seen) <= state_timeout(&t, FLOW_STATE_HANDSHAKE)
+        }
+    };
+    if !live {
+        // Not ours any more: the edge host's kernel answers the node (a RST, as for any port
+        // nothing listens on).
+        match table {
+            Table::Established => end(key, entry),
+            Table::Handshake => end_handshake(key, f),
+        }
+        count(counter::EXPIRED_ON_PACKET);
+        count(counter::PASS_NOT_OURS);
+        return xdp_action::XDP_PASS;
     }
-    let tcp_flags = unsafe { (*h.tcp).flags };
-    translate(ctx, h, entry, &f, tcp_flags)
+    if !usable(backend_id) {
+        match table {
+            Table::Established => end(key, entry),
+            Table::Handshake => end_handshake(key, f),
+        }
+        return rst_shutdown(ctx, service_id, backend_id);
+    }
+    match table {
+        Table::Established => established(ctx, h, entry),
+        Table::Handshake => handshake_reply(ctx, h, key, entry),
+    }
+}
+
+#[inline(always)]
+fn rst_shutdown(ctx: &XdpContext, service_id: u32, backend_id: u32) -> u32 {
+    count(counter::RST_SHUTDOWN);
+    bump_rst(service_id, backend_id);
+    reset::reply_rst(ctx)
 }
 
 #[inline(always)]
@@ -147,18 +290,62 @@ fn bump_rst(service_id: u32, backend_id: u32) {
     }
 }
 
-/// A SYN with no flow: choose a backend, allocate a SNAT port, insert both entries.
+/// A SYN with no flow: choose a backend, allocate a SNAT port, insert both entries into the
+/// handshake table. No slot is taken until the handshake completes. Three steps called one
+/// after the other, not nested: BPF allows 512 bytes of stack for a whole call chain.
 #[inline(always)]
 fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 {
+    let v = prepare(ctx, h, key, svc);
+    if v != PREPARED {
+        return v;
+    }
+    let Some(w) = PGR_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    match snat::allocate(svc, w) {
+        Some(port) => unsafe { (*w).fwd.sport = port.to_be() },
+        None => {
+            let now = unsafe { (*w).now };
+            if may_log(now) {
+                log_snat_exhausted(ctx, svc.id);
+            }
+            if let Some(stats) = service_stats(svc.id) {
+                stats.drop_snat_exhausted += 1;
+            }
+            count(counter::DROP_SYN);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    finish(ctx, h, key, w)
+}
+
+/// [`prepare`]'s "go on": the new flow's entries stand in the per-CPU scratch.
+const PREPARED: u32 = u32::MAX - 1;
+
+/// Chooses the backend (or holds/rejects the SYN when the set is empty) and fills the scratch
+/// with the new flow's entries, all but the SNAT port.
+#[inline(never)]
+fn prepare(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 {
+    let now = now();
     let Some(stats) = service_stats(svc.id) else {
         return xdp_action::XDP_PASS;
     };
     let backend_id = match select::choose(svc, key) {
         Ok(id) => id,
-        Err(select::NoChoice::Empty) => {
-            stats.drop_no_backend += 1;
-            count(counter::DROP_SYN);
-            return xdp_action::XDP_DROP;
+        Err(select::NoChoice::Empty(since)) => {
+            let hold = u64::from(svc.empty_hold_ms) * 1_000_000;
+            // Hold: the client's SYN retransmission connects as soon as a backend exists.
+            // Bounded: past the hold a RST says "refused" at once instead of a hang. An
+            // unknown start (0) is a transient state the controller is about to replace.
+            if hold != 0 && (since == 0 || now.saturating_sub(since) < hold) {
+                stats.drop_no_backend += 1;
+                count(counter::DROP_SYN_HELD);
+                return xdp_action::XDP_DROP;
+            }
+            stats.rst_no_backend += 1;
+            stats.rst_sent += 1;
+            count(counter::RST_NO_BACKEND);
+            return reset::reply_rst(ctx);
         }
         Err(select::NoChoice::AllAtMaxconn) => {
             stats.drop_maxconn += 1;
@@ -166,145 +353,310 @@ fn new_flow(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u32 
             return xdp_action::XDP_DROP;
         }
     };
-    // From here on the backend's slot is held: every path that drops the SYN gives it back.
     let Some(b) = PGR_BACKENDS.get(backend_id) else {
-        select::release(backend_id);
         return xdp_action::XDP_DROP;
     };
-    let (min, max) = (svc.snat_port_min, svc.snat_port_max);
-    if min == 0 || max < min {
-        select::release(backend_id);
-        stats.drop_snat_exhausted += 1;
-        count(counter::DROP_SYN);
+    let Some(w) = PGR_SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_DROP;
-    }
-    let range = u32::from(max - min) + 1;
-    let client_port = u16::from_be(key.sport);
-    let reply = Flow {
-        saddr: key.daddr,
-        daddr: key.saddr,
-        sport: key.dport,
-        dport: key.sport,
-        backend_id,
-        service_id: svc.id,
-        flags: FLOW_F_REPLY,
-        last_ack: 0,
     };
-    let mut rkey = FlowKey {
-        saddr: b.addr,
-        daddr: svc.snat_addr,
-        sport: b.port,
-        dport: 0,
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    };
-    let mut found = false;
-    for i in 0..SNAT_TRIES {
-        // Keep the client's port when it is free (as Cilium does): the backend then sees the
-        // port the client used, which eases tracing.
-        let port = if i == 0 && client_port >= min && client_port <= max {
-            client_port
-        } else {
-            min + (unsafe { bpf_get_prandom_u32() } % range) as u16
-        };
-        rkey.dport = port.to_be();
-        if PGR_CONNTRACK
-            .insert(&rkey, &reply, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            found = true;
-            break;
-        }
+    let isn = u32::from_be(get32(unsafe { &(*h.tcp).seq }));
+    // Field by field: a struct literal would be built on the stack first.
+    unsafe {
+        let r = &mut (*w).reply;
+        r.saddr = key.daddr;
+        r.daddr = key.saddr;
+        r.sport = key.dport;
+        r.dport = key.sport;
+        r.backend_id = backend_id;
+        r.service_id = svc.id;
+        r.flags = FLOW_F_REPLY;
+        r.last_ack = 0;
+        r.last_seen = now;
+        r.isn = isn;
+        r.peer_fin_end = 0;
+        let f = &mut (*w).fwd;
+        f.saddr = svc.snat_addr;
+        f.daddr = b.addr;
+        f.sport = 0;
+        f.dport = b.port;
+        f.backend_id = backend_id;
+        f.service_id = svc.id;
+        f.flags = 0;
+        f.last_ack = 0;
+        f.last_seen = now;
+        f.isn = isn;
+        f.peer_fin_end = 0;
+        let k = &mut (*w).rkey;
+        k.saddr = b.addr;
+        k.daddr = svc.snat_addr;
+        k.sport = b.port;
+        k.dport = 0;
+        k.proto = PROTO_TCP;
+        k.family = FAMILY_IPV4;
+        k._pad = [0; 2];
+        (*w).client = *key;
+        (*w).now = now;
+        (*w).t = timeouts();
+        (*w).any_closed = 0;
     }
-    if !found {
-        // Rare and actionable: the SNAT range is too small for the connection rate.
-        aya_log_ebpf::warn!(ctx, "snat ports exhausted for service {}", svc.id);
-        select::release(backend_id);
-        stats.drop_snat_exhausted += 1;
-        count(counter::DROP_SYN);
-        return xdp_action::XDP_DROP;
-    }
-    let fwd = Flow {
-        saddr: svc.snat_addr,
-        daddr: b.addr,
-        sport: rkey.dport,
-        dport: b.port,
-        backend_id,
-        service_id: svc.id,
-        flags: 0,
-        last_ack: 0,
-    };
-    if PGR_CONNTRACK
-        .insert(key, &fwd, u64::from(BPF_NOEXIST))
+    PREPARED
+}
+
+/// Inserts the new flow's forward entry (its reply entry went in with the port) and sends
+/// the SYN on.
+#[inline(never)]
+fn finish(ctx: &XdpContext, h: &Headers, key: &FlowKey, w: *mut snat::Want) -> u32 {
+    let fwd = unsafe { &(*w).fwd };
+    if PGR_HANDSHAKE
+        .insert(key, fwd, u64::from(BPF_NOEXIST))
         .is_err()
     {
         // Another CPU created this flow from a duplicate SYN; the retransmit will use it.
-        let _ = PGR_CONNTRACK.remove(&rkey);
-        select::release(backend_id);
+        let _ = PGR_HANDSHAKE.remove(unsafe { &(*w).rkey });
         count(counter::CT_INSERT_FAILED);
         return xdp_action::XDP_DROP;
     }
-    stats.new_flows += 1;
-    if let Some(bs) = backend_stats(backend_id) {
+    if let Some(s) = service_stats(fwd.service_id) {
+        s.new_flows += 1;
+    }
+    if let Some(bs) = backend_stats(fwd.backend_id) {
         bs.new_flows += 1;
     }
-    rewrite(h, &fwd);
-    account(h, &fwd);
-    xmit::send(ctx, h)
+    send(ctx, h, fwd)
 }
 
-/// Rewrites a packet of a tracked flow and tracks FIN/RST for close accounting.
-#[inline(always)]
-fn translate(ctx: &XdpContext, h: &Headers, entry: *mut Flow, f: &Flow, tcp_flags: u8) -> u32 {
-    if tcp_flags & TCP_ACK != 0 {
-        unsafe { (*entry).last_ack = get32(&(*h.tcp).ack) };
-    }
-    if f.flags & (FLOW_F_REPLY | FLOW_F_ANSWERED) == FLOW_F_REPLY {
-        // The backend's first answer. Only this flow's reply packets write the reply entry's
-        // flags, so a plain write is enough (two CPUs would write the same bit).
-        if tcp_flags & TCP_RST != 0 {
-            if let Some(b) = backend_stats(f.backend_id) {
-                b.refused += 1;
-            }
+/// Actionable: the range is too small for the flows open at once. Its own frame: the log
+/// record's buffer would otherwise sit on the SYN path's stack.
+#[inline(never)]
+fn log_snat_exhausted(ctx: &XdpContext, service_id: u32) {
+    aya_log_ebpf::warn!(ctx, "snat ports exhausted for service {}", service_id);
+}
+
+/// A client packet of a flow in its handshake: SYN retransmissions go to the same backend;
+/// the ACK of the backend's SYN-ACK completes it ([`establish`]); a RST ends it only with the
+/// sequence number the backend expects (ISN + 1).
+#[inline(never)]
+fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f: &Flow) -> u32 {
+    let tcp_flags = unsafe { (*h.tcp).flags };
+    if tcp_flags & TCP_RST != 0 {
+        // A copy: the entry may be reused once removed.
+        let fc = *f;
+        if u32::from_be(get32(unsafe { &(*h.tcp).seq })) == fc.isn.wrapping_add(1) {
+            end_handshake(key, &fc);
         } else {
-            unsafe { (*entry).flags |= FLOW_F_ANSWERED };
+            count(counter::RST_NOT_EXACT);
+        }
+        return send(ctx, h, &fc);
+    }
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+        if let Some(r) = PGR_HANDSHAKE.get_ptr(&peer_key(f)) {
+            if unsafe { (*r).flags } & FLOW_F_ANSWERED != 0 {
+                return establish(key, f, r);
+            }
+        }
+    }
+    send(ctx, h, f)
+}
+
+/// The client's ACK completes the handshake: take a slot (or drop the ACK while all are
+/// taken: the client retransmits, the node keeps its half-open socket, and the wait ends at
+/// the handshake timeout), then move both entries to the established table.
+#[inline(never)]
+fn establish(key: &FlowKey, f: &Flow, r: *const Flow) -> u32 {
+    let now = now();
+    let rkey = &peer_key(f);
+    let maxconn = match PGR_BACKENDS.get(f.backend_id) {
+        Some(b) => b.maxconn,
+        None => return xdp_action::XDP_DROP,
+    };
+    if !select::reserve(f.backend_id, maxconn) {
+        select::full(f.backend_id);
+        if let Some(s) = service_stats(f.service_id) {
+            s.drop_maxconn += 1;
+        }
+        count(counter::DROP_WAIT_SLOT);
+        return xdp_action::XDP_DROP;
+    }
+    // The new entries are built in the per-CPU scratch (see `snat::Want`), off the stack.
+    let Some(w) = PGR_SCRATCH.get_ptr_mut(0) else {
+        select::release(f.backend_id);
+        return xdp_action::XDP_DROP;
+    };
+    let (nf, nr) = unsafe {
+        (*w).fwd = *f;
+        (*w).fwd.last_seen = now;
+        (*w).fwd.flags = 0;
+        (*w).reply = *r;
+        (*w).reply.last_seen = now;
+        (*w).reply.flags = FLOW_F_REPLY | FLOW_F_ANSWERED;
+        (&(*w).fwd, &(*w).reply)
+    };
+    // The forward insert is the lock: a duplicate ACK on another CPU finds it and goes on as
+    // an established packet. The reply entry goes in before the handshake one leaves, so the
+    // port is always owned by some entry (see `snat`).
+    if PGR_CONNTRACK
+        .insert(key, nf, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        select::release(f.backend_id);
+        if PGR_CONNTRACK.get_ptr(key).is_some() {
+            return NOW_ESTABLISHED;
+        }
+        return ct_full(f.service_id);
+    }
+    if PGR_CONNTRACK.insert(rkey, nr, u64::from(BPF_ANY)).is_err() {
+        let _ = PGR_CONNTRACK.remove(key);
+        select::release(f.backend_id);
+        return ct_full(f.service_id);
+    }
+    let service_id = f.service_id;
+    // `f` and `r` point into the handshake entries, dead from here.
+    let _ = PGR_HANDSHAKE.remove(rkey);
+    let _ = PGR_HANDSHAKE.remove(key);
+    if let Some(s) = service_stats(service_id) {
+        s.established += 1;
+    }
+    NOW_ESTABLISHED
+}
+
+#[inline(always)]
+fn ct_full(service_id: u32) -> u32 {
+    if let Some(s) = service_stats(service_id) {
+        s.drop_ct_full += 1;
+    }
+    count(counter::DROP_CT_FULL);
+    xdp_action::XDP_DROP
+}
+
+/// A node packet of a flow in its handshake. A RST is a refusal (nothing listens) only if it
+/// acknowledges exactly our SYN, and only before the node answered.
+#[inline(never)]
+fn handshake_reply(ctx: &XdpContext, h: &Headers, key: &FlowKey, entry: *mut Flow) -> u32 {
+    let f = unsafe { &*entry };
+    let tcp_flags = unsafe { (*h.tcp).flags };
+    let ack = get32(unsafe { &(*h.tcp).ack });
+    if tcp_flags & TCP_RST != 0 {
+        // A copy: the entry may be reused once removed.
+        let fc = *f;
+        if tcp_flags & TCP_ACK != 0 && u32::from_be(ack) == fc.isn.wrapping_add(1) {
+            if fc.flags & FLOW_F_ANSWERED == 0 {
+                if let Some(b) = backend_stats(fc.backend_id) {
+                    b.refused += 1;
+                }
+            }
+            end_handshake(key, &fc);
+        } else {
+            count(counter::RST_FORGED_REFUSAL);
+        }
+        return send(ctx, h, &fc);
+    }
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+        && u32::from_be(ack) == f.isn.wrapping_add(1)
+    {
+        unsafe { (*entry).last_ack = ack };
+        atomic::fetch_or(unsafe { &raw mut (*entry).flags }, FLOW_F_ANSWERED);
+    }
+    send(ctx, h, f)
+}
+
+/// A packet of an established flow, either direction: refreshes its last-seen time, tracks
+/// acknowledged FINs and exact RSTs, and translates it.
+#[inline(never)]
+fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u32 {
+    let f = unsafe { &*entry };
+    let tcp_flags = unsafe { (*h.tcp).flags };
+    let now = now();
+    let is_reply = f.flags & FLOW_F_REPLY != 0;
+    unsafe { (*entry).last_seen = now };
+    if tcp_flags & TCP_ACK != 0 {
+        let ack = get32(unsafe { &(*h.tcp).ack });
+        unsafe { (*entry).last_ack = ack };
+        if f.flags & (FLOW_F_PEER_FIN | FLOW_F_PEER_FIN_ACKED) == FLOW_F_PEER_FIN
+            && seq_ge(u32::from_be(ack), f.peer_fin_end)
+        {
+            // This side acknowledged the other side's FIN: the FIN was real.
+            atomic::fetch_or(unsafe { &raw mut (*entry).flags }, FLOW_F_PEER_FIN_ACKED);
+            let bit = if is_reply {
+                FLOW_F_FIN_CLIENT
+            } else {
+                FLOW_F_FIN_BACKEND
+            };
+            if let Some(fwd) = forward_entry(entry, f) {
+                fin_acked(fwd, f.backend_id, bit);
+            }
         }
     }
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        track_close(entry, f, tcp_flags);
+        track_close(h, entry, f, tcp_flags);
     }
-    rewrite(h, f);
-    account(h, f);
-    xmit::send(ctx, h)
+    send(ctx, h, f)
+}
+
+/// The forward entry of the flow whose entry (either direction) is `entry`.
+#[inline(always)]
+fn forward_entry(entry: *mut Flow, f: &Flow) -> Option<*mut Flow> {
+    if f.flags & FLOW_F_REPLY == 0 {
+        Some(entry)
+    } else {
+        PGR_CONNTRACK.get_ptr_mut(&peer_key(f))
+    }
 }
 
 #[inline(always)]
-fn track_close(entry: *mut Flow, f: &Flow, tcp_flags: u8) {
-    let is_reply = f.flags & FLOW_F_REPLY != 0;
-    let fwd = if is_reply {
-        match PGR_CONNTRACK.get_ptr_mut(&peer_key(f)) {
-            Some(p) => p,
-            None => return,
-        }
-    } else {
-        entry
-    };
-    if tcp_flags & TCP_RST != 0 {
-        close(fwd, f.backend_id);
-        return;
-    }
-    let bit = if is_reply {
-        FLOW_F_FIN_BACKEND
-    } else {
-        FLOW_F_FIN_CLIENT
-    };
+fn fin_acked(fwd: *mut Flow, backend_id: u32, bit: u64) {
     let old = atomic::fetch_or(unsafe { &raw mut (*fwd).flags }, bit);
     if (old | bit) & (FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND)
         == FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND
     {
-        close(fwd, f.backend_id);
+        close(fwd, backend_id);
     }
+}
+
+/// A FIN is recorded in the other direction's entry (which closes it when that side
+/// acknowledges it); a RST closes the flow only with exactly the sequence number the other
+/// side acknowledged last (RFC 5961 §3.2: anything else only earns a challenge ACK from the
+/// endpoint, so a forged RST cannot free a slot or a port).
+#[inline(always)]
+fn track_close(h: &Headers, entry: *mut Flow, f: &Flow, tcp_flags: u8) {
+    let is_reply = f.flags & FLOW_F_REPLY != 0;
+    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&peer_key(f)) else {
+        return;
+    };
+    let seq_be = get32(unsafe { &(*h.tcp).seq });
+    if tcp_flags & TCP_RST != 0 {
+        if seq_be == unsafe { (*peer).last_ack } {
+            let fwd = if is_reply { peer } else { entry };
+            close(fwd, f.backend_id);
+        } else {
+            count(counter::RST_NOT_EXACT);
+        }
+        return;
+    }
+    let (tot_len, doff) = unsafe { (u16::from_be((*h.ip).tot_len), (*h.tcp).doff >> 4) };
+    let payload = u32::from(tot_len).saturating_sub(IPV4_LEN as u32 + u32::from(doff) * 4);
+    let end = u32::from_be(seq_be).wrapping_add(payload).wrapping_add(1);
+    unsafe { (*peer).peer_fin_end = end };
+    atomic::fetch_or(unsafe { &raw mut (*peer).flags }, FLOW_F_PEER_FIN);
+    if is_reply {
+        // The backend closes first unless the client already sent its FIN: the node then
+        // holds the 4-tuple in TIME_WAIT (see `snat`).
+        if unsafe { (*peer).flags } & FLOW_F_CLIENT_FIN_SEEN == 0 {
+            atomic::fetch_or(
+                unsafe { &raw mut (*peer).flags },
+                FLOW_F_BACKEND_CLOSED_FIRST,
+            );
+        }
+    } else {
+        atomic::fetch_or(unsafe { &raw mut (*entry).flags }, FLOW_F_CLIENT_FIN_SEEN);
+    }
+}
+
+/// Rewrites, accounts and transmits a packet of flow entry `f`.
+#[inline(always)]
+fn send(ctx: &XdpContext, h: &Headers, f: &Flow) -> u32 {
+    rewrite(h, f);
+    account(h, f);
+    xmit::send(ctx, h)
 }
 
 /// Full NAT of addresses and ports with incremental checksum updates (RFC 1624).

@@ -237,14 +237,11 @@ pub const FLOW_F_ANSWERED: u64 = 1 << 4;
 pub const FLOW_F_PEER_FIN: u64 = 1 << 5;
 /// This direction has acknowledged the other direction's FIN (recorded once).
 pub const FLOW_F_PEER_FIN_ACKED: u64 = 1 << 6;
-/// Reply entry: claimed by a CPU that is taking its SNAT port over or reaping it; nobody else
-/// may act on this entry.
-pub const FLOW_F_CLAIMED: u64 = 1 << 7;
 /// Forward entry: the backend's FIN came before the client's, so the node holds the 4-tuple in
 /// TIME_WAIT (see [`NODE_TIME_WAIT_NS`]).
-pub const FLOW_F_BACKEND_CLOSED_FIRST: u64 = 1 << 8;
+pub const FLOW_F_BACKEND_CLOSED_FIRST: u64 = 1 << 7;
 /// Forward entry: the client has sent a FIN (acknowledged or not), so the flow is closing.
-pub const FLOW_F_CLIENT_FIN_SEEN: u64 = 1 << 9;
+pub const FLOW_F_CLIENT_FIN_SEEN: u64 = 1 << 8;
 
 /// Value of `PGR_CONNTRACK` (established flows) and `PGR_HANDSHAKE` (flows whose handshake has
 /// not completed): how to rewrite a packet whose tuple is the key. A flow has two entries,

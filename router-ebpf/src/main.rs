@@ -14,6 +14,8 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod gc;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -21,6 +23,8 @@ mod parse;
 mod reset;
 #[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod snat;
 #[cfg(target_arch = "bpf")]
 mod xmit;
 
@@ -30,11 +34,11 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use router_ebpf::{FLOW_F_REPLY, FlowKey, ServiceKey, counter};
+    use router_ebpf::{FlowKey, ServiceKey, counter};
 
     use crate::{
-        flow,
-        maps::{PGR_CONNTRACK, PGR_IFACE_MACS, PGR_SERVICES, count},
+        flow, gc,
+        maps::{PGR_IFACE_MACS, PGR_SERVICES, count},
         parse::{self, Skip},
     };
 
@@ -69,17 +73,22 @@ mod entry {
             let svc = unsafe { *svc };
             return flow::forward(&ctx, &h, &key, &svc);
         }
-        if let Some(entry) = PGR_CONNTRACK.get_ptr_mut(&key) {
-            if unsafe { (*entry).flags } & FLOW_F_REPLY != 0 {
-                if !for_us(&ctx, &h) {
-                    count(counter::PASS_OTHER_HOST);
-                    return xdp_action::XDP_PASS;
-                }
-                return flow::reply(&ctx, &h, &key, entry);
+        if let Some((table, entry)) = flow::reply_entry(&key) {
+            if !for_us(&ctx, &h) {
+                count(counter::PASS_OTHER_HOST);
+                return xdp_action::XDP_PASS;
             }
+            return flow::reply(&ctx, &h, &key, table, entry);
         }
         count(counter::PASS_NOT_OURS);
         xdp_action::XDP_PASS
+    }
+
+    /// Never attached: the controller's garbage collector runs it under `BPF_PROG_TEST_RUN`
+    /// with a `GcRequest` as the frame (see `gc`).
+    #[xdp]
+    pub fn pgrouter_gc(ctx: XdpContext) -> u32 {
+        gc::run(&ctx)
     }
 
     /// A frame is ours unless its destination MAC is unicast and differs from the ingress

@@ -1,4 +1,5 @@
-//! Backend selection for a new flow: balance mode, active state and maxconn.
+//! Backend selection for a new flow (balance mode, active state, maxconn by a plain read) and
+//! the slot a flow takes when its handshake completes.
 use router_ebpf::{
     BACKEND_ACTIVE, BACKEND_SHUTDOWN, BALANCE_LEAST_CONN, BALANCE_SOURCE_HASH, FlowKey, MAX_SET,
     Service,
@@ -6,23 +7,27 @@ use router_ebpf::{
 
 use crate::{
     atomic,
-    maps::{PGR_BACKEND_CONNS, PGR_BACKEND_SETS, PGR_BACKENDS, PGR_RR_CURSOR, backend_stats},
+    maps::{
+        PGR_BACKEND_CONNS, PGR_BACKEND_SETS, PGR_BACKENDS, PGR_RR_CURSOR, PGR_SET_SCRATCH,
+        backend_stats,
+    },
 };
 
 pub enum NoChoice {
-    /// The set is empty or no member is active.
-    Empty,
+    /// The set is empty or no member is active. With the set's `empty_since_ns` (0 when it is
+    /// not known: no set yet, or members published but none active, a transient state).
+    Empty(u64),
     /// Every active member is at its `maxconn`: the SYN is dropped and the client's SYN
     /// retransmission acts as the queue.
     AllAtMaxconn,
 }
 
-/// Takes one of backend `id`'s slots. With a `maxconn` the count is raised first and the old
-/// value tested after (one atomic fetch-add): concurrent SYNs on other CPUs can never take
-/// more slots than there are. A flow that is not created after all gives it back with
-/// [`release`]; a created one when it closes.
+/// Takes one of backend `id`'s slots, when a handshake completes. With a `maxconn` the count
+/// is raised first and the old value tested after (one atomic fetch-add): completions racing
+/// on other CPUs can never take more slots than there are. A flow that is not established
+/// after all gives it back with [`release`]; an established one when it closes.
 #[inline(always)]
-fn reserve(id: u32, maxconn: u32) -> bool {
+pub fn reserve(id: u32, maxconn: u32) -> bool {
     let Some(c) = PGR_BACKEND_CONNS.get_ptr_mut(id) else {
         return false;
     };
@@ -51,24 +56,34 @@ pub fn release(id: u32) {
 }
 
 #[inline(always)]
-fn full(id: u32) {
+pub fn full(id: u32) {
     if let Some(s) = backend_stats(id) {
         s.drop_maxconn += 1;
     }
 }
 
-/// Picks a backend id from the service's current set and takes one of its slots (see
-/// [`reserve`]); the caller must [`release`] it if the flow is not created.
+/// Picks a backend id from the service's current set for a new handshake. No slot is taken
+/// here (half-open flows hold none, so SYNs that are never completed cannot exhaust
+/// `maxconn`); a member already at `maxconn` is skipped, so a full backend gets no new
+/// handshakes (the client's SYN retransmission acts as the queue).
 #[inline(always)]
 pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
     let Some(set) = PGR_BACKEND_SETS.get_ptr(&svc.id) else {
-        return Err(NoChoice::Empty);
+        return Err(NoChoice::Empty(0));
     };
-    // Copy the generation once: userspace may swap it while we look.
-    let set = unsafe { *set };
+    // Copy the generation once: userspace may swap it while we look (a preallocated hash
+    // reuses a replaced element at once). Into per-CPU scratch: 144 bytes are too many for
+    // BPF's 512-byte stack.
+    let Some(copy) = PGR_SET_SCRATCH.get_ptr_mut(0) else {
+        return Err(NoChoice::Empty(0));
+    };
+    let set = unsafe {
+        *copy = *set;
+        &*copy
+    };
     let n = set.count;
     if n == 0 || n > MAX_SET as u32 {
-        return Err(NoChoice::Empty);
+        return Err(NoChoice::Empty(set.empty_since_ns));
     }
     let start = match svc.balance {
         BALANCE_SOURCE_HASH => key.saddr[0].wrapping_mul(0x9e37_79b1) >> 8,
@@ -84,7 +99,6 @@ pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
     let least = svc.balance == BALANCE_LEAST_CONN;
     let mut best = u32::MAX;
     let mut best_conns = u32::MAX;
-    let mut best_maxconn = 0;
     let mut saw_full = false;
     for i in 0..MAX_SET as u32 {
         if i >= n {
@@ -115,31 +129,18 @@ pub fn choose(svc: &Service, key: &FlowKey) -> Result<u32, NoChoice> {
             continue;
         }
         if !least {
-            if reserve(id, b.maxconn) {
-                return Ok(id);
-            }
-            // Another CPU took the last slot since the read.
-            saw_full = true;
-            full(id);
-            continue;
+            return Ok(id);
         }
         if conns < best_conns {
             best = id;
             best_conns = conns;
-            best_maxconn = b.maxconn;
         }
     }
     if best != u32::MAX {
-        if reserve(best, best_maxconn) {
-            return Ok(best);
-        }
-        // Lost the least-loaded backend's last slot to another CPU: the client's SYN
-        // retransmission picks again.
-        full(best);
-        Err(NoChoice::AllAtMaxconn)
+        Ok(best)
     } else if saw_full {
         Err(NoChoice::AllAtMaxconn)
     } else {
-        Err(NoChoice::Empty)
+        Err(NoChoice::Empty(0))
     }
 }

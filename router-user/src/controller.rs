@@ -6,8 +6,12 @@
 //!  health::ClusterHandle ──watch──┐
 //!  SIGHUP / `pgrouter reload` ────┼──▶ loop ──plan──▶ Maps::apply ──▶ XDP maps
 //!  control socket (status) ───────┤            └──▶ sweep (shutdown-sessions RSTs)
-//!  1 s tick ──────────────────────┘──▶ vrrp tracks, neighbour warm-up, kernel logs
+//!  1 s tick ──────────────────────┘──▶ flow gc (bounded batch), vrrp tracks, neighbour
+//!                                       warm-up, kernel logs
 //! ```
+//!
+//! The flow GC's policy (what expired, what drifted) lives in `dataplane::gc`; this loop only
+//! runs a bounded tick of it each second and hands its last full cycle to status.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -17,6 +21,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use router_ebpf::Timeouts;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
@@ -26,7 +31,10 @@ use tracing::{error, info, warn};
 use crate::{
     config::{self, Config},
     control,
-    dataplane::{self, Applied, AttachMode, Datapath, LoadOptions, Maps},
+    dataplane::{
+        self, Applied, AttachMode, Datapath, LoadOptions, Maps,
+        gc::{self, Gc},
+    },
     health::{self, ClusterHandle, ClusterSnapshot},
     metrics,
     model::DesiredListener,
@@ -68,6 +76,10 @@ struct Daemon {
     hold_until_warm: bool,
     /// Backend id → the data path's `refused` count at the last poll.
     refused_seen: std::collections::HashMap<u32, u64>,
+    /// The flow garbage collector (expiry, reaping, slot recount) and its last full cycle.
+    gc: Gc,
+    /// The flow timeouts written to PGR_TIMEOUTS.
+    timeouts: Timeouts,
 }
 
 /// Runs until SIGTERM/SIGINT. The XDP program and its maps stay pinned afterwards, so a
@@ -80,8 +92,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: Some(cfg.datapath.pin_path.clone()),
         conntrack_entries: cfg.datapath.conntrack_entries,
+        handshake_entries: cfg.datapath.handshake_entries,
     })?;
     let mut maps = Maps::take(&mut dp.ebpf)?;
+    let timeouts = cfg.datapath.timeouts.to_abi();
+    maps.set_timeouts(&timeouts)?;
     let mode = match cfg.datapath.mode {
         config::XdpMode::Auto => AttachMode::Auto,
         config::XdpMode::Native => AttachMode::Native,
@@ -132,9 +147,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         last_error: None,
         hold_until_warm: false,
         refused_seen: Default::default(),
+        gc: Gc::default(),
+        timeouts,
     };
     d.hold_until_warm = !d.applied.services.is_empty();
     d.adopt_pinned();
+    // The recount at start: what expired while no controller ran is reaped, and a slot
+    // count that drifted (a crash between a close and its release, an older build) is
+    // corrected before the first tick.
+    d.collect_flows_at_start();
 
     let (req_tx, mut req_rx) = mpsc::channel(16);
     let socket = d.cfg.control.socket.clone();
@@ -183,6 +204,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 if let Some(l) = d.dp.logger.as_mut() {
                     l.flush();
                 }
+                d.collect_flows();
                 d.update_tracks();
                 if ticks % 5 == 1 {
                     dataplane::host::warm_neighbours(&d.backend_addrs());
@@ -328,7 +350,12 @@ impl Daemon {
             self.cfg.datapath.snat_ports.first,
             self.cfg.datapath.snat_ports.last,
         );
-        let (delta, next) = match dataplane::plan(&desired, &self.applied, snat) {
+        let (delta, next) = match dataplane::plan(
+            &desired,
+            &self.applied,
+            snat,
+            dataplane::host::monotonic_ns(),
+        ) {
             Ok(p) => p,
             Err(e) => {
                 error!("cannot publish backend sets: {e}; keeping the running ones");
@@ -366,6 +393,17 @@ impl Daemon {
                 return Err(e.to_string());
             }
         };
+        // Timeouts apply at once: the kernel and the GC read them on every judgement.
+        let timeouts = new.datapath.timeouts.to_abi();
+        if timeouts != self.timeouts {
+            if let Err(e) = self.maps.set_timeouts(&timeouts) {
+                error!("reload refused, running configuration kept: {e:#}");
+                return Err(format!("{e:#}"));
+            }
+            info!(?timeouts, "flow timeouts updated");
+            self.timeouts = timeouts;
+        }
+        // wt-cfg: leave `timeouts` out of this comparison (they apply on reload, above).
         if new.datapath != self.cfg.datapath {
             warn!("datapath settings changed; they apply at the next restart");
         }
@@ -437,6 +475,53 @@ impl Daemon {
         v
     }
 
+    /// One bounded GC tick (see `dataplane::gc::ENTRIES_PER_TICK`).
+    fn collect_flows(&mut self) {
+        let prog = self.dp.gc_program_fd().ok();
+        let mut k = gc::Kernel {
+            maps: &mut self.maps,
+            prog,
+        };
+        self.gc.tick(
+            &mut k,
+            &self.applied,
+            &self.timeouts,
+            dataplane::host::monotonic_ns(),
+        );
+    }
+
+    /// Full cycles back to back at start, bounded by the table sizes.
+    fn collect_flows_at_start(&mut self) {
+        let prog = match self.dp.gc_program_fd() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!("flow gc cannot reap (expired flows wait for a packet): {e:#}");
+                None
+            }
+        };
+        let entries = self.cfg.datapath.conntrack_entries as usize
+            + self.cfg.datapath.handshake_entries as usize;
+        let ticks_per_cycle = (entries / gc::ENTRIES_PER_TICK + 2) as u32;
+        let mut k = gc::Kernel {
+            maps: &mut self.maps,
+            prog,
+        };
+        let started = Instant::now();
+        let done = self.gc.run_cycles(
+            &mut k,
+            &self.applied,
+            &self.timeouts,
+            &dataplane::host::monotonic_ns,
+            gc::START_CYCLES,
+            gc::START_CYCLES * ticks_per_cycle,
+        );
+        info!(
+            cycles = done,
+            ms = started.elapsed().as_millis() as u64,
+            "flow tables recounted"
+        );
+    }
+
     fn refresh_status(&mut self) {
         let snaps = self.snapshots();
         let st = status::collect(
@@ -446,6 +531,11 @@ impl Daemon {
             &self.maps,
             &self.attached,
             self.vrrp.iter().map(|h| h.status()).collect(),
+            (
+                self.gc.last.as_ref(),
+                &self.gc.counters,
+                dataplane::host::monotonic_ns(),
+            ),
             self.started.elapsed(),
             self.last_error.clone(),
         );

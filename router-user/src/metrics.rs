@@ -62,11 +62,54 @@ pub fn render(st: &Status) -> String {
     for (k, v) in &st.datapath.counters {
         let _ = writeln!(o, "pgrouter_datapath_packets_total{{verdict=\"{k}\"}} {v}");
     }
+    let d = &st.datapath;
     let _ = writeln!(
         o,
         "# TYPE pgrouter_conntrack_entries gauge\npgrouter_conntrack_entries {}",
-        st.datapath.tracked_entries
+        d.tracked_entries
     );
+    // Flow life cycle (flow GC): table usage at its last full cycle, totals since start.
+    let _ = writeln!(
+        o,
+        "# TYPE pgrouter_handshake_entries gauge\npgrouter_handshake_entries {}\n\
+         # TYPE pgrouter_handshake_capacity gauge\npgrouter_handshake_capacity {}",
+        d.handshake_entries, d.handshake_capacity
+    );
+    let _ = writeln!(o, "# TYPE pgrouter_flow_expiries_total counter");
+    for (state, v) in &d.gc.totals.expiries {
+        let _ = writeln!(
+            o,
+            "pgrouter_flow_expiries_total{{state=\"{}\"}} {v}",
+            esc(state)
+        );
+    }
+    let g = &d.gc;
+    for (name, kind, v) in [
+        ("pgrouter_gc_reaped_total", "counter", g.totals.reaped),
+        ("pgrouter_gc_orphans_total", "counter", g.totals.orphans),
+        ("pgrouter_gc_kept_total", "counter", g.totals.kept),
+        ("pgrouter_gc_errors_total", "counter", g.totals.errors),
+        ("pgrouter_gc_cycles_total", "counter", g.totals.full_cycles),
+        (
+            "pgrouter_gc_entries_walked_total",
+            "counter",
+            g.totals.entries_walked,
+        ),
+        (
+            "pgrouter_slot_drift_corrections_total",
+            "counter",
+            g.totals.drift_corrections,
+        ),
+    ] {
+        let _ = writeln!(o, "# TYPE {name} {kind}\n{name} {v}");
+    }
+    if let Some(ms) = g.last_cycle_ms {
+        let _ = writeln!(
+            o,
+            "# TYPE pgrouter_gc_cycle_seconds gauge\npgrouter_gc_cycle_seconds {}",
+            ms / 1000.0
+        );
+    }
     let _ = writeln!(
         o,
         "# TYPE pgrouter_check_up gauge\n# TYPE pgrouter_check_latency_seconds gauge\n# TYPE pgrouter_checks_total counter\n# TYPE pgrouter_checks_failed_total counter\n# TYPE pgrouter_set_changes_total counter\n# TYPE pgrouter_split_brain gauge"
@@ -113,7 +156,7 @@ pub fn render(st: &Status) -> String {
     }
     let _ = writeln!(
         o,
-        "# TYPE pgrouter_fallback_active gauge\n# TYPE pgrouter_listener_drops_total counter\n# TYPE pgrouter_backend_active_flows gauge\n# TYPE pgrouter_backend_flows_total counter\n# TYPE pgrouter_backend_bytes_total counter\n# TYPE pgrouter_backend_resets_total counter\n# TYPE pgrouter_backend_refused_total counter"
+        "# TYPE pgrouter_fallback_active gauge\n# TYPE pgrouter_listener_drops_total counter\n# TYPE pgrouter_listener_rst_no_backend_total counter\n# TYPE pgrouter_listener_established_total counter\n# TYPE pgrouter_snat_ports_in_use gauge\n# TYPE pgrouter_snat_ports gauge\n# TYPE pgrouter_snat_exhausted_total counter\n# TYPE pgrouter_flows gauge\n# TYPE pgrouter_backend_active_flows gauge\n# TYPE pgrouter_backend_flows_total counter\n# TYPE pgrouter_backend_bytes_total counter\n# TYPE pgrouter_backend_resets_total counter\n# TYPE pgrouter_backend_refused_total counter"
     );
     for l in &st.listeners {
         let ln = esc(&l.name);
@@ -126,11 +169,21 @@ pub fn render(st: &Status) -> String {
             ("no_backend", l.drop_no_backend),
             ("maxconn", l.drop_maxconn),
             ("snat_exhausted", l.drop_snat_exhausted),
+            ("ct_full", l.drop_ct_full),
         ] {
             let _ = writeln!(
                 o,
                 "pgrouter_listener_drops_total{{listener=\"{ln}\",reason=\"{reason}\"}} {v}"
             );
+        }
+        for (name, v) in [
+            ("pgrouter_listener_rst_no_backend_total", l.rst_no_backend),
+            ("pgrouter_listener_established_total", l.established),
+            ("pgrouter_snat_ports_in_use", l.snat_ports_in_use),
+            ("pgrouter_snat_ports", l.snat_ports),
+            ("pgrouter_snat_exhausted_total", l.drop_snat_exhausted),
+        ] {
+            let _ = writeln!(o, "{name}{{listener=\"{ln}\"}} {v}");
         }
         for b in &l.backends {
             let lb = format!("listener=\"{ln}\",node=\"{}\"", esc(&b.node));
@@ -152,6 +205,15 @@ pub fn render(st: &Status) -> String {
             );
             let _ = writeln!(o, "pgrouter_backend_resets_total{{{lb}}} {}", b.rst_sent);
             let _ = writeln!(o, "pgrouter_backend_refused_total{{{lb}}} {}", b.refused);
+            let f = &b.flows;
+            for (state, v) in [
+                ("handshake", f.handshake),
+                ("established", f.established),
+                ("closing", f.closing),
+                ("closed", f.closed),
+            ] {
+                let _ = writeln!(o, "pgrouter_flows{{{lb},state=\"{state}\"}} {v}");
+            }
         }
     }
     let _ = writeln!(
@@ -177,4 +239,54 @@ pub fn render(st: &Status) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{BackendStatus, FlowsByState, ListenerStatus};
+
+    /// The flow life cycle is visible: flows by state per backend, SNAT range usage per
+    /// listener, handshake-table usage, expiries by state and the GC's totals.
+    #[test]
+    fn flow_life_cycle_families_are_exported() {
+        let mut st = Status::default();
+        st.datapath.handshake_entries = 4;
+        st.datapath.handshake_capacity = 16_384;
+        st.datapath.gc.totals.expiries.insert("handshake".into(), 7);
+        st.datapath.gc.totals.reaped = 3;
+        st.datapath.gc.totals.drift_corrections = 1;
+        st.listeners.push(ListenerStatus {
+            name: "pg/PG1".into(),
+            snat_ports_in_use: 12,
+            snat_ports: 20_000,
+            drop_snat_exhausted: 2,
+            backends: vec![BackendStatus {
+                node: "pg1".into(),
+                flows: FlowsByState {
+                    handshake: 2,
+                    established: 5,
+                    closing: 1,
+                    closed: 0,
+                },
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let m = render(&st);
+        for line in [
+            "pgrouter_flows{listener=\"pg/PG1\",node=\"pg1\",state=\"established\"} 5",
+            "pgrouter_flows{listener=\"pg/PG1\",node=\"pg1\",state=\"handshake\"} 2",
+            "pgrouter_flow_expiries_total{state=\"handshake\"} 7",
+            "pgrouter_gc_reaped_total 3",
+            "pgrouter_slot_drift_corrections_total 1",
+            "pgrouter_snat_ports_in_use{listener=\"pg/PG1\"} 12",
+            "pgrouter_snat_ports{listener=\"pg/PG1\"} 20000",
+            "pgrouter_snat_exhausted_total{listener=\"pg/PG1\"} 2",
+            "pgrouter_handshake_entries 4",
+            "pgrouter_handshake_capacity 16384",
+        ] {
+            assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+        }
+    }
 }

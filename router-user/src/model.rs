@@ -50,6 +50,9 @@ pub struct DesiredListener {
     pub port: u16,
     pub balance: Balance,
     pub shutdown_sessions: bool,
+    /// How long a SYN to an empty set is held before it is answered by a RST (ms); 0 = at
+    /// once (`on_empty = "reject"`).
+    pub empty_hold_ms: u32,
     /// Source address for the backend leg; the VIP when not configured.
     pub snat_addr: IpAddr,
     /// Every node of the cluster, in config order; only `Active` ones take new flows.

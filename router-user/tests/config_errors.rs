@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgrouter::config::{self, Checks, Diagnostic, Fallback, ListenerKind, OnMarkedDown};
+use pgrouter::config::{
+    self, Checks, Diagnostic, Fallback, FlowTimeouts, ListenerKind, OnEmpty, OnMarkedDown,
+};
 
 fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/pgrouter.toml")
@@ -147,6 +149,244 @@ fn defaults_apply_when_sections_are_omitted() {
     assert_eq!(c.api.port, 8008);
     assert_eq!(cfg.datapath.conntrack_entries, 524288);
     assert_eq!(c.listeners[0].maxconn, 0);
+    assert_eq!(
+        cfg.datapath.handshake_entries,
+        router_ebpf::DEFAULT_HS_ENTRIES
+    );
+    let t = cfg.datapath.timeouts;
+    assert_eq!(t, FlowTimeouts::default());
+    assert_eq!(t.handshake, Duration::from_secs(5));
+    assert_eq!(t.established, Duration::from_secs(2 * 3600 + 4 * 60));
+    assert_eq!(t.closing, Duration::from_secs(120));
+    assert_eq!(t.closed, Duration::from_secs(10));
+    assert_eq!(
+        c.listeners[0].on_empty,
+        OnEmpty::Hold(Duration::from_secs(8))
+    );
+    assert_eq!(c.listeners[0].on_empty.hold_ms(), 8000);
+}
+
+/// The kernel reads nanoseconds; every field is written, so its defaults never apply.
+#[test]
+fn flow_timeouts_reach_the_kernel_in_nanoseconds() {
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\n[datapath.timeouts]\nhandshake = \"3s\"\nestablished = \"1s\"\n\
+         closing = \"1m30s\"\nclosed = \"500ms\"",
+    );
+    let cfg = match config::parse(&text, "t.toml") {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        cfg.datapath.timeouts.to_abi(),
+        router_ebpf::Timeouts {
+            handshake_ns: 3_000_000_000,
+            established_ns: 1_000_000_000,
+            closing_ns: 90_000_000_000,
+            closed_ns: 500_000_000,
+        }
+    );
+    assert_eq!(
+        FlowTimeouts::default().to_abi().established_ns,
+        router_ebpf::DEFAULT_TIMEOUT_ESTABLISHED_NS
+    );
+}
+
+#[test]
+fn flow_timeouts_must_be_positive_durations() {
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\n[datapath.timeouts]\nhandshake = \"0s\"\nclosing = \"2\"\n\
+         closed = \"soon\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "datapath.timeouts.handshake",
+        "handshake = ",
+        "must be more than 0",
+    );
+    expect(
+        &d,
+        &text,
+        "datapath.timeouts.closing",
+        "closing = ",
+        "needs a unit",
+    );
+    expect(
+        &d,
+        &text,
+        "datapath.timeouts.closed",
+        "closed = ",
+        "invalid duration",
+    );
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\n[datapath.timeouts]\nidle = \"1h\"",
+    );
+    let d = errors(&text);
+    assert!(d[0].message.contains("unknown field `idle`"), "{d:?}");
+}
+
+/// Accepted (the tests expire flows in a second), but `check-config` says what it costs.
+#[test]
+fn an_established_timeout_below_rfc5382_is_accepted_with_a_warning() {
+    let dir = std::env::temp_dir().join(format!("pgrouter-cfg-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("short.toml");
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\n[datapath.timeouts]\nestablished = \"1s\"",
+    );
+    if let Err(e) = std::fs::write(&path, &text) {
+        panic!("writing {}: {e}", path.display());
+    }
+    let s = config::check(&path).map(|s| s.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = match s {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        s.contains("warning: datapath.timeouts.established 1s is below 2h4m; RFC 5382"),
+        "{s}"
+    );
+    let s = match config::check(example()) {
+        Ok(s) => s.to_string(),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        !s.contains("warning"),
+        "the defaults warn about nothing: {s}"
+    );
+}
+
+#[test]
+fn handshake_entries_has_a_floor() {
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nhandshake_entries = 10",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "datapath.handshake_entries",
+        "handshake_entries",
+        "10 is too small; at least 64",
+    );
+}
+
+/// Each half-open flow holds a SNAT port: a SYN flood must not be able to take them all.
+#[test]
+fn half_open_flows_must_not_be_able_to_take_every_snat_port() {
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nsnat_ports = \"40000-44999\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "datapath.handshake_entries",
+        "snat_ports",
+        "16384 entries hold 8192 half-open connections, not fewer than the 5000 ports",
+    );
+    let text = BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nsnat_ports = \"40000-44999\"\nhandshake_entries = 9998",
+    );
+    assert!(
+        config::parse(&text, "t.toml").is_ok(),
+        "4999 half-open flows fit"
+    );
+    let text = text.replace("9998", "10000");
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "datapath.handshake_entries",
+        "handshake_entries",
+        "5000 half-open connections, not fewer than the 5000 ports",
+    );
+}
+
+#[test]
+fn on_empty_reject_and_hold_lengths() {
+    let text = BASE.replace(
+        "kind = \"primary\"",
+        "kind = \"primary\"\non_empty = \"reject\"",
+    );
+    match config::parse(&text, "t.toml") {
+        Ok(c) => {
+            let l = &c.clusters[0].listeners[0];
+            assert_eq!(l.on_empty, OnEmpty::Reject);
+            assert_eq!(l.on_empty.hold_ms(), 0);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    let text = BASE.replace(
+        "kind = \"primary\"",
+        "kind = \"primary\"\nempty_hold = \"2500ms\"",
+    );
+    match config::parse(&text, "t.toml") {
+        Ok(c) => assert_eq!(c.clusters[0].listeners[0].on_empty.hold_ms(), 2500),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn empty_hold_is_refused_with_reject_and_beyond_a_minute() {
+    let text = BASE
+        .replace(
+            "kind = \"primary\"",
+            "kind = \"primary\"\non_empty = \"reject\"\nempty_hold = \"8s\"",
+        )
+        .replace(
+            "fallback = \"primary\"",
+            "fallback = \"primary\"\nempty_hold = \"61s\"",
+        );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].empty_hold",
+        "empty_hold = \"8s\"",
+        "only meaningful with on_empty = \"hold\"",
+    );
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[1].empty_hold",
+        "empty_hold = \"61s\"",
+        "\"61s\" is too long; at most 60s",
+    );
+    let text = BASE.replace(
+        "kind = \"primary\"",
+        "kind = \"primary\"\nempty_hold = \"0s\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].empty_hold",
+        "empty_hold",
+        "write on_empty = \"reject\"",
+    );
+    let text = BASE.replace(
+        "kind = \"primary\"",
+        "kind = \"primary\"\non_empty = \"drop\"",
+    );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].on_empty",
+        "on_empty",
+        "unknown variant `drop`",
+    );
 }
 
 #[test]

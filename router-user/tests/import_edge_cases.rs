@@ -1,6 +1,7 @@
 //! `pgrouter import` on small inline inputs: what cannot be expressed becomes a warning and a
 //! placeholder that still parses; the CLI fails only when nothing can be produced.
 use std::process::Command;
+use std::time::Duration;
 
 use pgrouter::config;
 use pgrouter::import::{self, Imported, Source};
@@ -144,6 +145,104 @@ fn unknown_directives_are_warned() {
     assert!(warned(
         &out,
         "`tcp-request content reject if { src 1.2.3.4 }` in `PG1` is not translated"
+    ));
+}
+
+fn parsed(out: &Imported) -> config::Config {
+    config::parse(&out.toml, "x.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `timeout connect` → handshake; the larger of `timeout client`/`server` → established,
+/// with a warning when it is below RFC 5382's 2h4m; the rest say what pgrouter does instead.
+#[test]
+fn haproxy_timeouts_become_flow_timeouts() {
+    let h = format!(
+        "defaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    \
+         timeout server 45m\n    timeout queue 5s\n    timeout client-fin 10s\n\n{SEED_RW}"
+    );
+    let out = run(&h, None);
+    let t = parsed(&out).datapath.timeouts;
+    assert_eq!(t.handshake, Duration::from_secs(4));
+    assert_eq!(t.established, Duration::from_secs(45 * 60));
+    assert_eq!(t.closing, config::FlowTimeouts::default().closing);
+    assert!(warned(
+        &out,
+        "`timeout server 45m`: pgrouter keeps HAProxy's idle limit as written (established = \"45m\")"
+    ));
+    assert!(warned(&out, "RFC 5382 asks a NAT for at least 2h4m"));
+    assert!(warned(
+        &out,
+        "`timeout queue 5s`: pgrouter has no queue: a connection waiting for a maxconn slot is \
+         retried by the client's TCP until datapath.timeouts.handshake expires"
+    ));
+    assert!(warned(
+        &out,
+        "`timeout client-fin 10s`: pgrouter has one limit for a connection with a FIN seen in \
+         either direction, datapath.timeouts.closing"
+    ));
+    assert!(
+        out.toml
+            .contains("handshake = \"4s\"  # timeout connect 4s (haproxy.cfg:3)"),
+        "{}",
+        out.toml
+    );
+}
+
+/// HAProxy's idle limits at or above 2h4m carry over silently; no timeouts keep the defaults.
+#[test]
+fn long_idle_timeouts_carry_over_and_missing_ones_keep_the_defaults() {
+    let h = format!("defaults\n    timeout client 3h\n    timeout server 3h\n{SEED_RW}");
+    let out = run(&h, None);
+    assert_eq!(
+        parsed(&out).datapath.timeouts.established,
+        Duration::from_secs(3 * 3600)
+    );
+    assert!(!warned(&out, "RFC 5382"), "{:#?}", out.warnings);
+    let out = run(SEED_RW, None);
+    assert_eq!(
+        parsed(&out).datapath.timeouts,
+        config::FlowTimeouts::default()
+    );
+    assert!(!out.toml.contains("[datapath.timeouts]"));
+}
+
+/// In TCP mode `timeout tunnel` replaces client/server once connected; 0 is "no limit".
+#[test]
+fn tunnel_timeout_wins_and_zero_keeps_the_default() {
+    let h = format!(
+        "defaults\n    timeout client 30s\n    timeout server 30s\n    timeout tunnel 4h\n    \
+         timeout connect 0\n{SEED_RW}"
+    );
+    let out = run(&h, None);
+    let t = parsed(&out).datapath.timeouts;
+    assert_eq!(t.established, Duration::from_secs(4 * 3600));
+    assert_eq!(t.handshake, config::FlowTimeouts::default().handshake);
+    assert!(warned(
+        &out,
+        "`timeout tunnel 4h`: in TCP mode HAProxy uses it instead"
+    ));
+    assert!(warned(
+        &out,
+        "`timeout connect 0` means no limit in HAProxy"
+    ));
+}
+
+/// pgrouter has one set of timeouts: listeners that disagree get the largest, with a warning.
+#[test]
+fn listeners_with_different_connect_timeouts_get_the_largest() {
+    let second = SEED_RW
+        .replace("PG1", "PG2")
+        .replace("*:5000", "*:5001")
+        .replace("option httpchk", "option httpchk GET /replica");
+    let h = format!("{SEED_RW}    timeout connect 3s\n{second}    timeout connect 7s\n");
+    let out = run(&h, None);
+    assert_eq!(
+        parsed(&out).datapath.timeouts.handshake,
+        Duration::from_secs(7)
+    );
+    assert!(warned(
+        &out,
+        "listeners use different values for `timeout connect`; pgrouter has one handshake timeout"
     ));
 }
 

@@ -221,8 +221,17 @@ fn patroni_example_frontend_backend() {
     assert!(cfg.vrrp.is_empty());
     assert!(cfg.datapath.interfaces.is_empty());
     assert!(has_warning(&out, "set datapath.interfaces"));
+    // `timeout connect 4s`, `timeout client/server 30m` from defaults: kept as written, the
+    // short idle limit flagged.
+    let t = &cfg.datapath.timeouts;
+    assert_eq!(t.handshake, Duration::from_secs(4));
+    assert_eq!(t.established, Duration::from_secs(30 * 60));
+    assert!(has_warning(
+        &out,
+        "`timeout client 30m / timeout server 30m`: pgrouter keeps HAProxy's idle limit as written"
+    ));
     assert!(
-        out.toml.contains("timeout client 30m"),
+        out.toml.contains("#   retries 2"),
         "dropped directives are listed"
     );
 }

@@ -69,6 +69,7 @@ impl K {
         let mut dp = Datapath::load(&LoadOptions {
             pin_path: None,
             conntrack_entries,
+            handshake_entries: router_ebpf::DEFAULT_HS_ENTRIES,
         })
         .expect("load the XDP object");
         let mut maps = Maps::take(&mut dp.ebpf).expect("maps");
@@ -87,7 +88,13 @@ impl K {
     }
 
     fn publish_with(&mut self, listeners: &[DesiredListener], snat: (u16, u16)) {
-        let (delta, next) = plan(listeners, &self.applied, snat).expect("plan");
+        let (delta, next) = plan(
+            listeners,
+            &self.applied,
+            snat,
+            pgrouter::dataplane::host::monotonic_ns(),
+        )
+        .expect("plan");
         self.maps.apply(&delta).expect("apply");
         self.applied = next;
     }
@@ -159,6 +166,7 @@ fn listener(name: &str, port: u16, backends: Vec<DesiredBackend>) -> DesiredList
         port,
         balance: Balance::RoundRobin,
         shutdown_sessions: true,
+        empty_hold_ms: router_ebpf::DEFAULT_EMPTY_HOLD_MS,
         snat_addr: IpAddr::V4(VIP),
         backends,
     }

@@ -43,6 +43,54 @@ pub struct Datapath {
     pub conntrack_entries: u32,
     /// Inclusive source-port range for the SNAT leg to the backends.
     pub snat_ports: PortRange,
+    /// Size of `PGR_HANDSHAKE` (two entries per half-open flow): bounds the SNAT ports a SYN
+    /// flood can hold.
+    pub handshake_entries: u32,
+    pub timeouts: FlowTimeouts,
+}
+
+/// `[datapath.timeouts]`: how long a flow lives in each state without traffic (see
+/// `docs/maps.md`, *Flow life cycle*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowTimeouts {
+    /// From the SYN until the client's ACK completes the handshake (HAProxy `timeout connect`,
+    /// and the longest a SYN waits for a maxconn slot, like `timeout queue`).
+    pub handshake: Duration,
+    /// Idle time of an established flow; RFC 5382 REQ-5 asks for at least 2 h 4 min.
+    pub established: Duration,
+    /// Idle time once either side sent a FIN.
+    pub closing: Duration,
+    /// How long a closed flow keeps translating late retransmissions.
+    pub closed: Duration,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_nanos(router_ebpf::DEFAULT_TIMEOUT_HANDSHAKE_NS),
+            established: Duration::from_nanos(router_ebpf::DEFAULT_TIMEOUT_ESTABLISHED_NS),
+            closing: Duration::from_nanos(router_ebpf::DEFAULT_TIMEOUT_CLOSING_NS),
+            closed: Duration::from_nanos(router_ebpf::DEFAULT_TIMEOUT_CLOSED_NS),
+        }
+    }
+}
+
+impl FlowTimeouts {
+    /// The `PGR_TIMEOUTS` value (ns; every field set, so the kernel defaults never apply).
+    pub fn to_abi(&self) -> router_ebpf::Timeouts {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        router_ebpf::Timeouts {
+            handshake_ns: ns(self.handshake),
+            established_ns: ns(self.established),
+            closing_ns: ns(self.closing),
+            closed_ns: ns(self.closed),
+        }
+    }
+
+    /// RFC 5382 REQ-5: an established flow must not expire in less than 2 h 4 min.
+    pub fn established_below_rfc5382(&self) -> bool {
+        self.established < Duration::from_nanos(router_ebpf::DEFAULT_TIMEOUT_ESTABLISHED_NS)
+    }
 }
 
 /// XDP attach mode.
@@ -217,6 +265,34 @@ pub enum OnMarkedDown {
     Keep,
 }
 
+/// What a listener does with a SYN while its set is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnEmpty {
+    /// Drop SYNs silently (the client retransmits and connects once a backend exists) for
+    /// this long after the set became empty, then answer them with a RST.
+    Hold(Duration),
+    /// Answer with a RST at once.
+    Reject,
+}
+
+impl Default for OnEmpty {
+    fn default() -> Self {
+        Self::Hold(Duration::from_millis(
+            router_ebpf::DEFAULT_EMPTY_HOLD_MS.into(),
+        ))
+    }
+}
+
+impl OnEmpty {
+    /// `Service.empty_hold_ms`: 0 for `Reject`. Validation keeps a hold within 60 s.
+    pub fn hold_ms(&self) -> u32 {
+        match self {
+            Self::Hold(d) => u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
+            Self::Reject => 0,
+        }
+    }
+}
+
 /// One `[[cluster.listener]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
@@ -228,6 +304,8 @@ pub struct Listener {
     pub maxconn: u32,
     pub balance: Balance,
     pub on_marked_down: OnMarkedDown,
+    /// `on_empty` + `empty_hold`.
+    pub on_empty: OnEmpty,
     /// Replica listeners only; `Fallback::None` when unset.
     pub fallback: Fallback,
     /// Replica/read-only listeners: maximum lag in bytes, as Patroni's `?lag=`.
@@ -342,6 +420,28 @@ fn summarize(cfg: &Config) -> String {
         cfg.datapath.snat_ports.first,
         cfg.datapath.snat_ports.last
     );
+    let t = &cfg.datapath.timeouts;
+    let d = units::duration_text;
+    let _ = writeln!(
+        s,
+        "flows: handshake table {} entries; timeouts handshake {} established {} closing {} \
+         closed {}",
+        cfg.datapath.handshake_entries,
+        d(t.handshake),
+        d(t.established),
+        d(t.closing),
+        d(t.closed)
+    );
+    if t.established_below_rfc5382() {
+        // Accepted (tests use seconds), but idle sessions (a pooler's, a psql left open) would
+        // be cut where a NAT following RFC 5382 keeps them.
+        let _ = writeln!(
+            s,
+            "warning: datapath.timeouts.established {} is below 2h4m; RFC 5382 (REQ-5) asks for \
+             at least 2h4m, or idle sessions are cut",
+            d(t.established)
+        );
+    }
     for c in &cfg.clusters {
         let h = &c.health;
         let _ = writeln!(
@@ -370,6 +470,12 @@ fn summarize(cfg: &Config) -> String {
             }
             if let Some(lag) = &l.lag {
                 let _ = write!(extra, ", lag {} ({} bytes)", lag.text, lag.bytes);
+            }
+            match l.on_empty {
+                OnEmpty::Reject => extra.push_str(", empty: reject"),
+                OnEmpty::Hold(hold) => {
+                    let _ = write!(extra, ", empty: hold {}", d(hold));
+                }
             }
             let _ = writeln!(
                 s,

@@ -34,6 +34,10 @@ pub(super) struct Datapath {
     pub conntrack_entries: u32,
     #[serde(default = "default_snat_ports")]
     pub snat_ports: String,
+    #[serde(default = "default_handshake_entries")]
+    pub handshake_entries: u32,
+    #[serde(default)]
+    pub timeouts: Timeouts,
 }
 
 impl Default for Datapath {
@@ -44,6 +48,8 @@ impl Default for Datapath {
             pin_path: default_pin_path(),
             conntrack_entries: default_conntrack_entries(),
             snat_ports: default_snat_ports(),
+            handshake_entries: default_handshake_entries(),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -52,10 +58,23 @@ fn default_pin_path() -> String {
     "/sys/fs/bpf/pgrouter".into()
 }
 fn default_conntrack_entries() -> u32 {
-    524_288
+    router_ebpf::DEFAULT_CT_ENTRIES
+}
+fn default_handshake_entries() -> u32 {
+    router_ebpf::DEFAULT_HS_ENTRIES
 }
 fn default_snat_ports() -> String {
     "40000-59999".into()
+}
+
+/// `[datapath.timeouts]`: durations as written; `None` = the ABI default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Timeouts {
+    pub handshake: Option<String>,
+    pub established: Option<String>,
+    pub closing: Option<String>,
+    pub closed: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,9 +239,21 @@ pub(super) struct Listener {
     pub balance: Balance,
     #[serde(default)]
     pub on_marked_down: OnMarkedDown,
+    #[serde(default)]
+    pub on_empty: OnEmptyKind,
+    pub empty_hold: Option<String>,
     pub fallback: Option<Fallback>,
     pub lag: Option<Lag>,
     pub snat: Option<IpAddr>,
+}
+
+/// `on_empty` as written; `validate` pairs it with `empty_hold` into [`super::OnEmpty`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum OnEmptyKind {
+    #[default]
+    Hold,
+    Reject,
 }
 
 /// `lag = "10MB"` or `lag = 10485760`; both go through Patroni's parser.

@@ -71,7 +71,19 @@ impl Spans {
     /// Span of the value at `path`; falling back to the nearest ancestor that exists (so a
     /// missing key points at its table's header).
     pub(crate) fn span_of(&self, path: &[Seg]) -> Option<Range<usize>> {
+        self.walk(path).map(|(span, _)| span)
+    }
+
+    /// Span of the value at `path` only if the file writes it (no ancestor fallback).
+    pub(crate) fn written(&self, path: &[Seg]) -> Option<Range<usize>> {
+        self.walk(path)
+            .and_then(|(span, complete)| complete.then_some(span))
+    }
+
+    /// The best span along `path` and whether the walk reached its end.
+    fn walk(&self, path: &[Seg]) -> Option<(Range<usize>, bool)> {
         let doc = self.doc.as_ref()?;
+        let mut depth = 0;
         let mut best = None;
         let mut cur = Node::Item(doc.as_item());
         for seg in path {
@@ -90,13 +102,14 @@ impl Spans {
                 (Node::Table(_), Seg::Index(_)) => None,
             };
             let Some((key_span, node)) = next else { break };
+            depth += 1;
             let span = node.span().or(key_span);
             if span.is_some() {
                 best = span;
             }
             cur = node;
         }
-        best
+        best.map(|b| (b, depth == path.len()))
     }
 
     /// Path of the innermost key or value whose span contains `offset` (used to name the field

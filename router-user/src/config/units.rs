@@ -47,6 +47,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration in the syntax [`parse_duration`] reads, largest units first:
+/// `"2h4m"`, `"1m30s"`, `"250ms"`, `"0s"`.
+pub fn duration_text(d: Duration) -> String {
+    const UNITS: [(&str, u128); 6] = [
+        ("d", 86_400_000_000),
+        ("h", 3_600_000_000),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+        ("us", 1),
+    ];
+    let mut us = d.as_micros();
+    if us == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in UNITS {
+        if us >= size {
+            out.push_str(&format!("{}{unit}", us / size));
+            us %= size;
+        }
+    }
+    out
+}
+
 /// Parses a replication lag limit exactly as Patroni parses `GET /replica?lag=…`
 /// (`patroni.utils.parse_int(value, 'B')`): a C-`strtol`-like integer (decimal, `0x` hex,
 /// leading-`0` octal) or a float (`1.5MB`, `1e6`), optionally followed by one of the
@@ -195,6 +220,21 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5s").is_err());
+    }
+
+    #[test]
+    fn duration_text_round_trips() {
+        for (d, text) in [
+            (Duration::from_secs(7440), "2h4m"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_millis(1500), "1s500ms"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::from_secs(86_400 + 1), "1d1s"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(duration_text(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
     }
 
     /// Cases taken from Patroni's `parse_int` doctests (with base unit `B`) and its rules.

@@ -7,12 +7,17 @@ use std::time::Duration;
 use super::span::{Seg, Spans, render};
 use super::units::{parse_duration, parse_port_range, patroni_parse_bytes};
 use super::{
-    Api, Checks, Cluster, Config, ConfigError, Control, Datapath, Diagnostic, Fallback, Health,
-    Lag, Listener, ListenerKind, Node, PortRange, Scheme, raw,
+    Api, Checks, Cluster, Config, ConfigError, Control, Datapath, Diagnostic, Fallback,
+    FlowTimeouts, Health, Lag, Listener, ListenerKind, Node, OnEmpty, PortRange, Scheme, raw,
 };
 
 /// Shorter than this and checks become a self-inflicted load test of Patroni.
 const MIN_CHECK_PERIOD: Duration = Duration::from_millis(10);
+/// Fewer handshake entries than this (32 half-open flows) would refuse ordinary bursts.
+const MIN_HS_ENTRIES: u32 = 64;
+/// A held SYN is retransmitted by the client (1 s, 3 s, 7 s, …); beyond a minute every
+/// client library has given up anyway, and the hold only hides the outage.
+const MAX_EMPTY_HOLD: Duration = Duration::from_secs(60);
 /// More than this many consecutive results is almost certainly a typo (HAProxy has no limit).
 const MAX_RISE_FALL: u32 = 1000;
 
@@ -40,9 +45,16 @@ impl From<usize> for Seg {
 
 impl Ctx<'_> {
     fn err(&mut self, path: Vec<Seg>, message: impl Into<String>) {
-        let (line, col) = self
-            .spans
-            .span_of(&path)
+        self.err_near(path, &[], message);
+    }
+
+    /// Like `err`, but when `path` is not written in the file (a default), points at the
+    /// first of `near` that is: the key whose value makes the default wrong.
+    fn err_near(&mut self, path: Vec<Seg>, near: &[Vec<Seg>], message: impl Into<String>) {
+        let (line, col) = std::iter::once(&path)
+            .chain(near)
+            .find_map(|p| self.spans.written(p))
+            .or_else(|| self.spans.span_of(&path))
             .map_or((1, 1), |s| self.spans.line_col(s.start));
         self.diags.push(Diagnostic {
             file: self.file.clone(),
@@ -63,6 +75,26 @@ impl Ctx<'_> {
             Err(e) => {
                 self.err(path, e);
                 MIN_CHECK_PERIOD
+            }
+        }
+    }
+
+    /// A flow timeout: any positive duration (tests use 1s; `check-config` warns about an
+    /// `established` below RFC 5382's 2h4m, see `summarize`).
+    fn timeout(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = text else {
+            return default;
+        };
+        let path = p!["datapath", "timeouts", key];
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.err(path, format!("{text:?} must be more than 0"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(path, e);
+                default
             }
         }
     }
@@ -209,12 +241,47 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
             }
         }
     };
+    let ports = u32::from(snat_ports.last.saturating_sub(snat_ports.first)) + 1;
+    if d.handshake_entries < MIN_HS_ENTRIES {
+        ctx.err(
+            p!["datapath", "handshake_entries"],
+            format!(
+                "{} is too small; at least {MIN_HS_ENTRIES} (two entries per half-open connection)",
+                d.handshake_entries
+            ),
+        );
+    } else if d.handshake_entries / 2 >= ports {
+        // Half-open flows each hold a SNAT port: as many as the ports would let a SYN flood
+        // take every port and leave none for connections that complete.
+        ctx.err_near(
+            p!["datapath", "handshake_entries"],
+            &[p!["datapath", "snat_ports"]],
+            format!(
+                "{} entries hold {} half-open connections, not fewer than the {ports} ports of \
+                 snat_ports {}-{}; a SYN flood could take every port",
+                d.handshake_entries,
+                d.handshake_entries / 2,
+                snat_ports.first,
+                snat_ports.last
+            ),
+        );
+    }
+    let t = &d.timeouts;
+    let def = FlowTimeouts::default();
+    let timeouts = FlowTimeouts {
+        handshake: ctx.timeout("handshake", t.handshake.as_deref(), def.handshake),
+        established: ctx.timeout("established", t.established.as_deref(), def.established),
+        closing: ctx.timeout("closing", t.closing.as_deref(), def.closing),
+        closed: ctx.timeout("closed", t.closed.as_deref(), def.closed),
+    };
     Datapath {
         interfaces: d.interfaces,
         mode: d.mode,
         pin_path,
         conntrack_entries: d.conntrack_entries,
         snat_ports,
+        handshake_entries: d.handshake_entries,
+        timeouts,
     }
 }
 
@@ -502,6 +569,43 @@ fn cluster(ctx: &mut Ctx<'_>, ci: usize, c: raw::Cluster, dp: &Datapath) -> Clus
                 }
             }
         };
+        let on_empty = match (l.on_empty, &l.empty_hold) {
+            (raw::OnEmptyKind::Reject, Some(_)) => {
+                ctx.err(
+                    at("empty_hold"),
+                    "only meaningful with on_empty = \"hold\"; on_empty = \"reject\" answers at once",
+                );
+                OnEmpty::Reject
+            }
+            (raw::OnEmptyKind::Reject, None) => OnEmpty::Reject,
+            (raw::OnEmptyKind::Hold, None) => OnEmpty::default(),
+            (raw::OnEmptyKind::Hold, Some(text)) => match parse_duration(text) {
+                Ok(d) if d > MAX_EMPTY_HOLD => {
+                    ctx.err(
+                        at("empty_hold"),
+                        format!(
+                            "{text:?} is too long; at most {}s (clients have given up by then)",
+                            MAX_EMPTY_HOLD.as_secs()
+                        ),
+                    );
+                    OnEmpty::default()
+                }
+                Ok(d) if d < Duration::from_millis(1) => {
+                    ctx.err(
+                        at("empty_hold"),
+                        format!(
+                            "{text:?} is below 1ms; to answer at once write on_empty = \"reject\""
+                        ),
+                    );
+                    OnEmpty::default()
+                }
+                Ok(d) => OnEmpty::Hold(d),
+                Err(e) => {
+                    ctx.err(at("empty_hold"), e);
+                    OnEmpty::default()
+                }
+            },
+        };
         let snat = l.snat.unwrap_or(l.vip);
         if let Some(s) = l.snat
             && (s.is_unspecified() || s.is_multicast())
@@ -531,6 +635,7 @@ fn cluster(ctx: &mut Ctx<'_>, ci: usize, c: raw::Cluster, dp: &Datapath) -> Clus
             maxconn: l.maxconn,
             balance: l.balance,
             on_marked_down: l.on_marked_down,
+            on_empty,
             fallback,
             lag,
             snat,

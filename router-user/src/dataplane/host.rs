@@ -74,3 +74,19 @@ pub fn iface_mac(iface: &str) -> Option<[u8; 6]> {
     }
     (parts.next().is_none() && mac != [0; 6]).then_some(mac)
 }
+
+/// `CLOCK_MONOTONIC` in ns: the clock of the kernel's `bpf_ktime_get_coarse_ns`, which stamps
+/// flows and against which `BackendSet.empty_since_ns` is compared.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}

@@ -3,6 +3,7 @@
 use std::{
     ffi::CString,
     fs,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -15,7 +16,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use router_ebpf::{ABI_VERSION, PROGRAM_NAME, map_names};
+use router_ebpf::{ABI_VERSION, GC_PROGRAM_NAME, PROGRAM_NAME, map_names};
 use tracing::{info, warn};
 
 /// The object built by `build.rs`, aligned so aya can parse it in place.
@@ -41,6 +42,8 @@ pub struct LoadOptions {
     /// `None` loads private maps (kernel tests, benchmarks).
     pub pin_path: Option<PathBuf>,
     pub conntrack_entries: u32,
+    /// Size of `PGR_HANDSHAKE` (config `datapath.handshake_entries`).
+    pub handshake_entries: u32,
 }
 
 /// A loaded data path: the program, its maps (pinned) and the aya-log reader.
@@ -65,6 +68,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
+        loader.map_max_entries(map_names::HANDSHAKE, opts.handshake_entries);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -78,6 +82,14 @@ impl Datapath {
             .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
             .try_into()?;
         prog.load().context("verifying the XDP program")?;
+        // Verified but never attached: the controller's GC runs it with BPF_PROG_TEST_RUN so
+        // that reaping a flow and giving back its maxconn slot use the kernel's own atomic
+        // close, never a racing userspace write.
+        let gc: &mut Xdp = ebpf
+            .program_mut(GC_PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {GC_PROGRAM_NAME} missing from the object"))?
+            .try_into()?;
+        gc.load().context("verifying the GC program")?;
         Ok(Self {
             ebpf,
             logger,
@@ -111,6 +123,16 @@ impl Datapath {
             None => std::mem::forget(link),
         }
         Ok(())
+    }
+
+    /// The GC program (loaded, never attached), for `BPF_PROG_TEST_RUN` with a `GcRequest`.
+    pub fn gc_program_fd(&self) -> anyhow::Result<BorrowedFd<'_>> {
+        let gc: &Xdp = self
+            .ebpf
+            .program(GC_PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {GC_PROGRAM_NAME} missing"))?
+            .try_into()?;
+        Ok(gc.fd()?.as_fd())
     }
 
     fn prog(&mut self) -> anyhow::Result<&mut Xdp> {

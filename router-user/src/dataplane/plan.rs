@@ -100,10 +100,15 @@ fn alloc(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
 /// Computes the delta from `applied` to `desired` and the new applied state. Ids are stable
 /// per listener name and per (listener, node); entries of vanished listeners or nodes are
 /// shut down (their flows reset) and their ids are not reused while they linger.
+///
+/// `now_ns` (CLOCK_MONOTONIC, the kernel's flow clock) stamps a set that becomes empty: the
+/// kernel holds SYNs to it for the service's `empty_hold_ms` from that instant. A set that
+/// stays empty keeps its stamp (and its generation), so republishing never extends the hold.
 pub fn plan(
     desired: &[DesiredListener],
     applied: &Applied,
     snat_ports: (u16, u16),
+    now_ns: u64,
 ) -> Result<(MapDelta, Applied), PlanError> {
     let mut next = Applied {
         service_ids: applied.service_ids.clone(),
@@ -150,6 +155,7 @@ pub fn plan(
             snat_addr,
             snat_port_min: snat_ports.0,
             snat_port_max: snat_ports.1,
+            empty_hold_ms: l.empty_hold_ms,
         };
         next.services.insert(service_key(l.vip, l.port), svc);
 
@@ -195,6 +201,11 @@ pub fn plan(
             Some(p) if p.count == set.count && p.ids == set.ids => p.generation,
             Some(p) => p.generation.wrapping_add(1),
             None => 1,
+        };
+        set.empty_since_ns = match prev {
+            _ if set.count > 0 => 0,
+            Some(p) if p.count == 0 && p.empty_since_ns != 0 => p.empty_since_ns,
+            _ => now_ns,
         };
         next.sets.insert(id, set);
     }
@@ -330,6 +341,7 @@ mod tests {
             port,
             balance: Balance::RoundRobin,
             shutdown_sessions: true,
+            empty_hold_ms: 8_000,
             snat_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
             backends,
         }
@@ -348,10 +360,11 @@ mod tests {
     }
 
     const PORTS: (u16, u16) = (40000, 40999);
+    const NOW: u64 = 1_000_000_000_000;
 
     #[test]
     fn first_plan_writes_everything_with_only_active_members_in_sets() {
-        let (d, next) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let (d, next) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
         assert_eq!(d.backends.len(), 4);
         assert_eq!(d.services.len(), 2);
         let w = next.service_ids["pg/w"];
@@ -365,19 +378,19 @@ mod tests {
 
     #[test]
     fn unchanged_desired_state_is_an_empty_delta() {
-        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
-        let (d, b) = plan(&write_read(), &a, PORTS).unwrap();
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
+        let (d, b) = plan(&write_read(), &a, PORTS, NOW).unwrap();
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(a, b);
     }
 
     #[test]
     fn failover_publishes_a_new_generation_and_shuts_the_old_primary() {
-        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
         let mut l = write_read();
         l[0].backends[0].state = BackendState::Shutdown;
         l[0].backends[1].state = BackendState::Active;
-        let (d, b) = plan(&l, &a, PORTS).unwrap();
+        let (d, b) = plan(&l, &a, PORTS, NOW).unwrap();
         let w = b.service_ids["pg/w"];
         assert_eq!(b.sets[&w].generation, 2);
         assert_eq!(
@@ -398,7 +411,7 @@ mod tests {
         // Shutdown it still emits (demoted primary, split-brain loser) must reset sessions.
         let mut l = write_read();
         l[0].shutdown_sessions = false;
-        let (_, a) = plan(&l, &Applied::default(), PORTS).unwrap();
+        let (_, a) = plan(&l, &Applied::default(), PORTS, NOW).unwrap();
         let b = a.backend_ids[&("pg/w".into(), "b".into())];
         assert_eq!(a.backends[&b].state, BACKEND_SHUTDOWN);
         let drained = a.backend_ids[&("pg/r".into(), "a".into())];
@@ -407,24 +420,24 @@ mod tests {
 
     #[test]
     fn removed_node_is_shut_down_and_its_id_never_reused() {
-        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
         let old = a.backend_ids[&("pg/r".into(), "b".into())];
         let mut l = write_read();
         l[1].backends.pop();
-        let (d, b) = plan(&l, &a, PORTS).unwrap();
+        let (d, b) = plan(&l, &a, PORTS, NOW).unwrap();
         assert_eq!(b.backends[&old].state, BACKEND_SHUTDOWN);
         assert!(d.newly_shutdown.contains(&old));
         l[1].backends.push(be("c", 13, BackendState::Active));
-        let (_, c) = plan(&l, &b, PORTS).unwrap();
+        let (_, c) = plan(&l, &b, PORTS, NOW).unwrap();
         let new = c.backend_ids[&("pg/r".into(), "c".into())];
         assert_ne!(new, old);
     }
 
     #[test]
     fn removed_listener_is_deleted_from_services_and_sets() {
-        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
         let l = vec![write_read().remove(0)];
-        let (d, b) = plan(&l, &a, PORTS).unwrap();
+        let (d, b) = plan(&l, &a, PORTS, NOW).unwrap();
         assert_eq!(
             d.remove_services,
             vec![service_key(
@@ -438,7 +451,7 @@ mod tests {
 
     #[test]
     fn adopt_after_restart_keeps_ids_and_yields_no_writes() {
-        let (_, a) = plan(&write_read(), &Applied::default(), PORTS).unwrap();
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
         // What a restarted controller reads back from the pinned maps: no names.
         let mut read = Applied {
             services: a.services.clone(),
@@ -449,8 +462,90 @@ mod tests {
         read.adopt(&write_read());
         assert_eq!(read.service_ids, a.service_ids);
         assert_eq!(read.backend_ids, a.backend_ids);
-        let (d, _) = plan(&write_read(), &read, PORTS).unwrap();
+        let (d, _) = plan(&write_read(), &read, PORTS, NOW).unwrap();
         assert!(d.is_empty(), "restart rewrites nothing: {d:?}");
+    }
+
+    /// The write listener with every node out of its set.
+    fn write_empty() -> Vec<DesiredListener> {
+        let mut l = write_read();
+        l[0].backends[0].state = BackendState::Drain;
+        l
+    }
+
+    fn write_set(a: &Applied) -> BackendSet {
+        a.sets[&a.service_ids["pg/w"]]
+    }
+
+    /// The kernel holds SYNs from the instant the set became empty.
+    #[test]
+    fn a_set_that_becomes_empty_is_stamped_with_now() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
+        assert_eq!(
+            write_set(&a).empty_since_ns,
+            0,
+            "a non-empty set has no stamp"
+        );
+        let (d, b) = plan(&write_empty(), &a, PORTS, NOW + 5).unwrap();
+        assert_eq!(write_set(&b).count, 0);
+        assert_eq!(write_set(&b).empty_since_ns, NOW + 5);
+        assert!(d.sets.iter().any(|(_, s)| s.empty_since_ns == NOW + 5));
+    }
+
+    /// Republishing an empty set (another listener changed, a reload) must not extend the hold.
+    #[test]
+    fn empty_since_is_kept_while_the_set_stays_empty() {
+        let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
+        let (_, b) = plan(&write_empty(), &a, PORTS, NOW + 5).unwrap();
+        let mut l = write_empty();
+        l[1].backends[0].state = BackendState::Active;
+        let (d, c) = plan(&l, &b, PORTS, NOW + 9_000).unwrap();
+        assert_eq!(write_set(&c).empty_since_ns, NOW + 5);
+        assert_eq!(write_set(&c).generation, write_set(&b).generation);
+        let w = c.service_ids["pg/w"];
+        assert!(
+            !d.sets.iter().any(|(id, _)| *id == w),
+            "the unchanged empty set is not rewritten"
+        );
+    }
+
+    #[test]
+    fn empty_since_is_cleared_when_a_member_returns() {
+        let (_, a) = plan(&write_empty(), &Applied::default(), PORTS, NOW).unwrap();
+        assert_eq!(write_set(&a).empty_since_ns, NOW);
+        let (_, b) = plan(&write_read(), &a, PORTS, NOW + 5).unwrap();
+        assert_eq!(write_set(&b).count, 1);
+        assert_eq!(write_set(&b).empty_since_ns, 0);
+    }
+
+    #[test]
+    fn a_set_empty_again_after_a_member_came_back_gets_a_new_stamp() {
+        let (_, a) = plan(&write_empty(), &Applied::default(), PORTS, NOW).unwrap();
+        let (_, b) = plan(&write_read(), &a, PORTS, NOW + 5).unwrap();
+        let (_, c) = plan(&write_empty(), &b, PORTS, NOW + 9).unwrap();
+        assert_eq!(write_set(&c).empty_since_ns, NOW + 9);
+    }
+
+    /// A stamp of 0 (an earlier controller that did not stamp) is not a time: restamp.
+    #[test]
+    fn an_empty_set_without_a_stamp_is_stamped_now() {
+        let (_, mut a) = plan(&write_empty(), &Applied::default(), PORTS, NOW).unwrap();
+        let w = a.service_ids["pg/w"];
+        if let Some(s) = a.sets.get_mut(&w) {
+            s.empty_since_ns = 0;
+        }
+        let (_, b) = plan(&write_empty(), &a, PORTS, NOW + 7).unwrap();
+        assert_eq!(write_set(&b).empty_since_ns, NOW + 7);
+    }
+
+    #[test]
+    fn the_service_carries_the_listener_empty_hold() {
+        let mut l = write_read();
+        l[0].empty_hold_ms = 0;
+        let (_, a) = plan(&l, &Applied::default(), PORTS, NOW).unwrap();
+        let holds: Vec<u32> = a.services.values().map(|s| s.empty_hold_ms).collect();
+        assert_eq!(holds.len(), 2);
+        assert!(holds.contains(&0) && holds.contains(&8_000), "{holds:?}");
     }
 
     #[test]
@@ -458,7 +553,13 @@ mod tests {
         let many = (0..40)
             .map(|i| be(&format!("n{i}"), i as u8 + 1, BackendState::Active))
             .collect();
-        let err = plan(&[listener("big", 5000, many)], &Applied::default(), PORTS).unwrap_err();
+        let err = plan(
+            &[listener("big", 5000, many)],
+            &Applied::default(),
+            PORTS,
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(err, PlanError::TooManyNodes("big".into()));
     }
 }

@@ -1,13 +1,15 @@
 //! shutdown-sessions, actively: when a backend is marked down, every flow it carries gets a
 //! RST to the client and a RST to the node at once (HAProxy's `on-marked-down
 //! shutdown-sessions`), instead of waiting for either end to speak. Sequence numbers come from
-//! the last ACK the kernel saw in each direction, so the resets land in-window.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+//! the last ACK the kernel saw in each direction, so the resets land in-window. Its half-open
+//! flows are deleted from the handshake table.
+use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsFd as _};
 
-use router_ebpf::{FLOW_F_REPLY, Flow, FlowKey};
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use router_ebpf::{FLOW_F_CLOSED, FLOW_F_REPLY, Flow, FlowKey};
 use tracing::{info, warn};
 
-use super::writer::Maps;
+use super::{batch, gc::peer_key, writer::Maps};
 
 /// One flow to reset: the client leg (as the client sees it) and the backend leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,34 +19,65 @@ pub struct Victim {
     pub reply: Option<Flow>,
 }
 
-/// The key of a flow's other conntrack entry: the tuple `fwd` rewrites packets to, reversed.
-fn reply_key(key: &FlowKey, fwd: &Flow) -> FlowKey {
-    FlowKey {
-        saddr: fwd.daddr,
-        daddr: fwd.saddr,
-        sport: fwd.dport,
-        dport: fwd.sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
+/// The entries of `map` that `keep` selects, read in batches (`BPF_MAP_LOOKUP_BATCH`, a few
+/// syscalls for the whole table, memory only for what is kept); on a kernel without batch
+/// operations, one lookup per key.
+fn entries(
+    map: &HashMap<MapData, FlowKey, Flow>,
+    what: &str,
+    keep: impl Fn(&Flow) -> bool,
+) -> Vec<(FlowKey, Flow)> {
+    let fd = map.map().fd().as_fd();
+    let mut cursor = None;
+    let mut out = Vec::new();
+    loop {
+        match batch::lookup_batch::<FlowKey, Flow>(fd, &mut cursor, SWEEP_BATCH) {
+            Ok(b) => {
+                out.extend(b.entries.into_iter().filter(|(_, f)| keep(f)));
+                if b.end {
+                    return out;
+                }
+            }
+            Err(e) => {
+                warn!("shutdown-sessions: batch walk of {what}: {e}; walking key by key");
+                return map.iter().flatten().filter(|(_, f)| keep(f)).collect();
+            }
+        }
     }
 }
 
-/// Finds the forward entries of flows on `backends`, with their reply entries.
-pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> Vec<Victim> {
+/// Entries per batch syscall of a sweep (a rare, operator-visible event: finish it fast).
+const SWEEP_BATCH: usize = 16_384;
+
+/// Finds the forward entries of established flows on `backends`, with their reply entries,
+/// and the handshake-table entries (both directions) of flows on `backends`.
+pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> (Vec<Victim>, Vec<FlowKey>) {
+    // Both entries of a flow carry its backend id.
+    let on = |f: &Flow| backends.contains(&f.backend_id);
+    let ct = entries(&maps.conntrack, "PGR_CONNTRACK", on);
+    let by_key: std::collections::HashMap<FlowKey, Flow> = ct.iter().copied().collect();
     let mut out = Vec::new();
-    for (k, f) in maps.conntrack.iter().flatten() {
-        if f.flags & FLOW_F_REPLY != 0 || !backends.contains(&f.backend_id) {
+    for (k, f) in &ct {
+        if f.flags & FLOW_F_REPLY != 0 {
             continue;
         }
-        let reply = maps.conntrack.get(&reply_key(&k, &f), 0).ok();
+        let rk = peer_key(f);
+        // Inserted after the walk passed its bucket: look it up.
+        let reply = by_key
+            .get(&rk)
+            .copied()
+            .or_else(|| maps.conntrack.get(&rk, 0).ok());
         out.push(Victim {
-            fwd_key: k,
-            fwd: f,
+            fwd_key: *k,
+            fwd: *f,
             reply,
         });
     }
-    out
+    let half_open = entries(&maps.handshake, "PGR_HANDSHAKE", on)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    (out, half_open)
 }
 
 /// A RST segment (IPv4 + TCP, no options) from `src` to `dst` with sequence `seq_be` as it
@@ -98,7 +131,14 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
     if backends.is_empty() {
         return 0;
     }
-    let victims = collect(maps, backends);
+    let (victims, half_open) = collect(maps, backends);
+    // Half-open flows get no RST: the client's next packet (its ACK) finds no flow and is
+    // answered by the program; the node's SYN-ACK retransmissions reach a reserved port.
+    if !half_open.is_empty()
+        && let Err(e) = batch::delete_batch(maps.handshake.map().fd().as_fd(), &half_open)
+    {
+        warn!("shutdown-sessions: deleting handshakes: {e}");
+    }
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if sock < 0 {
         warn!(
@@ -111,7 +151,8 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
         let vip = (v4(v.fwd_key.daddr), u16::from_be(v.fwd_key.dport));
         let node = (v4(v.fwd.daddr), u16::from_be(v.fwd.dport));
         let snat = (v4(v.fwd.saddr), u16::from_be(v.fwd.sport));
-        if sock >= 0 {
+        // A closed flow is over at both ends already: nothing to reset, only to delete.
+        if sock >= 0 && v.fwd.flags & FLOW_F_CLOSED == 0 {
             // To the client: its last ACK is the next sequence it expects from us.
             if v.fwd.last_ack != 0 {
                 send(sock, &rst_segment(vip, client, v.fwd.last_ack), client.0);
@@ -123,7 +164,7 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
             }
         }
         let _ = maps.conntrack.remove(&v.fwd_key);
-        let _ = maps.conntrack.remove(&reply_key(&v.fwd_key, &v.fwd));
+        let _ = maps.conntrack.remove(&peer_key(&v.fwd));
     }
     if sock >= 0 {
         unsafe { libc::close(sock) };
@@ -132,9 +173,10 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
     for id in backends {
         let _ = maps.conns.set(*id, 0, 0);
     }
-    if !victims.is_empty() {
+    if !victims.is_empty() || !half_open.is_empty() {
         info!(
             flows = victims.len(),
+            handshakes = half_open.len() / 2,
             "shutdown-sessions: reset flows of marked-down backends"
         );
     }

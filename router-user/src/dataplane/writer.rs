@@ -3,7 +3,7 @@ use anyhow::{Context as _, anyhow};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, xdp::DevMapHash};
 use router_ebpf::{
     Backend, BackendSet, BackendStats, Flow, FlowKey, IfaceMac, Service, ServiceKey, ServiceStats,
-    map_names as n,
+    Timeouts, map_names as n,
 };
 
 use super::plan::{Applied, MapDelta};
@@ -14,7 +14,13 @@ pub struct Maps {
     pub sets: HashMap<MapData, u32, BackendSet>,
     pub backends: Array<MapData, Backend>,
     pub conns: Array<MapData, u32>,
+    /// Established flows (a plain hash: never evicted).
     pub conntrack: HashMap<MapData, FlowKey, Flow>,
+    /// Flows whose handshake has not completed (an LRU hash; aya's `HashMap` accepts
+    /// `BPF_MAP_TYPE_LRU_HASH` as it did for the old LRU conntrack).
+    pub handshake: HashMap<MapData, FlowKey, Flow>,
+    /// Flow timeouts, one entry (key 0).
+    pub timeouts: Array<MapData, Timeouts>,
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -35,6 +41,8 @@ impl Maps {
             backends: Array::try_from(take(ebpf, n::BACKENDS)?)?,
             conns: Array::try_from(take(ebpf, n::BACKEND_CONNS)?)?,
             conntrack: HashMap::try_from(take(ebpf, n::CONNTRACK)?)?,
+            handshake: HashMap::try_from(take(ebpf, n::HANDSHAKE)?)?,
+            timeouts: Array::try_from(take(ebpf, n::TIMEOUTS)?)?,
             service_stats: PerCpuArray::try_from(take(ebpf, n::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, n::BACKEND_STATS)?)?,
             counters: PerCpuArray::try_from(take(ebpf, n::COUNTERS)?)?,
@@ -73,6 +81,13 @@ impl Maps {
             let _ = self.sets.remove(id);
         }
         Ok(())
+    }
+
+    /// Writes the flow timeouts the kernel judges expiry by (at start and on reload).
+    pub fn set_timeouts(&mut self, t: &Timeouts) -> anyhow::Result<()> {
+        self.timeouts
+            .set(0, t, 0)
+            .context("writing the flow timeouts (PGR_TIMEOUTS)")
     }
 
     /// Rebuilds what an earlier controller applied from the pinned maps, so a restart keeps

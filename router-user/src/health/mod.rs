@@ -257,6 +257,7 @@ pub fn static_snapshot(cfg: &config::Cluster) -> ClusterSnapshot {
                 verdicts,
                 timeline: None,
                 demoted: false,
+                refusing: false,
             }
         })
         .collect();

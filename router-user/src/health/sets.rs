@@ -11,6 +11,9 @@
 //!   a server that is merely not chosen); marked down → Shutdown with
 //!   `on_marked_down = "shutdown-sessions"`, Drain with "keep"; on a primary listener a node
 //!   Patroni reports as non-primary (demoted) or a split-brain loser → Shutdown always.
+//! - a refusing node (PostgreSQL refused a connection through the data path) is in no set,
+//!   but only Drain: a refusal says nothing about its established sessions (a forged or
+//!   stray RST must never reset them). Only its own checks marking it down make it Shutdown.
 use serde::Serialize;
 
 use super::verdict::{CheckKind, Verdict};
@@ -25,14 +28,23 @@ pub struct NodeView {
     pub timeline: Option<u64>,
     /// Patroni's last answer to the primary check named a non-primary role.
     pub demoted: bool,
+    /// PostgreSQL refused a connection and no check has confirmed it since: selectable for
+    /// nothing, but its sessions are left alone (Drain) unless its checks mark it down.
+    pub refusing: bool,
 }
 
 impl NodeView {
+    /// What the checks say, whether or not the node refuses.
     pub fn verdict(&self, kind: &CheckKind) -> Verdict {
         self.verdicts
             .iter()
             .find(|(k, _)| k == kind)
             .map_or(Verdict::Unknown, |(_, v)| *v)
+    }
+
+    /// May take new flows for `kind`: its check passes and it does not refuse.
+    pub fn selectable(&self, kind: &CheckKind) -> bool {
+        !self.refusing && self.verdict(kind) == Verdict::Up
     }
 }
 
@@ -45,11 +57,14 @@ pub struct PrimaryChoice {
     pub candidates: Vec<usize>,
     /// Two or more candidates.
     pub split_brain: bool,
-    /// Split brain that timelines could not settle: no node gets new writes.
+    /// Split brain that timelines could not settle, or whose winner refuses connections: no
+    /// node gets new writes.
     pub undecided: bool,
 }
 
-/// Picks the write node; see the module doc for the split-brain rule.
+/// Picks the write node; see the module doc for the split-brain rule. A refusing node counts
+/// as a candidate (its checks say it is a primary, so it can lose a split brain) but is never
+/// chosen: when it would win, no node gets writes.
 pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
     let candidates: Vec<usize> = views
         .iter()
@@ -57,10 +72,11 @@ pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
         .filter(|(_, v)| v.verdict(&CheckKind::Primary) == Verdict::Up)
         .map(|(i, _)| i)
         .collect();
+    let eligible = |i: usize| (!views[i].refusing).then_some(i);
     match candidates.as_slice() {
         [] => PrimaryChoice::default(),
         [one] => PrimaryChoice {
-            chosen: Some(*one),
+            chosen: eligible(*one),
             candidates,
             ..Default::default()
         },
@@ -72,6 +88,7 @@ pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
                 let first = at_max.next().map(|(i, _)| *i);
                 if at_max.next().is_some() { None } else { first }
             });
+            let chosen = chosen.and_then(eligible);
             PrimaryChoice {
                 chosen,
                 undecided: chosen.is_none(),
@@ -108,7 +125,33 @@ pub fn compute(cluster: &Cluster, views: &[NodeView]) -> Computed {
     // and the backends list always line up with `cluster.nodes`.
     let mut padded = views.to_vec();
     padded.resize(cluster.nodes.len(), NodeView::default());
-    let views = padded.as_slice();
+    let mut computed = compute_padded(cluster, &padded);
+    if padded.iter().any(|v| v.refusing) {
+        // A refusing node is in no set, but its state is the one its checks alone give it,
+        // with Active lowered to Drain: a refusal never resets sessions by itself.
+        let checks_only: Vec<NodeView> = padded
+            .iter()
+            .map(|v| NodeView {
+                refusing: false,
+                ..v.clone()
+            })
+            .collect();
+        let by_checks = compute_padded(cluster, &checks_only);
+        for (l, c) in computed.listeners.iter_mut().zip(&by_checks.listeners) {
+            for ((b, by), v) in l.backends.iter_mut().zip(&c.backends).zip(&padded) {
+                if v.refusing {
+                    b.state = match by.state {
+                        BackendState::Active => BackendState::Drain,
+                        other => other,
+                    };
+                }
+            }
+        }
+    }
+    computed
+}
+
+fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
     let primary = choose_primary(views);
     let mut listeners = Vec::with_capacity(cluster.listeners.len());
     let mut sets = Vec::with_capacity(cluster.listeners.len());
@@ -118,10 +161,7 @@ pub fn compute(cluster: &Cluster, views: &[NodeView]) -> Computed {
             OnMarkedDown::ShutdownSessions => BackendState::Shutdown,
             OnMarkedDown::Keep => BackendState::Drain,
         };
-        let up: Vec<bool> = views
-            .iter()
-            .map(|v| v.verdict(&kind) == Verdict::Up)
-            .collect();
+        let up: Vec<bool> = views.iter().map(|v| v.selectable(&kind)).collect();
         let (members, fallback_active): (Vec<usize>, bool) = match l.kind {
             ListenerKind::Primary => (primary.chosen.into_iter().collect(), false),
             ListenerKind::Replica | ListenerKind::ReadOnly => {
@@ -187,6 +227,7 @@ pub fn compute(cluster: &Cluster, views: &[NodeView]) -> Computed {
             port: l.port,
             balance: l.balance,
             shutdown_sessions: l.on_marked_down == OnMarkedDown::ShutdownSessions,
+            empty_hold_ms: l.on_empty.hold_ms(),
             snat_addr: l.snat,
             backends,
         });

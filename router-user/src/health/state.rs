@@ -133,7 +133,8 @@ impl ClusterState {
     /// The data path saw node `idx`'s PostgreSQL refuse a connection: nothing listens on its
     /// port (stopped, crashed, restarting), whatever Patroni's API still says — during a stop
     /// it answers as before for a second or more, then not at all. The node leaves every set
-    /// now and is checked at once; it comes back on its first check that finishes at least
+    /// now (Drain, not Shutdown: a refusal alone never resets established sessions; its checks
+    /// marking it down still apply `on_marked_down`) and is checked at once; it comes back on its first check that finishes at least
     /// one `interval` later (HAProxy's `observe layer4` with `on-error mark-down`, with a hold
     /// so a stale API answer cannot bring it straight back). Returns true when a set changed.
     pub fn refused(&mut self, idx: usize, now: Instant) -> bool {
@@ -272,16 +273,11 @@ impl ClusterState {
                     .kinds
                     .iter()
                     .cloned()
-                    .zip(n.checks.iter().map(|c| {
-                        if n.refused_until.is_some() {
-                            Verdict::Down
-                        } else {
-                            c.verdict
-                        }
-                    }))
+                    .zip(n.checks.iter().map(|c| c.verdict))
                     .collect(),
                 timeline: n.info.timeline,
                 demoted: n.demoted,
+                refusing: n.refused_until.is_some(),
             })
             .collect()
     }
@@ -307,7 +303,8 @@ impl ClusterState {
                 None => error!(
                     cluster = %self.cfg.name,
                     "SPLIT BRAIN: nodes {names:?} all pass the primary check with equal or unknown \
-                     timelines; admitting NO new writes until one steps down"
+                     timelines (or the newest refuses connections); admitting NO new writes until \
+                     one steps down"
                 ),
             }
         } else if !new.primary.split_brain && old.primary.split_brain {

@@ -190,8 +190,8 @@ fn render(
     if !plan.dropped.is_empty() {
         let _ = writeln!(
             o,
-            "# Not translated, no meaning for pgrouter's XDP NAT (it keeps no proxy-side timeouts, \
-             retries or logs; sessions live in the conntrack map):"
+            "# Not translated, no meaning for pgrouter's XDP NAT (it keeps no proxy-side retries \
+             or logs; sessions live in the conntrack map):"
         );
         for d in &plan.dropped {
             let _ = writeln!(o, "#   {d}");
@@ -223,6 +223,26 @@ fn render(
         o,
         "snat_ports = \"40000-59999\"         # source ports towards the nodes"
     );
+    let t = &plan.timeouts;
+    if t.handshake.is_some() || t.established.is_some() {
+        let _ = writeln!(
+            o,
+            "\n# HAProxy's timeouts, one set for every listener (docs/maps.md, \"Flow life cycle\")."
+        );
+        let _ = writeln!(o, "[datapath.timeouts]");
+        for (key, from) in [("handshake", &t.handshake), ("established", &t.established)] {
+            if let Some(f) = from {
+                let _ = writeln!(
+                    o,
+                    "{key} = {}  # {} ({}:{})",
+                    q(&crate::config::units::duration_text(f.value)),
+                    f.directives,
+                    hsrc.path,
+                    f.line
+                );
+            }
+        }
+    }
 
     let _ = writeln!(o, "\n[control]");
     let _ = writeln!(o, "socket = \"/run/pgrouter/pgrouter.sock\"");

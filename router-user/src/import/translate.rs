@@ -9,6 +9,9 @@ use super::keepalived;
 use super::{Place, Source, Warning};
 use crate::config::units::patroni_parse_bytes;
 
+mod timeouts;
+pub use timeouts::{FlowTimeoutsPlan, TimeoutFrom};
+
 /// TEST-NET-1 (RFC 5737): placeholders that can never be a real host, so a forgotten one
 /// fails loudly instead of routing somewhere.
 pub const PLACEHOLDER_VIP: &str = "192.0.2.1";
@@ -35,6 +38,8 @@ pub struct Plan {
     pub vrrp: Vec<VrrpPlan>,
     /// Directives that have no meaning for an L4 NAT, listed once (not warnings).
     pub dropped: Vec<String>,
+    /// `[datapath.timeouts]` from HAProxy's `timeout` directives.
+    pub timeouts: FlowTimeoutsPlan,
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +169,9 @@ struct Proxy {
     use_backends: Vec<UseBackend>,
     acls: HashMap<String, Vec<String>>,
     timeout_check: Option<Duration>,
+    /// `timeout connect|client|server|queue|tunnel|client-fin|server-fin`, the last of each
+    /// (defaults first, then the section's own).
+    timeouts: Vec<timeouts::Timeout>,
     maxconn: Option<(usize, String)>,
     unknown: Vec<Directive>,
     dropped: Vec<String>,
@@ -203,19 +211,7 @@ fn l4_irrelevant(d: &Directive) -> bool {
     matches!(
         w0,
         "log" | "log-format" | "retries" | "description" | "id" | "disabled" | "enabled"
-    ) || (w0 == "timeout"
-        && matches!(
-            w1,
-            "client"
-                | "server"
-                | "connect"
-                | "queue"
-                | "tunnel"
-                | "client-fin"
-                | "server-fin"
-                | "http-request"
-                | "http-keep-alive"
-        ))
+    ) || (w0 == "timeout" && matches!(w1, "http-request" | "http-keep-alive"))
         || (w0 == "option"
             && matches!(
                 w1,
@@ -252,6 +248,7 @@ fn proxy_from(
         use_backends: Vec::new(),
         acls: HashMap::new(),
         timeout_check: None,
+        timeouts: Vec::new(),
         maxconn: None,
         unknown: Vec::new(),
         dropped: Vec::new(),
@@ -373,6 +370,9 @@ fn proxy_from(
                     format!("timeout check: {e}"),
                 ),
             },
+            ("timeout", k) if timeouts::KEYS.contains(&k) => {
+                timeouts::record(&mut p.timeouts, d, src, sink);
+            }
             ("maxconn", m) if !from_defaults => p.maxconn = Some((d.line, m.to_owned())),
             _ if l4_irrelevant(d) || from_defaults => {
                 let text = d.words.join(" ");
@@ -1494,6 +1494,8 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
             hsrc.path
         ));
     }
+
+    plan.timeouts = timeouts::flow_timeouts(&proxies, &routes, hsrc, sink);
 
     let groups = group_routes(&routes, &proxies);
     let multi = groups.len() > 1;

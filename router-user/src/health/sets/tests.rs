@@ -68,7 +68,12 @@ fn v(p: Verdict, r: Verdict, rl: Verdict, o: Verdict) -> NodeView {
         verdicts: vec![(P, p), (R, r), (RL, rl), (O, o)],
         timeline: Some(1),
         demoted: false,
+        refusing: false,
     }
+}
+fn refusing(mut view: NodeView) -> NodeView {
+    view.refusing = true;
+    view
 }
 fn primary() -> NodeView {
     v(Y, D, D, Y)
@@ -239,6 +244,61 @@ fn unknown_verdict_drains() {
     assert_eq!(states(&c, "R"), vec![Active, Drain, Shutdown]);
 }
 
+/// A refusal is no verdict on established sessions (the RST may be forged, or PostgreSQL may
+/// be restarting): the node leaves every set, its sessions stay.
+#[test]
+fn a_refusing_replica_leaves_every_set_but_is_only_drained() {
+    let c = compute(&cluster(), &[refusing(replica()), primary(), replica()]);
+    assert_eq!(set(&c, "R").members, vec!["c"]);
+    assert_eq!(set(&c, "RO").members, vec!["b", "c"]);
+    assert_eq!(states(&c, "R"), vec![Drain, Drain, Active]);
+    assert_eq!(states(&c, "RL"), vec![Drain, Shutdown, Active]);
+    assert_eq!(states(&c, "RO"), vec![Drain, Active, Active]);
+}
+
+#[test]
+fn a_refusing_primary_gets_no_writes_and_keeps_its_sessions() {
+    let c = compute(&cluster(), &[refusing(primary()), replica(), dead()]);
+    assert_eq!(c.primary.chosen, None);
+    assert!(!c.primary.split_brain);
+    assert!(set(&c, "W").members.is_empty());
+    assert_eq!(states(&c, "W"), vec![Drain, Shutdown, Shutdown]);
+    assert_eq!(states(&c, "WK"), vec![Drain, Drain, Drain]);
+    // The read fallback does not send reads to it either.
+    let c = compute(&cluster(), &[refusing(primary()), dead(), dead()]);
+    assert!(set(&c, "R").members.is_empty());
+}
+
+#[test]
+fn a_refusing_node_its_checks_mark_down_gets_on_marked_down() {
+    let c = compute(&cluster(), &[refusing(dead()), primary(), replica()]);
+    assert_eq!(states(&c, "R"), vec![Shutdown, Drain, Active]);
+    assert_eq!(states(&c, "WK"), vec![Drain, Active, Drain]);
+}
+
+#[test]
+fn a_refusing_stale_primary_still_loses_a_split_brain() {
+    let mut old = refusing(primary());
+    old.timeline = Some(4);
+    let mut new = primary();
+    new.timeline = Some(5);
+    let c = compute(&cluster(), &[old, new, replica()]);
+    assert_eq!(c.primary.chosen, Some(1));
+    assert_eq!(states(&c, "W"), vec![Shutdown, Active, Shutdown]);
+}
+
+#[test]
+fn a_split_brain_whose_newest_side_refuses_admits_no_writes() {
+    let mut old = primary();
+    old.timeline = Some(4);
+    let mut new = refusing(primary());
+    new.timeline = Some(5);
+    let c = compute(&cluster(), &[old, new, replica()]);
+    assert!(c.primary.undecided);
+    assert!(set(&c, "W").members.is_empty());
+    assert_eq!(states(&c, "W"), vec![Drain, Drain, Shutdown]);
+}
+
 #[test]
 fn listener_fields_come_from_config() {
     let c = compute(&cluster(), &[replica(), primary(), dead()]);
@@ -249,6 +309,7 @@ fn listener_fields_come_from_config() {
     assert_eq!(w.snat_addr, w.vip);
     assert_eq!(w.backends[1].port, 5432);
     assert!(!c.listeners[4].shutdown_sessions);
+    assert_eq!(w.empty_hold_ms, router_ebpf::DEFAULT_EMPTY_HOLD_MS);
 }
 
 #[test]

@@ -334,6 +334,42 @@ fn a_refused_connection_takes_the_node_out_until_a_check_after_the_hold() {
     assert_eq!(members(&s, 1), vec!["b"]);
 }
 
+fn backend_states(s: &ClusterState, listener: usize) -> Vec<crate::model::BackendState> {
+    s.snapshot().listeners[listener]
+        .backends
+        .iter()
+        .map(|b| b.state)
+        .collect()
+}
+
+/// A RST answering a SYN (maybe forged, maybe a restart) takes the node out of every set but
+/// leaves its established sessions alone: Drain, never Shutdown, on every listener. Only the
+/// node's checks marking it down apply `on_marked_down`.
+#[test]
+fn a_refusal_never_resets_established_sessions_by_itself() {
+    use crate::model::BackendState::{Drain, Shutdown};
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = ClusterState::new(&cluster(), t0);
+    let t = both_up(&mut s, t0);
+
+    assert!(s.refused(0, t), "the primary refused");
+    assert!(members(&s, 0).is_empty());
+    assert_eq!(backend_states(&s, 0), vec![Drain, Shutdown]);
+    assert!(s.refused(1, t), "the replica refused");
+    assert_eq!(backend_states(&s, 1), vec![Drain, Drain]);
+
+    // Its checks then mark it down (fall = 2): now on_marked_down applies.
+    let mut u = t;
+    for _ in 0..2 {
+        s.take_due(u);
+        s.apply(1, unreachable(u), u);
+        u += ms(200);
+    }
+    assert!(s.snapshot().status.nodes[1].refusing);
+    assert_eq!(backend_states(&s, 1), vec![Drain, Shutdown]);
+}
+
 #[test]
 fn refusals_are_ignored_when_observe_refusals_is_off() {
     let t0 = Instant::now();

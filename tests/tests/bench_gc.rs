@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use pgrouter::dataplane::{
     Applied, Datapath, LoadOptions, Maps,
     gc::{self, Gc, Kernel},
+    host,
 };
 use router_ebpf::{
     BACKEND_ACTIVE, Backend, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
@@ -26,17 +27,6 @@ fn env_u64(k: &str, d: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `last_seen`.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// This thread's user + system CPU time.
@@ -128,7 +118,7 @@ fn bench_gc_million_flows() {
     let mut maps = Maps::take(&mut dp.ebpf).expect("maps");
 
     // Fill: one insert (syscall) per entry.
-    let now = mono_ns();
+    let now = host::monotonic_ns();
     let t = Instant::now();
     let mut open = [0u32; 3];
     let mut expired = 0u64;
@@ -190,7 +180,7 @@ fn gc_run(dp: &Datapath, maps: &mut Maps, cadence: Duration) -> String {
     for c in 1..=2 {
         let (w, cpu0, walked0) = (Instant::now(), thread_cpu(), g.counters.entries_walked);
         let mut ticks = 1u32;
-        while !g.tick(&mut k, &applied, &t, gc::monotonic_ns()) {
+        while !g.tick(&mut k, &applied, &t, host::monotonic_ns()) {
             ticks += 1;
             assert!(ticks < 100_000, "a full cycle never ended");
         }
@@ -211,7 +201,7 @@ fn gc_run(dp: &Datapath, maps: &mut Maps, cadence: Duration) -> String {
     let (w, cpu0) = (Instant::now(), thread_cpu());
     let mut next = Instant::now();
     while w.elapsed() < cadence {
-        g.tick(&mut k, &applied, &t, gc::monotonic_ns());
+        g.tick(&mut k, &applied, &t, host::monotonic_ns());
         next += Duration::from_secs(1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }

@@ -19,6 +19,11 @@ use crate::lab::cluster::{CLIENT_NS, SUPERUSER, VIP};
 /// connections on a 20,000-port range).
 pub const CHURN_SNAT_PORTS: &str = "40000-41999";
 const CHURN_SNAT_COUNT: u32 = 2_000;
+/// pgrouter's `[datapath]` lines in this run: the small range, and a handshake table whose
+/// half-open flows (1,024) stay under it, as `check-config` requires (a SYN flood must not be
+/// able to take every port).
+const CHURN_DATAPATH: &str = "snat_ports = \"40000-41999\"\nhandshake_entries = 2048";
+const CHURN_HS_ENTRIES: u32 = 2_048;
 /// The target the issue sets: last interval ≥ 0.95 × the first.
 const TARGET_LAST_FIRST: f64 = 0.95;
 
@@ -221,7 +226,7 @@ fn soak(
 pub fn run() -> anyhow::Result<ChurnReport> {
     let p = Params::from_env()?;
     let cp = ChurnParams::from_env(&p)?;
-    pgbench::session(&p, CHURN_SNAT_PORTS, |sess| {
+    pgbench::session(&p, CHURN_DATAPATH, |sess| {
         let mut rep = ChurnReport {
             params: Some(cp.clone()),
             leader: format!("{} {}", sess.leader.0, sess.leader.1),
@@ -264,7 +269,8 @@ impl ChurnReport {
             "Patroni lab, leader {}. From `pgrlab-client`: `pgbench -n -S -C -c {} -j {} -T <secs> -P {}` \
              (a new connection, with SCRAM authentication, per transaction) through **pgrouter** \
              (`{VIP}:5000`, native XDP, the lab's configuration but `snat_ports = \"{CHURN_SNAT_PORTS}\"`: \
-             {CHURN_SNAT_COUNT} ports) for {} s, then through **HAProxy** (seed configuration, \
+             {CHURN_SNAT_COUNT} ports, and `handshake_entries = {CHURN_HS_ENTRIES}`, as `check-config` requires for so small \
+             a range) for {} s, then through **HAProxy** (seed configuration, \
              `{HAPROXY_ADDR}:5000`) for {} s, in the same lab session. Target: pgrouter's last \
              interval ≥ {TARGET_LAST_FIRST}× its first. Method: [docs/benchmarks.md](docs/benchmarks.md).\n",
             self.leader, cp.clients, cp.threads, cp.interval, cp.secs, cp.haproxy_secs,
@@ -415,6 +421,13 @@ latency average = 89.000 ms
 average connection time = 21.000 ms
 tps = 88.900000 (including reconnection times)
 ";
+
+    #[test]
+    fn churn_config_has_the_small_range_and_a_handshake_table_under_it() {
+        assert!(CHURN_DATAPATH.contains(&format!("snat_ports = \"{CHURN_SNAT_PORTS}\"")));
+        assert!(CHURN_DATAPATH.contains(&format!("handshake_entries = {CHURN_HS_ENTRIES}")));
+        assert!(CHURN_HS_ENTRIES / 2 < CHURN_SNAT_COUNT);
+    }
 
     #[test]
     fn progress_lines_parse_in_order() {

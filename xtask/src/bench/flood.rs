@@ -461,7 +461,7 @@ pub struct FloodReport {
 pub fn run() -> anyhow::Result<FloodReport> {
     let p = Params::from_env()?;
     let fp = FloodParams::from_env()?;
-    pgbench::session(&p, pgbench::SNAT_PORTS, |sess| {
+    pgbench::session(&p, pgbench::DATAPATH_DEFAULT, |sess| {
         let mut rep = FloodReport {
             params: Some(fp.clone()),
             leader: format!("{} {}", sess.leader.0, sess.leader.1),

@@ -515,10 +515,11 @@ pub(super) fn s(v: &str) -> String {
     v.to_string()
 }
 
-/// The SNAT range of the pgbench comparison and the flood (the lab's default).
-pub(super) const SNAT_PORTS: &str = "40000-59999";
+/// The `[datapath]` lines of the pgbench comparison and the flood beyond interfaces, mode and
+/// pins: the lab's default SNAT range.
+pub(super) const DATAPATH_DEFAULT: &str = "snat_ports = \"40000-59999\"";
 
-fn pgrouter_config(dir: &Path, xdp_mode: &str, snat_ports: &str) -> String {
+fn pgrouter_config(dir: &Path, xdp_mode: &str, datapath: &str) -> String {
     let mut nodes = String::new();
     for (name, ip) in [
         ("pg1", "198.18.0.11"),
@@ -536,7 +537,7 @@ fn pgrouter_config(dir: &Path, xdp_mode: &str, snat_ports: &str) -> String {
 interfaces = ["eth0"]
 mode = "{xdp_mode}"
 pin_path = "{dir}/bpf"
-snat_ports = "{snat_ports}"
+{datapath}
 
 [control]
 socket = "{dir}/pgrouter.sock"
@@ -673,8 +674,8 @@ fn run_one(
 pub(super) struct Pgr<'a> {
     lab: &'a Lab,
     dir: PathBuf,
-    /// `datapath.snat_ports` of its config.
-    snat_ports: &'static str,
+    /// Its config's `[datapath]` lines beyond interfaces, mode and pins.
+    datapath: &'static str,
     current: Option<&'static str>,
     peer: Option<PeerXdpPass>,
 }
@@ -691,7 +692,7 @@ impl Pgr<'_> {
             detach(self.lab, &cfg);
         }
         self.peer = None;
-        fs::write(&cfg, pgrouter_config(&self.dir, mode, self.snat_ports))?;
+        fs::write(&cfg, pgrouter_config(&self.dir, mode, self.datapath))?;
         let bin = pgrouter_bin();
         let out = Command::new(&bin)
             .args(["check-config"])
@@ -830,13 +831,13 @@ impl Session<'_> {
     }
 }
 
-/// Starts pgrouter (edge1, VIP:5000, `snat_ports`) and HAProxy (edge2) on a healthy lab and
+/// Starts pgrouter (edge1, VIP:5000, `datapath` lines in its config) and HAProxy (edge2) on a healthy lab and
 /// initialises pgbench's tables. The caller tears down.
 fn prepare<'a>(
     lab: &'a Lab,
     p: &Params,
     dir: &Path,
-    snat_ports: &'static str,
+    datapath: &'static str,
 ) -> anyhow::Result<Session<'a>> {
     let leader = lab.leader()?;
     // pgrouter on edge1, VIP added by hand (no VRRP in this benchmark).
@@ -873,7 +874,7 @@ fn prepare<'a>(
         pgr: Pgr {
             lab,
             dir: dir.to_path_buf(),
-            snat_ports,
+            datapath,
             current: None,
             peer: None,
         },
@@ -1127,11 +1128,11 @@ fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
 }
 
 /// Builds `target/release/pgrouter`, takes the session lock, brings the lab up, prepares a
-/// [`Session`] (pgrouter with `snat_ports`, HAProxy, pgbench tables), runs `f` on it and tears
+/// [`Session`] (pgrouter with `datapath` lines in its config, HAProxy, pgbench tables), runs `f` on it and tears
 /// everything down (also on error). Every lab section of the bench goes through here.
 pub(super) fn session<T>(
     p: &Params,
-    snat_ports: &'static str,
+    datapath: &'static str,
     f: impl FnOnce(&mut Session) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     if std::env::var_os("PGR_BENCH_PGROUTER").is_none() {
@@ -1152,7 +1153,7 @@ pub(super) fn session<T>(
         lab.wait_healthy(2, Duration::from_secs(60))?;
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        let mut sess = prepare(&lab, p, &dir, snat_ports)?;
+        let mut sess = prepare(&lab, p, &dir, datapath)?;
         f(&mut sess)
     })();
     let errs = teardown(&lab, &dir);
@@ -1167,7 +1168,7 @@ pub(super) fn session<T>(
 /// The whole comparison in its own lab session.
 pub fn run() -> anyhow::Result<Report> {
     let p = Params::from_env()?;
-    session(&p, SNAT_PORTS, |sess| {
+    session(&p, DATAPATH_DEFAULT, |sess| {
         measure(sess, &p)?;
         Ok(std::mem::take(&mut sess.report))
     })
@@ -1258,7 +1259,7 @@ tps = 432.150000 (including reconnection times)
         assert_eq!(md.matches("### ").count(), 2);
         assert!(md.contains("| 2.000 |"), "connection time column: {md}");
         assert!(
-            pgrouter_config(Path::new(RUN_DIR), "generic", SNAT_PORTS)
+            pgrouter_config(Path::new(RUN_DIR), "generic", DATAPATH_DEFAULT)
                 .contains("pin_path = \"/run/pgrouter-bench/bpf\"")
         );
     }

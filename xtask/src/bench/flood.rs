@@ -300,9 +300,10 @@ fn mean_tps(p: &[Progress], from: f64, to: f64) -> f64 {
     }
 }
 
-/// HAProxy's side of a flood: edge2's kernel answers the SYNs (SYN cookies once its backlog
-/// fills).
-fn edge2_syn_counters() -> Vec<(String, f64)> {
+/// The kernel SYN counters of lab host `host` (`edge2`, `pg1` …): who answered the flood's
+/// SYNs, with SYN cookies once the listen backlog filled. For HAProxy that is edge2's kernel;
+/// pgrouter forwards SYNs, so for it the primary's.
+fn syn_counters(host: &str) -> Vec<(String, f64)> {
     [
         "SyncookiesSent",
         "ListenOverflows",
@@ -312,9 +313,9 @@ fn edge2_syn_counters() -> Vec<(String, f64)> {
     ]
     .iter()
     .filter_map(|n| {
-        proc_net_counter("pgrlab-edge2", "netstat", "TcpExt:", n)
+        proc_net_counter(&format!("pgrlab-{host}"), "netstat", "TcpExt:", n)
             .ok()
-            .map(|v| (format!("edge2 TcpExt.{n}"), v as f64))
+            .map(|v| (format!("{host} TcpExt.{n}"), v as f64))
     })
     .collect()
 }
@@ -330,7 +331,13 @@ fn flood_one(
     (host, port): (&str, u16),
 ) -> anyhow::Result<FloodRun> {
     let pgr = target == "pgrouter";
-    let (st0, k0) = (status_json(&sess.dir), edge2_syn_counters());
+    // Who answers the SYNs: edge2's kernel for HAProxy, the primary's for pgrouter.
+    let answers = if pgr {
+        sess.leader.0.clone()
+    } else {
+        "edge2".to_string()
+    };
+    let (st0, k0) = (status_json(&sess.dir), syn_counters(&answers));
     let log = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/bench")
         .join(format!("flood-{}.log", target.to_lowercase()));
@@ -385,17 +392,15 @@ fn flood_one(
         });
         let st = st?;
         let probes = probes.map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
-        let counters = if pgr {
+        let mut counters = if pgr {
             counter_deltas(&st0, &status_json(&sess.dir), "PG1")
         } else {
-            let k1 = edge2_syn_counters();
-            k1.into_iter()
-                .map(|(n, v)| {
-                    let was = k0.iter().find(|(m, _)| *m == n).map(|x| x.1).unwrap_or(0.0);
-                    (n, v - was)
-                })
-                .collect()
+            Vec::new()
         };
+        counters.extend(syn_counters(&answers).into_iter().map(|(n, v)| {
+            let was = k0.iter().find(|(m, _)| *m == n).map(|x| x.1).unwrap_or(0.0);
+            (n, v - was)
+        }));
         Ok((st, (from, to), counters, probes))
     })();
     // pgbench ends by itself after -T; bounded wait, then stop our own child.
@@ -561,7 +566,7 @@ impl FloodReport {
                     "\n{} over the flood ({}): {}.",
                     r.target,
                     if r.target == "pgrouter" {
-                        "`pgrouter status --json`, after − before"
+                        "`pgrouter status --json` and the primary's `/proc/net/netstat`, after − before"
                     } else {
                         "edge2's `/proc/net/netstat`, after − before"
                     },

@@ -45,20 +45,6 @@ pub fn tuple(h: &Headers) -> FlowKey {
     }
 }
 
-/// The key of a flow's other entry: the tuple of the packets that entry rewrites into.
-#[inline(always)]
-pub fn peer_key(f: &Flow) -> FlowKey {
-    FlowKey {
-        saddr: f.daddr,
-        daddr: f.saddr,
-        sport: f.dport,
-        dport: f.sport,
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
-}
-
 /// Which table a tracked packet's entry lives in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -120,7 +106,7 @@ pub fn entry_expired(e: &Flow, now: u64, t: &Timeouts) -> bool {
     {
         return false;
     }
-    let Some(p) = PGR_CONNTRACK.get_ptr(peer_key(e)) else {
+    let Some(p) = PGR_CONNTRACK.get_ptr(e.peer_key()) else {
         // Its other entry is gone: nothing can translate this flow both ways any more.
         return true;
     };
@@ -147,9 +133,9 @@ fn close(fwd: *mut Flow, backend_id: u32) {
 #[inline(never)]
 pub fn end(key: &FlowKey, entry: *mut Flow) {
     let e = unsafe { *entry };
-    let other = peer_key(&e);
+    let other = e.peer_key();
     if let Some(o) = PGR_CONNTRACK.get_ptr_mut(&other) {
-        if peer_key(unsafe { &*o }) == *key {
+        if unsafe { (*o).peer_key() } == *key {
             if e.flags & FLOW_F_REPLY != 0 {
                 close(o, e.backend_id);
             }
@@ -168,9 +154,17 @@ pub fn end(key: &FlowKey, entry: *mut Flow) {
 const NOW_ESTABLISHED: u32 = u32::MAX;
 
 /// Removes a half-open flow's entries (they hold no slot).
-#[inline(always)]
+///
+/// The other entry is removed only if it is still this flow's: the table is LRU, so it may
+/// have been evicted and its key (a SNAT port) taken by another flow since.
+#[inline(never)]
 fn end_handshake(key: &FlowKey, f: &Flow) {
-    let _ = PGR_HANDSHAKE.remove(&peer_key(f));
+    let other = f.peer_key();
+    if let Some(o) = PGR_HANDSHAKE.get_ptr(&other) {
+        if unsafe { (*o).peer_key() } == *key {
+            let _ = PGR_HANDSHAKE.remove(&other);
+        }
+    }
     let _ = PGR_HANDSHAKE.remove(key);
 }
 
@@ -449,8 +443,11 @@ fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f: &Flow) -> 
         return send(ctx, h, &fc);
     }
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
-        if let Some(r) = PGR_HANDSHAKE.get_ptr(&peer_key(f)) {
-            if unsafe { (*r).flags } & FLOW_F_ANSWERED != 0 {
+        if let Some(r) = PGR_HANDSHAKE.get_ptr(&f.peer_key()) {
+            // The reply entry must still be this flow's: an LRU eviction may have handed its
+            // SNAT port to another flow, whose reply entry now stands under the key.
+            let (flags, owner) = unsafe { ((*r).flags, (*r).peer_key()) };
+            if flags & FLOW_F_ANSWERED != 0 && owner == *key {
                 return establish(key, f, r);
             }
         }
@@ -464,7 +461,7 @@ fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f: &Flow) -> 
 #[inline(never)]
 fn establish(key: &FlowKey, f: &Flow, r: *const Flow) -> u32 {
     let now = now();
-    let rkey = &peer_key(f);
+    let rkey = &f.peer_key();
     let maxconn = match PGR_BACKENDS.get(f.backend_id) {
         Some(b) => b.maxconn,
         None => return xdp_action::XDP_DROP,
@@ -559,8 +556,17 @@ fn handshake_reply(ctx: &XdpContext, h: &Headers, key: &FlowKey, entry: *mut Flo
     send(ctx, h, f)
 }
 
+/// How far (either way) a segment's sequence and acknowledgement numbers may lie from what was
+/// acknowledged last for the data path to learn from it: more than a PostgreSQL connection has
+/// in flight (Linux autotunes receive buffers up to 6 MiB by default), a 2^-7 target for each
+/// blind guess in 2^32, so 2^-14 for a spoofed segment.
+const SEQ_WINDOW: u32 = 1 << 24;
+
 /// A packet of an established flow, either direction: refreshes its last-seen time, tracks
-/// acknowledged FINs and exact RSTs, and translates it.
+/// acknowledged FINs and exact RSTs, and translates it. Acknowledgements and FINs count only
+/// from a segment whose sequence number lies near what the other side acknowledged last: a
+/// blind spoofer knows the tuples but not the sequence numbers (RFC 5961 §5), so it can
+/// neither set the number an "exact" RST is judged by nor fake an acknowledged FIN.
 #[inline(never)]
 fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u32 {
     let f = unsafe { &*entry };
@@ -568,38 +574,45 @@ fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u32 {
     let now = now();
     let is_reply = f.flags & FLOW_F_REPLY != 0;
     unsafe { (*entry).last_seen = now };
-    if tcp_flags & TCP_ACK != 0 {
-        let ack = get32(unsafe { &(*h.tcp).ack });
-        unsafe { (*entry).last_ack = ack };
+    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&f.peer_key()) else {
+        // Its other entry is gone: nothing to learn, the flow is ending.
+        return send(ctx, h, f);
+    };
+    let seq = u32::from_be(get32(unsafe { &(*h.tcp).seq }));
+    let ack_be = get32(unsafe { &(*h.tcp).ack });
+    // The segment's sequence number near what the other side acknowledged last, and its
+    // acknowledgement near what this side acknowledged last (acks only move forward by what
+    // was received; the first one is learned as it comes): a blind spoofer must guess both.
+    let in_window = near(seq, u32::from_be(unsafe { (*peer).last_ack }))
+        && (f.last_ack == 0 || near(u32::from_be(ack_be), u32::from_be(f.last_ack)));
+    if !in_window {
+        count(counter::SEQ_OUT_OF_WINDOW);
+    }
+    if tcp_flags & TCP_ACK != 0 && in_window {
+        unsafe { (*entry).last_ack = ack_be };
         if f.flags & (FLOW_F_PEER_FIN | FLOW_F_PEER_FIN_ACKED) == FLOW_F_PEER_FIN
-            && seq_ge(u32::from_be(ack), f.peer_fin_end)
+            && seq_ge(u32::from_be(ack_be), f.peer_fin_end)
         {
             // This side acknowledged the other side's FIN: the FIN was real.
             atomic::fetch_or(unsafe { &raw mut (*entry).flags }, FLOW_F_PEER_FIN_ACKED);
-            let bit = if is_reply {
-                FLOW_F_FIN_CLIENT
+            let (fwd, bit) = if is_reply {
+                (peer, FLOW_F_FIN_CLIENT)
             } else {
-                FLOW_F_FIN_BACKEND
+                (entry, FLOW_F_FIN_BACKEND)
             };
-            if let Some(fwd) = forward_entry(entry, f) {
-                fin_acked(fwd, f.backend_id, bit);
-            }
+            fin_acked(fwd, f.backend_id, bit);
         }
     }
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        track_close(h, entry, f, tcp_flags);
+    if tcp_flags & TCP_RST != 0 || (tcp_flags & TCP_FIN != 0 && in_window) {
+        track_close(h, entry, peer, f, tcp_flags);
     }
     send(ctx, h, f)
 }
 
-/// The forward entry of the flow whose entry (either direction) is `entry`.
+/// `a` lies within [`SEQ_WINDOW`] of `b`, either way, in sequence space.
 #[inline(always)]
-fn forward_entry(entry: *mut Flow, f: &Flow) -> Option<*mut Flow> {
-    if f.flags & FLOW_F_REPLY == 0 {
-        Some(entry)
-    } else {
-        PGR_CONNTRACK.get_ptr_mut(&peer_key(f))
-    }
+fn near(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b).wrapping_add(SEQ_WINDOW) <= 2 * SEQ_WINDOW
 }
 
 #[inline(always)]
@@ -617,11 +630,8 @@ fn fin_acked(fwd: *mut Flow, backend_id: u32, bit: u64) {
 /// side acknowledged last (RFC 5961 §3.2: anything else only earns a challenge ACK from the
 /// endpoint, so a forged RST cannot free a slot or a port).
 #[inline(always)]
-fn track_close(h: &Headers, entry: *mut Flow, f: &Flow, tcp_flags: u8) {
+fn track_close(h: &Headers, entry: *mut Flow, peer: *mut Flow, f: &Flow, tcp_flags: u8) {
     let is_reply = f.flags & FLOW_F_REPLY != 0;
-    let Some(peer) = PGR_CONNTRACK.get_ptr_mut(&peer_key(f)) else {
-        return;
-    };
     let seq_be = get32(unsafe { &(*h.tcp).seq });
     if tcp_flags & TCP_RST != 0 {
         if seq_be == unsafe { (*peer).last_ack } {

@@ -279,6 +279,23 @@ pub struct Flow {
     pub peer_fin_end: u32,
 }
 const _: () = assert!(size_of::<Flow>() == 72);
+
+impl Flow {
+    /// The key of this flow's other entry: the tuple of the packets this entry rewrites
+    /// into, reversed (forward entry → reply key, reply entry → client tuple).
+    #[inline(always)]
+    pub const fn peer_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: PROTO_TCP,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        }
+    }
+}
 const _: () = assert!(core::mem::offset_of!(Flow, flags) == 48);
 const _: () = assert!(core::mem::offset_of!(Flow, last_seen) == 56);
 
@@ -466,8 +483,12 @@ pub mod counter {
     pub const SNAT_REUSED: u32 = 23;
     /// A new flow's SNAT port was found only by the linear scan after the random probes.
     pub const SNAT_SCANNED: u32 = 24;
+    /// Translated without learning from it: an established flow's segment whose sequence
+    /// number lies far from what the other side acknowledged (a blind spoof, or a lost
+    /// sync); its ACK, FIN are ignored by the data path.
+    pub const SEQ_OUT_OF_WINDOW: u32 = 25;
     /// Names of the counters above, indexed by their value (status, metrics, docs/maps.md).
-    pub const NAMES: [&str; 25] = [
+    pub const NAMES: [&str; 26] = [
         "pass_not_ipv4",
         "pass_not_tcp",
         "pass_not_ours",
@@ -493,8 +514,9 @@ pub mod counter {
         "expired_on_packet",
         "snat_reused",
         "snat_scanned",
+        "seq_out_of_window",
     ];
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
     const _: () = assert!(NAMES.len() as u32 == COUNT);
 }
 

@@ -3,24 +3,36 @@
 //! flow's reply entry into the handshake table with `BPF_NOEXIST` (one CPU wins); the port is
 //! then ours unless an established flow holds it, and a closed or expired one is ended and
 //! its port taken over at once.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_loop},
+};
 use router_ebpf::{
     FLOW_F_BACKEND_CLOSED_FIRST, FLOW_F_CLOSED, FLOW_F_REPLY, Flow, FlowKey, NODE_TIME_WAIT_NS,
     Service, Timeouts,
 };
 
 use crate::{
-    flow::{self, peer_key},
+    flow,
     maps::{PGR_CONNTRACK, PGR_HANDSHAKE, PGR_SNAT_CURSOR},
 };
 
 /// Random probes (the client's own port first when it lies in the range).
 const RANDOM_TRIES: u32 = 8;
-/// Then a sequential scan from a per-CPU cursor that persists across SYNs, so successive
-/// allocations sweep the whole range: at 90 % of the ports held by live flows, 8 + 32 probes
-/// all miss with a chance of 0.9^40 ≈ 1.5 %, and the client's SYN retransmission scans on.
-/// Each probe is verified separately (the verifier walks bounded loops), which bounds this.
-const SCAN_TRIES: u32 = 32;
+/// Then a sequential scan (`bpf_loop`: its body is verified once, whatever the count) from a
+/// per-CPU cursor that persists across SYNs: a range of up to this many ports is searched
+/// whole, so allocation never fails while a port is free; a larger one is searched on where
+/// the last SYN stopped. Bounded so a nearly full range costs one SYN at most ~1,000 probes
+/// (a fraction of a millisecond), not a sweep of 60,000.
+const SCAN_TRIES: u32 = 1024;
+
+/// A closed flow's port still in the node's TIME_WAIT goes to the same client host only this
+/// long after the old flow's last client packet: TCP timestamps tick in milliseconds, and the
+/// node accepts the new SYN only with a newer one; the coarse clock's tick (up to 4 ms) is
+/// included.
+const SAME_CLIENT_TW_GAP_NS: u64 = 5_000_000;
 
 /// A new flow in the making: the entries to insert and what a probe needs. It lives in a
 /// per-CPU scratch map (`PGR_SCRATCH`), not on the stack: BPF allows 512 bytes of stack for
@@ -38,6 +50,12 @@ pub struct Want {
     pub t: Timeouts,
     /// Take a closed flow's port even when the node may still hold it in TIME_WAIT.
     pub any_closed: u64,
+    /// Scan state for the `bpf_loop` callback: first port, range size, cursor, and the port
+    /// found (0: none).
+    pub scan_min: u32,
+    pub scan_range: u32,
+    pub scan_off: u32,
+    pub found: u32,
     /// Last resort: a port held by a closed flow that the backend closed first, less than the
     /// node's TIME_WAIT ago, for another client — usable, but the node may answer the SYN
     /// with a challenge ACK (one retransmission for the client). Starts as a
@@ -45,6 +63,25 @@ pub struct Want {
     /// (tracking it would fork its states on every probe).
     pub last_resort: u32,
     pub _pad: u32,
+}
+
+/// One step of the sequential scan, run by `bpf_loop` (1 stops the loop). Its context is a
+/// stack slot holding the scratch pointer (`bpf_loop` takes a stack pointer only).
+extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { *(ctx as *mut *mut Want) };
+    unsafe {
+        let mut off = (*w).scan_off + 1;
+        if off >= (*w).scan_range {
+            off = 0;
+        }
+        (*w).scan_off = off;
+        let port = ((*w).scan_min + off) as u16;
+        if probe(port, w) {
+            (*w).found = u32::from(port);
+            return 1;
+        }
+    }
+    0
 }
 
 /// Finds a free port for a new flow to backend `w.rkey.saddr:w.rkey.sport` and inserts the
@@ -71,21 +108,23 @@ pub fn allocate(svc: &Service, w: *mut Want) -> Option<u16> {
         }
     }
     let cursor = PGR_SNAT_CURSOR.get_ptr_mut(svc.id)?;
-    let mut off = unsafe { *cursor } % range;
-    for _ in 0..SCAN_TRIES {
-        off += 1;
-        if off >= range {
-            off = 0;
-        }
-        let port = min + off as u16;
-        if probe(port, w) {
-            unsafe { *cursor = off };
-            crate::maps::count(router_ebpf::counter::SNAT_SCANNED);
-            return Some(port);
-        }
-    }
     unsafe {
-        *cursor = off;
+        (*w).scan_min = u32::from(min);
+        (*w).scan_range = range;
+        (*w).scan_off = *cursor % range;
+        (*w).found = 0;
+        let n = if range < SCAN_TRIES {
+            range
+        } else {
+            SCAN_TRIES
+        };
+        let mut ctx = w;
+        bpf_loop(n, scan_step as *mut c_void, (&raw mut ctx).cast(), 0);
+        *cursor = (*w).scan_off;
+        if (*w).found != 0 {
+            crate::maps::count(router_ebpf::counter::SNAT_SCANNED);
+            return Some((*w).found as u16);
+        }
         (*w).any_closed = 1;
     }
     let port = unsafe { (*w).last_resort } as u16;
@@ -117,7 +156,7 @@ fn probe(port: u16, w: *mut Want) -> bool {
         // A client tuple that looks like a reply key: never ours to take.
         false
     } else {
-        match PGR_CONNTRACK.get_ptr(peer_key(r)) {
+        match PGR_CONNTRACK.get_ptr(r.peer_key()) {
             // Orphaned reply entry: its flow is gone.
             None => true,
             Some(fwd) => {
@@ -128,11 +167,13 @@ fn probe(port: u16, w: *mut Want) -> bool {
                     false
                 } else if w.any_closed != 0
                     || f.flags & FLOW_F_BACKEND_CLOSED_FIRST == 0
-                    || r.daddr == w.client.saddr
                     || w.now.saturating_sub(r.last_seen) > NODE_TIME_WAIT_NS
+                    || (r.daddr == w.client.saddr
+                        && w.now.saturating_sub(f.last_seen) > SAME_CLIENT_TW_GAP_NS)
                 {
                     // Not in the node's TIME_WAIT, or the same client host: its TCP timestamps
-                    // only grow, so the node accepts the new SYN (RFC 6191).
+                    // only grow, so the node accepts the new SYN (RFC 6191) once its clock
+                    // has ticked past the old connection's last timestamp.
                     true
                 } else {
                     w.last_resort = u32::from(port);

@@ -32,7 +32,7 @@ use crate::{
     config::{self, Config},
     control,
     dataplane::{
-        self, Applied, AttachMode, Datapath, LoadOptions, Maps,
+        self, Applied, Datapath, LoadOptions, Maps,
         gc::{self, Gc},
     },
     health::{self, ClusterHandle, ClusterSnapshot},
@@ -97,11 +97,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut maps = Maps::take(&mut dp.ebpf)?;
     let timeouts = cfg.datapath.timeouts.to_abi();
     maps.set_timeouts(&timeouts)?;
-    let mode = match cfg.datapath.mode {
-        config::XdpMode::Auto => AttachMode::Auto,
-        config::XdpMode::Native => AttachMode::Native,
-        config::XdpMode::Generic => AttachMode::Generic,
-    };
+    let mode = cfg.datapath.mode;
     let mut attached = Vec::new();
     for iface in &cfg.datapath.interfaces {
         let how = dp.attach(iface, mode)?;

@@ -67,31 +67,6 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
-    // aya-log records arrive through the `log` facade.
-    let _ = LogBridge::install();
-}
-
-/// Forwards `log` records (the kernel program's aya-log events) to tracing.
-struct LogBridge;
-
-impl LogBridge {
-    fn install() -> Result<(), log::SetLoggerError> {
-        log::set_logger(&LogBridge).map(|()| log::set_max_level(log::LevelFilter::Info))
-    }
-}
-
-impl log::Log for LogBridge {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        match r.level() {
-            log::Level::Error => tracing::error!(source = "xdp", "{}", r.args()),
-            log::Level::Warn => tracing::warn!(source = "xdp", "{}", r.args()),
-            _ => tracing::info!(source = "xdp", "{}", r.args()),
-        }
-    }
-    fn flush(&self) {}
 }
 
 #[tokio::main]

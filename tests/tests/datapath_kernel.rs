@@ -3,31 +3,79 @@
 //! are static, so `bpf_fib_lookup` resolves exactly as on an edge host. Rewritten frames are
 //! checked byte for byte against frames built independently by etherparse, which also verifies
 //! every checksum.
-use std::net::{IpAddr, Ipv4Addr};
+//!
+//! A flow's life (issue 10): a SYN creates it in the handshake table without a `maxconn` slot;
+//! the client's ACK of the node's SYN-ACK takes the slot and moves it to the conntrack table;
+//! acknowledged FINs, an exact RST, expiry, the GC program, a SNAT take-over or a shutdown end
+//! it. [`Conn`] drives those steps with consistent sequence numbers.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    panic::AssertUnwindSafe,
+    sync::{
+        Barrier, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering::SeqCst},
+    },
+};
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use pgrouter::{
-    dataplane::{Applied, Datapath, LoadOptions, Maps, plan},
+    dataplane::{
+        Applied, Datapath, LoadOptions, Maps, gc::request_bytes, host::monotonic_ns, plan, sweep,
+    },
     model::{BackendState, Balance, DesiredBackend, DesiredListener},
 };
-use router_ebpf::{FlowKey, PROGRAM_NAME, counter};
+use router_ebpf::{
+    FAMILY_IPV4, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, Flow, FlowKey, GC_F_FORCE,
+    GC_OP_ADJUST, GC_OP_REAP, GC_PROGRAM_NAME, GcRequest, MAX_BACKENDS, PROGRAM_NAME, PROTO_TCP,
+    Timeouts, counter,
+};
 use tests::frames::{self, Tcp};
 
+const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 100);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 50);
+/// A second client host (its own neighbour entry), for SNAT ports shared between clients.
+const CLIENT2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 51);
 const PG_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
 const PG_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 12);
 const PG_C: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 13);
+const PG_PORT: u16 = 5432;
 const EDGE_MAC: [u8; 6] = [0x02, 0xed, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x50];
 const SNAT: (u16, u16) = (40000, 40999);
+/// Initial sequence numbers of every test connection: the client's and the node's.
+const CLIENT_ISN: u32 = 7777;
+const NODE_ISN: u32 = 9000;
+
+const SEC: u64 = 1_000_000_000;
+/// Timeouts of distinct lengths, each further than [`MARGIN`] from the others: a flow judged
+/// by another state's timeout than its own is caught on one side of the boundary or the other.
+const TIMEOUTS: Timeouts = Timeouts {
+    handshake_ns: 3 * SEC,
+    established_ns: 40 * SEC,
+    closing_ns: 20 * SEC,
+    closed_ns: 10 * SEC,
+};
+/// How far from a timeout a backdated flow is put: far more than the coarse clock's lag.
+const MARGIN: u64 = SEC;
 
 fn node_mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0xdb, 0, 0, 0, ip.octets()[3]]
+}
+
+fn client_mac(ip: Ipv4Addr) -> [u8; 6] {
+    [0x02, 0xc1, 0, 0, 0, ip.octets()[3]]
+}
+
+/// Runs the data path on one frame: the verdict and the frame as the program left it.
+trait Run {
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>);
 }
 
 /// One loaded data path in a private namespace.
@@ -52,7 +100,8 @@ impl K {
              && ip neigh add {a} lladdr {am} dev k0 nud permanent \
              && ip neigh add {b} lladdr {bm} dev k0 nud permanent \
              && ip neigh add {c} lladdr {cm} dev k0 nud permanent \
-             && ip neigh add {cl} lladdr {clm} dev k0 nud permanent",
+             && ip neigh add {cl} lladdr {clm} dev k0 nud permanent \
+             && ip neigh add {cl2} lladdr {cl2m} dev k0 nud permanent",
             edge = mac(EDGE_MAC),
             a = PG_A,
             am = mac(node_mac(PG_A)),
@@ -62,6 +111,8 @@ impl K {
             cm = mac(node_mac(PG_C)),
             cl = CLIENT,
             clm = mac(CLIENT_MAC),
+            cl2 = CLIENT2,
+            cl2m = mac(client_mac(CLIENT2)),
         );
         tests::sh(&script).expect("namespace set-up");
         let ifindex = unsafe { libc::if_nametoindex(c"k0".as_ptr()) };
@@ -82,19 +133,26 @@ impl K {
         }
     }
 
+    /// A data path serving [`standard`].
+    fn standard() -> Self {
+        let mut k = Self::new();
+        k.publish(&standard());
+        k
+    }
+
     /// Publishes listeners: 5000 → primary A; 5001 → replicas B, C.
     fn publish(&mut self, listeners: &[DesiredListener]) {
         self.publish_with(listeners, SNAT);
     }
 
     fn publish_with(&mut self, listeners: &[DesiredListener], snat: (u16, u16)) {
-        let (delta, next) = plan(
-            listeners,
-            &self.applied,
-            snat,
-            pgrouter::dataplane::host::monotonic_ns(),
-        )
-        .expect("plan");
+        self.publish_at(listeners, snat, monotonic_ns());
+    }
+
+    /// Publishes as a controller would at CLOCK_MONOTONIC time `now_ns` (a set that becomes
+    /// empty is stamped with it).
+    fn publish_at(&mut self, listeners: &[DesiredListener], snat: (u16, u16), now_ns: u64) {
+        let (delta, next) = plan(listeners, &self.applied, snat, now_ns).expect("plan");
         self.maps.apply(&delta).expect("apply");
         self.applied = next;
     }
@@ -107,7 +165,7 @@ impl K {
             .expect("program")
             .try_into()
             .expect("xdp");
-        if prog != PROGRAM_NAME && xdp.fd().is_err() {
+        if xdp.fd().is_err() {
             xdp.load().expect("load baseline");
         }
         // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
@@ -124,12 +182,104 @@ impl K {
         (r.return_value, out)
     }
 
+    /// A loaded program by fd, for threads.
+    fn raw(&self, prog: &str) -> Raw {
+        let xdp: &Xdp = self
+            .dp
+            .ebpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        Raw {
+            fd: xdp.fd().expect("loaded").as_fd().as_raw_fd(),
+            ifindex: self.ifindex,
+        }
+    }
+
+    /// Runs `pgrouter_gc` on `req`, as the controller's GC does; returns its verdict.
+    fn gc(&mut self, req: &GcRequest) -> u32 {
+        self.run_on(GC_PROGRAM_NAME, &request_bytes(req)).0
+    }
+
+    /// Established flows' entries (`PGR_CONNTRACK`).
+    fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.maps.conntrack.iter().flatten().collect()
+    }
+
+    /// Half-open flows' entries (`PGR_HANDSHAKE`).
+    fn handshakes(&self) -> Vec<(FlowKey, Flow)> {
+        self.maps.handshake.iter().flatten().collect()
+    }
+
+    /// `c`'s forward entry in the conntrack table.
+    fn fwd(&self, c: &Conn) -> Option<Flow> {
+        self.maps.conntrack.get(&c.fwd_key(), 0).ok()
+    }
+
+    /// Whether either of `c`'s entries is in either table.
+    fn tracked(&self, c: &Conn) -> bool {
+        [c.fwd_key(), c.reply_key()].iter().any(|key| {
+            self.maps.conntrack.get(key, 0).is_ok() || self.maps.handshake.get(key, 0).is_ok()
+        })
+    }
+
+    /// Moves both of `c`'s entries' `last_seen` to `ago` ns before now (CLOCK_MONOTONIC, the
+    /// kernel's clock), in whichever table holds them: a fake clock for timeouts.
+    fn backdate(&mut self, c: &Conn, ago: u64) {
+        for key in [c.fwd_key(), c.reply_key()] {
+            self.backdate_key(&key, ago);
+        }
+    }
+
+    fn backdate_key(&mut self, key: &FlowKey, ago: u64) {
+        let at = monotonic_ns()
+            .checked_sub(ago)
+            .expect("uptime exceeds the age");
+        let mut found = false;
+        for map in [&mut self.maps.conntrack, &mut self.maps.handshake] {
+            if let Ok(mut f) = map.get(key, 0) {
+                f.last_seen = at;
+                map.insert(key, f, 0).expect("rewrite last_seen");
+                found = true;
+            }
+        }
+        assert!(found, "no entry to backdate under {key:?}");
+    }
+
+    fn bid(&self, listener: &str, node: &str) -> u32 {
+        self.applied.backend_ids[&(listener.into(), node.into())]
+    }
+
+    /// The write listener's entry for node A (the primary in [`standard`]).
+    fn primary(&self) -> u32 {
+        self.bid("pg/PG1", "a")
+    }
+
+    /// Open established flows of backend `id` (`PGR_BACKEND_CONNS`): a count that went below
+    /// zero reads as a number near `u32::MAX`.
+    fn conns(&self, id: u32) -> u32 {
+        self.maps.active_conns(id)
+    }
+}
+
+impl Run for K {
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_on(PROGRAM_NAME, frame)
     }
+}
 
-    fn flows(&self) -> Vec<(FlowKey, router_ebpf::Flow)> {
-        self.maps.conntrack.iter().flatten().collect()
+/// A loaded program by fd: runs from any thread (aya's `test_run` needs `&mut` on the
+/// program). Valid while its [`K`] lives.
+#[derive(Clone, Copy)]
+struct Raw {
+    fd: i32,
+    ifindex: u32,
+}
+
+impl Run for Raw {
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        raw_test_run(self.fd, frame, self.ifindex)
     }
 }
 
@@ -140,6 +290,36 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+/// BPF_PROG_TEST_RUN straight from a thread: aya's wrapper needs `&mut` on the program.
+fn raw_test_run(prog_fd: i32, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let ctx = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&1u32.to_ne_bytes()); // repeat
+    attr[40..44].copy_from_slice(&(ctx.len() as u32).to_ne_bytes());
+    attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: `union bpf_attr`'s test member, zero-padded; the buffers outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 10, attr.as_mut_ptr(), attr.len() as u32) };
+    assert_eq!(
+        r,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+    // data_size_out (offset 12) is in/out: the room given, then the frame's length.
+    let size_out = u32::from_ne_bytes([attr[12], attr[13], attr[14], attr[15]]);
+    out.truncate(size_out as usize);
+    (
+        u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]]),
+        out,
+    )
 }
 
 fn mac(m: [u8; 6]) -> String {
@@ -153,7 +333,7 @@ fn backend(name: &str, ip: Ipv4Addr, state: BackendState, maxconn: u32) -> Desir
     DesiredBackend {
         node: name.into(),
         addr: IpAddr::V4(ip),
-        port: 5432,
+        port: PG_PORT,
         maxconn,
         state,
     }
@@ -197,11 +377,23 @@ fn standard() -> Vec<DesiredListener> {
     ]
 }
 
-fn client_syn(sport: u16, dport: u16) -> Tcp {
-    Tcp::new((CLIENT, sport), (VIP, dport))
+/// [`standard`] with the primary's `maxconn` set.
+fn primary_with_maxconn(maxconn: u32) -> Vec<DesiredListener> {
+    let mut l = standard();
+    l[0].backends[0].maxconn = maxconn;
+    l
+}
+
+/// A SYN from `client` to VIP:`vport` with the client's ISN.
+fn syn_from(client: (Ipv4Addr, u16), vport: u16) -> Tcp {
+    Tcp::new(client, (VIP, vport))
         .syn()
-        .seq(7777)
-        .macs(CLIENT_MAC, EDGE_MAC)
+        .seq(CLIENT_ISN)
+        .macs(client_mac(client.0), EDGE_MAC)
+}
+
+fn client_syn(sport: u16, dport: u16) -> Tcp {
+    syn_from((CLIENT, sport), dport)
 }
 
 /// The frame the data path must emit for `input` NATed to `(src, dst)` with new MACs:
@@ -231,18 +423,183 @@ fn assert_csums(frame: &[u8]) -> frames::Parsed {
     p
 }
 
+/// The verdict on segment `t` (no payload).
+fn verdict(r: &mut impl Run, t: &Tcp) -> u32 {
+    r.run(&t.build(&[])).0
+}
+
+/// Runs segment `t` and asserts the program transmitted a frame with valid checksums.
+fn tx(r: &mut impl Run, t: &Tcp, what: &str) -> frames::Parsed {
+    let (v, out) = r.run(&t.build(&[]));
+    assert_eq!(v, XDP_TX, "{what}: verdict");
+    assert_csums(&out)
+}
+
 /// Opens a flow from `sport` to `dport` and returns the backend leg's (addr, snat port).
 fn open(k: &mut K, sport: u16, dport: u16) -> (Ipv4Addr, u16) {
-    let (v, out) = k.run(&client_syn(sport, dport).build(&[]));
-    assert_eq!(v, XDP_TX, "SYN must be transmitted");
+    let c = syn(k, (CLIENT, sport), dport);
+    (c.node, c.snat)
+}
+
+/// One client connection through the VIP as both of its ends see it; its segments carry the
+/// sequence numbers of a real connection right after the handshake.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    client: (Ipv4Addr, u16),
+    vport: u16,
+    node: Ipv4Addr,
+    /// The SNAT port of the backend leg.
+    snat: u16,
+}
+
+fn key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
+    FlowKey {
+        saddr: [u32::from_ne_bytes(src.0.octets()), 0, 0, 0],
+        daddr: [u32::from_ne_bytes(dst.0.octets()), 0, 0, 0],
+        sport: src.1.to_be(),
+        dport: dst.1.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    }
+}
+
+impl Conn {
+    /// A client segment: seq ISN + 1, acknowledging the node's SYN.
+    fn client_seg(&self) -> Tcp {
+        Tcp::new(self.client, (VIP, self.vport))
+            .seq(CLIENT_ISN + 1)
+            .ack(NODE_ISN + 1)
+            .macs(client_mac(self.client.0), EDGE_MAC)
+    }
+
+    /// A node segment: seq node ISN + 1, acknowledging the client's SYN.
+    fn node_seg(&self) -> Tcp {
+        Tcp::new((self.node, PG_PORT), (VIP, self.snat))
+            .seq(NODE_ISN + 1)
+            .ack(CLIENT_ISN + 1)
+            .macs(node_mac(self.node), EDGE_MAC)
+    }
+
+    fn syn(&self) -> Tcp {
+        syn_from(self.client, self.vport)
+    }
+
+    /// The node's SYN-ACK, acknowledging the client's ISN + 1.
+    fn syn_ack(&self) -> Tcp {
+        self.node_seg().syn().seq(NODE_ISN)
+    }
+
+    /// The client's FIN, the node's ACK of it with its own FIN, the client's ACK of that.
+    fn fins(&self) -> [Tcp; 3] {
+        [
+            self.client_seg().fin(),
+            self.node_seg().ack(CLIENT_ISN + 2).fin(),
+            self.client_seg().seq(CLIENT_ISN + 2).ack(NODE_ISN + 2),
+        ]
+    }
+
+    fn fwd_key(&self) -> FlowKey {
+        key(self.client, (VIP, self.vport))
+    }
+
+    fn reply_key(&self) -> FlowKey {
+        key((self.node, PG_PORT), (VIP, self.snat))
+    }
+
+    /// Runs `t`, one of this connection's segments, and asserts it reached the other end,
+    /// translated (a client segment the node, a node segment the client).
+    fn passes(&self, r: &mut impl Run, t: &Tcp, what: &str) -> frames::Parsed {
+        let p = tx(r, t, what);
+        let want = if t.src == self.client.0 {
+            ((VIP, self.snat), (self.node, PG_PORT))
+        } else {
+            ((VIP, self.vport), self.client)
+        };
+        assert_eq!(
+            ((p.src, p.sport), (p.dst, p.dport)),
+            want,
+            "{what}: translated"
+        );
+        assert_eq!((p.tcp.rst, p.tcp.fin), (t.rst, t.fin), "{what}: flags kept");
+        p
+    }
+}
+
+/// Runs segment `t` and asserts the data path answered it with a RST of its own, back to its
+/// sender (no options or payload, checksums valid): no flow serves it.
+fn assert_reset(r: &mut impl Run, t: &Tcp, what: &str) -> frames::Parsed {
+    let (v, out) = r.run(&t.build(&[]));
+    assert_eq!(v, XDP_TX, "{what}: verdict");
+    assert_eq!(out.len(), 54, "{what}: a bare RST");
     let p = assert_csums(&out);
-    (p.dst, p.sport)
+    assert!(p.tcp.rst, "{what}: a RST, got {p:?}");
+    assert_eq!(
+        ((p.src, p.sport), (p.dst, p.dport), (p.smac, p.dmac)),
+        ((t.dst, t.dport), (t.src, t.sport), (t.dmac, t.smac)),
+        "{what}: back to the sender"
+    );
+    p
+}
+
+/// The client's SYN; returns the connection as the node sees it (backend, SNAT port).
+fn syn(r: &mut impl Run, client: (Ipv4Addr, u16), vport: u16) -> Conn {
+    let p = tx(r, &syn_from(client, vport), "SYN");
+    assert_eq!(
+        (p.src, p.dport, p.tcp.sequence_number),
+        (VIP, PG_PORT, CLIENT_ISN),
+        "SYN to a node from the SNAT address"
+    );
+    Conn {
+        client,
+        vport,
+        node: p.dst,
+        snat: p.sport,
+    }
+}
+
+/// SYN and the node's SYN-ACK: a handshake waiting for the client's ACK.
+fn half_open(r: &mut impl Run, client: (Ipv4Addr, u16), vport: u16) -> Conn {
+    let c = syn(r, client, vport);
+    c.passes(r, &c.syn_ack(), "SYN-ACK");
+    c
+}
+
+/// The whole handshake: SYN → SYN-ACK → the client's ACK, each passed on.
+fn handshake(r: &mut impl Run, client: (Ipv4Addr, u16), vport: u16) -> Conn {
+    let c = half_open(r, client, vport);
+    c.passes(r, &c.client_seg(), "the client's ACK");
+    c
+}
+
+/// Pins the calling thread to `cpu`, so racing threads run on different CPUs.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
+}
+
+/// How many threads race for a resource: one per CPU, at least two.
+fn racers_per_cpu() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 16)
+}
+
+/// Closes `c` by both FINs, each acknowledged by the other side.
+fn close_by_fins(r: &mut impl Run, c: &Conn) {
+    for (i, t) in c.fins().iter().enumerate() {
+        c.passes(r, t, &format!("closing segment {i}"));
+    }
 }
 
 #[test]
 fn syn_to_write_port_is_rewritten_to_the_primary_byte_for_byte() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
+    let bid = k.primary();
     // The client's port lies in the SNAT range and is free, so it is kept (Cilium's rule).
     let syn = client_syn(40100, 5000);
     let (v, out) = k.run(&syn.build(&[]));
@@ -253,22 +610,33 @@ fn syn_to_write_port_is_rewritten_to_the_primary_byte_for_byte() {
         EDGE_MAC,
         node_mac(PG_A),
         (VIP, 40100),
-        (PG_A, 5432),
+        (PG_A, PG_PORT),
     );
     assert_eq!(out, want, "every byte of the rewritten SYN");
     assert_csums(&out);
+    // A SYN starts a handshake: both entries in the handshake table, no slot taken.
+    assert_eq!(k.handshakes().len(), 2, "forward and reply entries");
+    assert!(k.flows().is_empty(), "nothing established yet");
+    assert_eq!(k.conns(bid), 0, "a half-open flow holds no slot");
+    // The client's ACK of the node's SYN-ACK completes it: the slot is taken, both entries
+    // move to the conntrack table.
+    let c = Conn {
+        client: (CLIENT, 40100),
+        vport: 5000,
+        node: PG_A,
+        snat: 40100,
+    };
+    c.passes(&mut k, &c.syn_ack(), "SYN-ACK");
+    assert_eq!(k.conns(bid), 0, "the SYN-ACK alone takes no slot");
+    c.passes(&mut k, &c.client_seg(), "the completing ACK");
     assert_eq!(k.flows().len(), 2, "forward and reply entries");
-    assert_eq!(
-        k.maps
-            .active_conns(k.applied.backend_ids[&("pg/PG1".into(), "a".into())]),
-        1
-    );
+    assert!(k.handshakes().is_empty(), "moved, not copied");
+    assert_eq!(k.conns(bid), 1);
 }
 
 #[test]
 fn syn_to_read_port_goes_to_replicas_in_turn() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..6u16 {
         let syn = client_syn(52000 + i, 5001);
@@ -300,8 +668,7 @@ fn syn_to_read_port_goes_to_replicas_in_turn() {
 
 #[test]
 fn reply_path_is_translated_back_to_the_client() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let (node, snat_port) = open(&mut k, 51001, 5000);
     let synack = Tcp::new((node, 5432), (VIP, snat_port))
         .syn()
@@ -359,8 +726,7 @@ fn reply_path_is_translated_back_to_the_client() {
 
 #[test]
 fn unknown_mid_flow_packet_gets_a_reset_not_a_black_hole() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let stray = Tcp::new((CLIENT, 53000), (VIP, 5000))
         .ack(424242)
         .seq(1234)
@@ -401,8 +767,7 @@ fn unknown_mid_flow_packet_gets_a_reset_not_a_black_hole() {
 
 #[test]
 fn withdrawn_backend_resets_both_ends_and_forgets_the_flow() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let (node, snat_port) = open(&mut k, 51002, 5000);
     assert_eq!(node, PG_A);
     let (node2, snat2) = open(&mut k, 51003, 5000);
@@ -489,167 +854,229 @@ fn drained_backend_keeps_its_sessions_but_takes_no_new_ones() {
 #[test]
 fn maxconn_drops_syns_beyond_the_limit_and_frees_slots_on_close() {
     let mut k = K::new();
-    let mut l = standard();
-    l[0].backends[0].maxconn = 2;
-    k.publish(&l);
-    let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
-    open(&mut k, 51010, 5000);
-    let (_, snat) = open(&mut k, 51011, 5000);
+    k.publish(&primary_with_maxconn(2));
+    let bid = k.primary();
+    handshake(&mut k, (CLIENT, 51010), 5000);
+    let c = handshake(&mut k, (CLIENT, 51011), 5000);
+    assert_eq!(k.conns(bid), 2);
     let (v, _) = k.run(&client_syn(51012, 5000).build(&[]));
     assert_eq!(v, XDP_DROP, "third SYN is over maxconn");
-    assert_eq!(k.maps.active_conns(bid), 2);
+    assert_eq!(k.conns(bid), 2);
     let sid = k.applied.service_ids["pg/PG1"];
     assert_eq!(k.maps.service_stats(sid).drop_maxconn, 1);
     assert_eq!(k.maps.backend_stats(bid).drop_maxconn, 1);
-    // Close one flow: FIN from the client, FIN from the backend.
-    let fin = Tcp::new((CLIENT, 51011), (VIP, 5000))
-        .fin()
-        .ack(1)
-        .seq(7778)
-        .macs(CLIENT_MAC, EDGE_MAC);
-    assert_eq!(k.run(&fin.build(&[])).0, XDP_TX);
-    assert_eq!(k.maps.active_conns(bid), 2, "half-closed still counts");
-    let fin2 = Tcp::new((PG_A, 5432), (VIP, snat))
-        .fin()
-        .ack(7779)
-        .seq(1)
-        .macs(node_mac(PG_A), EDGE_MAC);
-    assert_eq!(k.run(&fin2.build(&[])).0, XDP_TX);
-    assert_eq!(k.maps.active_conns(bid), 1, "closed flow frees its slot");
-    // Retransmitted FIN does not free it twice.
-    assert_eq!(k.run(&fin2.build(&[])).0, XDP_TX);
-    assert_eq!(k.maps.active_conns(bid), 1);
+    // Close one flow: the client's FIN, the node's ACK of it with its own FIN, the client's
+    // ACK of that.
+    let [fin, fin2, last_ack] = c.fins();
+    c.passes(&mut k, &fin, "client FIN");
+    c.passes(&mut k, &fin2, "node FIN");
+    assert_eq!(k.conns(bid), 2, "half-closed still counts");
+    c.passes(&mut k, &last_ack, "client's ACK of the node's FIN");
+    assert_eq!(k.conns(bid), 1, "closed flow frees its slot");
+    // Retransmitted FIN and ACK do not free it twice.
+    c.passes(&mut k, &fin2, "node FIN again");
+    c.passes(&mut k, &last_ack, "last ACK again");
+    assert_eq!(k.conns(bid), 1);
     let (v, _) = k.run(&client_syn(51012, 5000).build(&[]));
     assert_eq!(v, XDP_TX, "a slot is free again");
 }
 
+/// A flow that is not created after its backend was chosen holds no slot: a SYN dropped for
+/// want of a SNAT port never took one (slots are taken when a handshake completes), and a
+/// completion whose entries do not fit the established table gives back the slot it took.
 #[test]
 fn a_syn_dropped_after_its_backend_was_chosen_gives_the_slot_back() {
-    let mut k = K::new();
-    let mut l = standard();
-    l[0].backends[0].maxconn = 2;
-    // One SNAT port: the first flow keeps the client's port 40000, the second finds none.
+    // Room for two established flows (two entries each).
+    let mut k = K::with_conntrack(4);
+    let l = primary_with_maxconn(3);
+    // One SNAT port: the first flow keeps the client's port 40000, the next SYN finds none.
     k.publish_with(&l, (40000, 40000));
-    let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
+    let bid = k.primary();
     let sid = k.applied.service_ids["pg/PG1"];
-    open(&mut k, 40000, 5000);
+    let first = handshake(&mut k, (CLIENT, 40000), 5000);
     let (v, _) = k.run(&client_syn(51030, 5000).build(&[]));
     assert_eq!(v, XDP_DROP, "no SNAT port left");
     assert_eq!(k.maps.service_stats(sid).drop_snat_exhausted, 1);
-    assert_eq!(
-        k.maps.active_conns(bid),
-        1,
-        "the dropped SYN's slot was given back"
-    );
-    // With ports again, exactly one more flow fits under maxconn 2.
+    assert_eq!(k.conns(bid), 1, "the dropped SYN holds no slot");
+    // With ports again: a second flow fills the table; the third completion takes a slot
+    // (one of three is free), finds no room, and gives the slot back.
     k.publish_with(&l, SNAT);
-    open(&mut k, 51031, 5000);
-    let (v, _) = k.run(&client_syn(51032, 5000).build(&[]));
-    assert_eq!(v, XDP_DROP, "maxconn 2 reached");
-    assert_eq!(k.maps.active_conns(bid), 2);
-    assert_eq!(k.maps.service_stats(sid).drop_maxconn, 1);
-}
-
-/// BPF_PROG_TEST_RUN straight from a thread: aya's wrapper needs `&mut` on the program.
-fn raw_test_run(prog_fd: i32, frame: &[u8], ifindex: u32) -> u32 {
-    let ctx = xdp_md(frame.len(), ifindex);
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
-    attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
-    attr[32..36].copy_from_slice(&1u32.to_ne_bytes()); // repeat
-    attr[40..44].copy_from_slice(&(ctx.len() as u32).to_ne_bytes());
-    attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: `union bpf_attr`'s test member, zero-padded; the buffers outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, 10, attr.as_mut_ptr(), attr.len() as u32) };
+    handshake(&mut k, (CLIENT, 51031), 5000);
+    let third = half_open(&mut k, (CLIENT, 51032), 5000);
+    assert_eq!(verdict(&mut k, &third.client_seg()), XDP_DROP, "table full");
+    assert_eq!(k.maps.counter(counter::DROP_CT_FULL), 1);
+    assert_eq!(k.maps.service_stats(sid).drop_ct_full, 1);
     assert_eq!(
-        r,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
+        k.conns(bid),
+        2,
+        "the failed completion's slot was given back"
     );
-    u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]])
+    assert_eq!(
+        k.handshakes().len(),
+        2,
+        "the handshake waits for a retransmission"
+    );
+    // Room again: the retransmitted ACK completes it, and takes exactly one slot.
+    let reap = GcRequest {
+        op: GC_OP_REAP,
+        flags: GC_F_FORCE,
+        key: first.fwd_key(),
+        ..Default::default()
+    };
+    assert_eq!(k.gc(&reap), XDP_DROP, "first flow reaped");
+    assert_eq!(k.conns(bid), 1);
+    third.passes(&mut k, &third.client_seg(), "retransmitted ACK");
+    assert_eq!(k.conns(bid), 2);
 }
 
-/// Concurrent SYNs on every CPU never take more than `maxconn` slots. Each round raises
-/// maxconn by one and every CPU sends a SYN at the same moment: exactly one may get the new
-/// slot. Holds however the CPUs interleave, because testing and taking a slot is one atomic
-/// fetch-add (with a read-then-add, two CPUs that read the same count both took the slot).
-#[test]
-fn maxconn_holds_under_concurrent_syns_on_every_cpu() {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    use std::sync::Barrier;
-    const ROUNDS: u32 = 300;
-    let mut k = K::with_conntrack(65536);
-    let mut l = standard();
-    let bid = {
-        k.publish(&l);
-        k.applied.backend_ids[&("pg/PG1".into(), "a".into())]
-    };
-    let fd = {
-        let xdp: &Xdp =
-            k.dp.ebpf
-                .program(PROGRAM_NAME)
-                .expect("program")
-                .try_into()
-                .expect("xdp");
-        xdp.fd().expect("loaded").as_fd().as_raw_fd()
-    };
-    let ifindex = k.ifindex;
-    let cpus = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 16);
-    let (go, done) = (Barrier::new(cpus + 1), Barrier::new(cpus + 1));
-    let made = std::sync::atomic::AtomicU32::new(0);
-    let mut over = Vec::new();
+/// One racer's job: a frame for a program.
+type Job = (Raw, Vec<u8>);
+
+/// Runs `rounds` races of `racers` threads, each pinned to its own CPU where there are
+/// enough. Before each round `prepare` (main thread) returns one job per racer; the racers
+/// run their jobs at the same moment; then `check` sees the verdicts in racer order. The
+/// racers assert nothing, and a failing `prepare` or `check` stops them at the next barrier
+/// before the failure is raised, so no thread is left waiting.
+fn race(
+    k: &mut K,
+    racers: usize,
+    rounds: u32,
+    mut prepare: impl FnMut(&mut K, u32) -> Vec<Job>,
+    mut check: impl FnMut(&mut K, u32, &[u32]),
+) {
+    let (go, done) = (Barrier::new(racers + 1), Barrier::new(racers + 1));
+    let jobs: Vec<Mutex<Option<Job>>> = (0..racers).map(|_| Mutex::new(None)).collect();
+    let verdicts: Vec<AtomicU32> = (0..racers).map(|_| AtomicU32::new(0)).collect();
+    let stop = AtomicBool::new(false);
+    let cpus = racers_per_cpu();
+    let mut failure = None;
     std::thread::scope(|s| {
-        for cpu in 0..cpus {
-            let (go, done, made) = (&go, &done, &made);
+        for (i, (job, verdict)) in jobs.iter().zip(&verdicts).enumerate() {
+            let (go, done, stop) = (&go, &done, &stop);
             s.spawn(move || {
-                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-                }
-                for round in 0..ROUNDS {
-                    let sport = 1024 + (round * cpus as u32 + cpu as u32) as u16;
-                    let frame = client_syn(sport, 5000).build(&[]);
+                pin_to_cpu(i % cpus);
+                loop {
                     go.wait();
-                    if raw_test_run(fd, &frame, ifindex) == XDP_TX {
-                        made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if stop.load(SeqCst) {
+                        done.wait();
+                        return;
                     }
+                    let job = job.lock().ok().and_then(|mut j| j.take());
+                    let v = job.map_or(u32::MAX, |(mut raw, frame)| raw.run(&frame).0);
+                    verdict.store(v, SeqCst);
                     done.wait();
                 }
             });
         }
-        for round in 1..=ROUNDS {
-            l[0].backends[0].maxconn = round;
-            k.publish(&l);
+        for round in 0..rounds {
+            let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let next = prepare(k, round);
+                assert_eq!(next.len(), racers, "one job per racer");
+                for (slot, j) in jobs.iter().zip(next) {
+                    *slot.lock().expect("job slot") = Some(j);
+                }
+            }));
+            if let Err(e) = prepared {
+                failure = Some(e);
+                break;
+            }
             go.wait();
             done.wait();
-            let n = made.load(std::sync::atomic::Ordering::SeqCst);
-            if n > round {
-                over.push((round, n));
+            let vs: Vec<u32> = verdicts.iter().map(|v| v.load(SeqCst)).collect();
+            if let Err(e) = std::panic::catch_unwind(AssertUnwindSafe(|| check(k, round, &vs))) {
+                failure = Some(e);
+                break;
             }
         }
+        stop.store(true, SeqCst);
+        go.wait();
+        done.wait();
     });
-    assert!(
-        over.is_empty(),
-        "{cpus} CPUs took more slots than maxconn (round, flows): {over:?}"
-    );
-    assert_eq!(made.into_inner(), ROUNDS, "one new slot per round, taken");
-    assert_eq!(k.maps.active_conns(bid), ROUNDS);
+    if let Some(e) = failure {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// Handshakes completing at once on every CPU never take more than `maxconn` slots. Each
+/// round raises maxconn by one, opens one half-open flow per CPU (SYN, SYN-ACK), and every CPU
+/// sends its flow's completing ACK at the same moment: exactly one may take the new slot, the
+/// others wait (`drop_wait_slot`). Holds however the CPUs interleave, because testing and
+/// taking a slot is one atomic fetch-add (with a read-then-add, two CPUs that read the same
+/// count both took the slot).
+#[test]
+fn maxconn_holds_under_concurrent_handshake_completions_on_every_cpu() {
+    const ROUNDS: u32 = 300;
+    // Wide: the waiting flows keep their SNAT ports until the end.
+    const PORTS: (u16, u16) = (10000, 60000);
+    let mut k = K::with_conntrack(65536);
+    let mut l = standard();
+    k.publish_with(&l, PORTS);
+    let bid = k.primary();
+    let raw = k.raw(PROGRAM_NAME);
+    let cpus = racers_per_cpu();
+    let prepare = |k: &mut K, round: u32| {
+        l[0].backends[0].maxconn = round + 1;
+        k.publish_with(&l, PORTS);
+        (0..cpus)
+            .map(|i| {
+                let sport = 1024 + (round as usize * cpus + i) as u16;
+                let c = half_open(k, (CLIENT, sport), 5000);
+                (raw, c.client_seg().build(&[]))
+            })
+            .collect()
+    };
+    let check = |k: &mut K, round: u32, verdicts: &[u32]| {
+        let made = verdicts.iter().filter(|v| **v == XDP_TX).count();
+        assert_eq!(
+            made, 1,
+            "round {round}: completions that took the one new slot"
+        );
+        assert_eq!(k.conns(bid), round + 1, "round {round}: slots taken");
+    };
+    race(&mut k, cpus, ROUNDS, prepare, check);
     assert_eq!(k.flows().len() as u32, 2 * ROUNDS, "two entries per flow");
+    let waiting = u64::from(ROUNDS) * (cpus as u64 - 1);
+    assert_eq!(k.maps.counter(counter::DROP_WAIT_SLOT), waiting);
+    assert_eq!(
+        k.handshakes().len() as u64,
+        2 * waiting,
+        "the losers still wait"
+    );
+}
+
+/// A flow ended at once by an exact RST from the client, one from the node and a forced GC
+/// reap, each on its own CPU, gives its slot back exactly once: whoever sets the closed bit
+/// first (an atomic fetch-or) releases it, the others find it set.
+#[test]
+fn racing_ends_of_one_flow_give_its_slot_back_exactly_once() {
+    const ROUNDS: u32 = 200;
+    let mut k = K::standard();
+    let bid = k.primary();
+    let (xdp, gc) = (k.raw(PROGRAM_NAME), k.raw(GC_PROGRAM_NAME));
+    let prepare = |k: &mut K, round: u32| {
+        let c = handshake(k, (CLIENT, 1024 + round as u16), 5000);
+        assert_eq!(k.conns(bid), 1, "round {round}: the flow holds a slot");
+        let reap = GcRequest {
+            op: GC_OP_REAP,
+            flags: GC_F_FORCE,
+            key: c.fwd_key(),
+            ..Default::default()
+        };
+        vec![
+            (xdp, c.client_seg().rst().build(&[])),
+            (xdp, c.node_seg().rst().build(&[])),
+            (gc, request_bytes(&reap).to_vec()),
+        ]
+    };
+    let check = |k: &mut K, round: u32, _: &[u32]| {
+        assert_eq!(k.conns(bid), 0, "round {round}: released once");
+    };
+    race(&mut k, 3, ROUNDS, prepare, check);
 }
 
 #[test]
 fn a_backend_refusing_our_syn_is_counted_a_reset_after_an_answer_is_not() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
     // Nothing listens: the backend answers the SYN with RST|ACK.
     let (node, snat) = open(&mut k, 51040, 5000);
@@ -696,28 +1123,26 @@ fn empty_write_set_drops_syns_and_never_picks_a_non_primary() {
 
 #[test]
 fn snat_port_collision_picks_another_port() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     // Two clients with the same source port (in the SNAT range) to the same primary.
-    let a = client_syn(40500, 5000);
-    let mut b = a;
-    b.src = Ipv4Addr::new(198, 18, 2, 51);
-    tests::sh("ip neigh add 198.18.2.51 lladdr 02:c1:00:00:00:51 dev k0 nud permanent")
-        .expect("neigh");
-    let (_, o1) = k.run(&a.build(&[]));
-    let (v, o2) = k.run(&b.build(&[]));
-    assert_eq!(v, XDP_TX);
-    let (p1, p2) = (assert_csums(&o1), assert_csums(&o2));
-    assert_eq!(p1.sport, 40500);
-    assert_ne!(p2.sport, 40500, "never two flows on one tuple");
-    assert!((SNAT.0..=SNAT.1).contains(&p2.sport));
+    let a = syn(&mut k, (CLIENT, 40500), 5000);
+    let b = syn(&mut k, (CLIENT2, 40500), 5000);
+    assert_eq!(a.snat, 40500);
+    assert_ne!(b.snat, 40500, "never two flows on one tuple");
+    assert!((SNAT.0..=SNAT.1).contains(&b.snat));
+    assert_eq!(k.handshakes().len(), 4);
+    // Both complete, each on its own port.
+    for c in [a, b] {
+        c.passes(&mut k, &c.syn_ack(), "SYN-ACK");
+        c.passes(&mut k, &c.client_seg(), "ACK");
+    }
     assert_eq!(k.flows().len(), 4);
+    assert!(k.handshakes().is_empty());
 }
 
 #[test]
 fn traffic_not_for_a_service_passes_untouched() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "ssh to the edge host",
@@ -778,8 +1203,7 @@ fn traffic_not_for_a_service_passes_untouched() {
 
 #[test]
 fn frames_flooded_to_us_for_another_host_are_left_alone() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     // A switch that lost track of the VIP owner floods the frame: its destination MAC is the
     // other edge host's. Answering it would open a second flow for the same client.
     let other = client_syn(51050, 5000)
@@ -796,8 +1220,7 @@ fn frames_flooded_to_us_for_another_host_are_left_alone() {
 
 #[test]
 fn every_truncation_of_a_valid_frame_passes_untouched() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let full = client_syn(51030, 5000).build(b"payload!");
     for len in 14..full.len() {
         let frame = &full[..len];
@@ -811,8 +1234,7 @@ fn every_truncation_of_a_valid_frame_passes_untouched() {
 
 #[test]
 fn random_and_mutated_frames_never_crash_or_misroute() {
-    let mut k = K::new();
-    k.publish(&standard());
+    let mut k = K::standard();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -866,24 +1288,567 @@ fn random_and_mutated_frames_never_crash_or_misroute() {
     }
 }
 
+/// A data path with the test timeouts and one established flow to the primary, whose
+/// `maxconn` is 1 (so a slot that did not come back blocks the next flow).
+fn one_flow() -> (K, Conn) {
+    let mut k = K::new();
+    k.publish(&primary_with_maxconn(1));
+    k.maps.set_timeouts(&TIMEOUTS).expect("timeouts");
+    let c = handshake(&mut k, (CLIENT, 51200), 5000);
+    assert_eq!(
+        k.conns(k.primary()),
+        1,
+        "the completed handshake took the slot"
+    );
+    (k, c)
+}
+
+/// The primary's slot came back exactly once: its count is 0 (not below), and a new flow
+/// (from `CLIENT2`:`sport`) completes on it and takes it. Returns that flow.
+fn assert_slot_back(k: &mut K, sport: u16) -> Conn {
+    let bid = k.primary();
+    assert_eq!(
+        k.conns(bid),
+        0,
+        "slot given back once (below zero reads near u32::MAX)"
+    );
+    let c = handshake(k, (CLIENT2, sport), 5000);
+    assert_eq!(k.conns(bid), 1, "the freed slot serves a new flow");
+    c
+}
+
+/// Ages flow `c` to [`MARGIN`] short of `timeout`, where segment `alive` still passes, then
+/// [`MARGIN`] past it, where the flow is treated as absent: the client's non-SYN `dead` gets
+/// a RST, both entries are gone, the expiry is counted, and the primary's count is 0.
+fn assert_expires_after(k: &mut K, c: &Conn, timeout: u64, alive: &Tcp, dead: &Tcp) {
+    let expired = k.maps.counter(counter::EXPIRED_ON_PACKET);
+    k.backdate(c, timeout - MARGIN);
+    c.passes(k, alive, "just before the timeout");
+    k.backdate(c, timeout + MARGIN);
+    assert_reset(k, dead, "just after the timeout");
+    assert_eq!(
+        k.maps.counter(counter::EXPIRED_ON_PACKET),
+        expired + 1,
+        "the expiry is counted"
+    );
+    assert!(!k.tracked(c), "both entries gone");
+    assert_eq!(k.conns(k.primary()), 0, "no slot held");
+}
+
+/// A handshake lives `handshake` from its first SYN, never extended by retransmissions: the
+/// node's SYN-ACK retransmitted just before the timeout still reaches the client; the
+/// client's ACK just after finds no flow and gets a RST; a SYN on the tuple starts afresh.
+/// No slot is held at any point.
+#[test]
+fn a_handshake_expires_the_handshake_timeout_after_its_first_syn() {
+    let mut k = K::standard();
+    k.maps.set_timeouts(&TIMEOUTS).expect("timeouts");
+    let c = half_open(&mut k, (CLIENT, 51100), 5000);
+    k.backdate(&c, MARGIN);
+    c.passes(&mut k, &c.syn(), "retransmitted SYN");
+    let f = k.maps.handshake.get(&c.fwd_key(), 0).expect("handshake");
+    assert!(
+        monotonic_ns() - f.last_seen >= MARGIN,
+        "a retransmitted SYN does not refresh the handshake"
+    );
+    assert_expires_after(
+        &mut k,
+        &c,
+        TIMEOUTS.handshake_ns,
+        &c.syn_ack(),
+        &c.client_seg(),
+    );
+    let again = syn(&mut k, c.client, c.vport);
+    let f = k
+        .maps
+        .handshake
+        .get(&again.fwd_key(), 0)
+        .expect("new handshake");
+    assert!(monotonic_ns() - f.last_seen < MARGIN, "a fresh start");
+    assert_eq!(k.handshakes().len(), 2);
+    assert_eq!(k.conns(k.primary()), 0);
+}
+
+/// Zero timeouts (the controller wrote none) mean the ABI defaults: a handshake lives
+/// `DEFAULT_TIMEOUT_HANDSHAKE_NS`.
+#[test]
+fn zero_timeouts_mean_the_defaults() {
+    let mut k = K::standard();
+    k.maps.set_timeouts(&Timeouts::default()).expect("timeouts");
+    let c = half_open(&mut k, (CLIENT, 51110), 5000);
+    let timeout = router_ebpf::DEFAULT_TIMEOUT_HANDSHAKE_NS;
+    assert_expires_after(&mut k, &c, timeout, &c.syn_ack(), &c.client_seg());
+}
+
+/// An established flow lives while either direction spoke within `established`: idle on
+/// one side only keeps it; idle both ways past it, the client's next segment gets a RST, the
+/// slot comes back, and a SYN on the tuple starts a new flow.
+#[test]
+fn an_established_flow_expires_after_idling_the_established_timeout_both_ways() {
+    let (mut k, c) = one_flow();
+    k.backdate_key(&c.fwd_key(), TIMEOUTS.established_ns + MARGIN);
+    c.passes(&mut k, &c.client_seg(), "the client idle, the node not");
+    let probe = c.client_seg();
+    assert_expires_after(&mut k, &c, TIMEOUTS.established_ns, &probe, &probe);
+    syn(&mut k, c.client, c.vport);
+    assert_eq!(k.handshakes().len(), 2, "a new handshake on the old tuple");
+}
+
+/// A flow with a FIN seen (half-closed: the other side may still send) lives `closing`
+/// past its last segment, then ends and gives its slot back.
+#[test]
+fn a_closing_flow_expires_after_the_closing_timeout() {
+    let (mut k, c) = one_flow();
+    c.passes(&mut k, &c.client_seg().fin(), "client FIN");
+    assert_eq!(k.conns(k.primary()), 1, "closing still holds the slot");
+    let probe = c.client_seg().seq(CLIENT_ISN + 2);
+    assert_expires_after(&mut k, &c, TIMEOUTS.closing_ns, &probe, &probe);
+}
+
+/// A closed flow (both FINs acknowledged, slot already back) still translates late
+/// retransmissions for `closed`, then is treated as absent; its slot is not given back
+/// again.
+#[test]
+fn a_closed_flow_translates_late_segments_until_the_closed_timeout() {
+    let (mut k, c) = one_flow();
+    close_by_fins(&mut k, &c);
+    assert_eq!(k.conns(k.primary()), 0);
+    let [_, _, last_ack] = c.fins();
+    assert_expires_after(&mut k, &c, TIMEOUTS.closed_ns, &last_ack, &last_ack);
+    assert_slot_back(&mut k, 51201);
+}
+
+/// A closed flow's SNAT port is free at once: with a one-port range, a second client's SYN
+/// is dropped while the first flow is open and takes the same port as soon as that flow
+/// closed, long before its closed timeout (`snat_reused`).
+#[test]
+fn a_closed_flows_snat_port_is_reused_at_once() {
+    let mut k = K::new();
+    k.publish_with(&standard(), (40000, 40000));
+    let sid = k.applied.service_ids["pg/PG1"];
+    let first = handshake(&mut k, (CLIENT, 52000), 5000);
+    assert_eq!(first.snat, 40000);
+    let next = syn_from((CLIENT2, 52001), 5000);
+    assert_eq!(verdict(&mut k, &next), XDP_DROP, "the only port is in use");
+    assert_eq!(k.maps.service_stats(sid).drop_snat_exhausted, 1);
+    close_by_fins(&mut k, &first);
+    let second = handshake(&mut k, (CLIENT2, 52001), 5000);
+    assert_eq!(second.snat, 40000, "the closed flow's port");
+    assert_eq!(k.maps.counter(counter::SNAT_REUSED), 1);
+    assert!(k.fwd(&first).is_none(), "the closed flow made way");
+    let [_, _, last_ack] = first.fins();
+    assert_reset(&mut k, &last_ack, "a late segment of the closed flow");
+    assert_eq!(k.conns(k.primary()), 1);
+}
+
+/// Both FINs acknowledged close the flow and give its slot back once: retransmitted
+/// closing segments, and a SYN that reuses the closed tuple (a new flow), give nothing back
+/// again.
+#[test]
+fn both_fins_acknowledged_give_the_slot_back_once() {
+    let (mut k, c) = one_flow();
+    close_by_fins(&mut k, &c);
+    let f = k.fwd(&c).expect("a closed flow lingers");
+    assert_ne!(f.flags & FLOW_F_CLOSED, 0, "closed");
+    close_by_fins(&mut k, &c);
+    assert_eq!(k.conns(k.primary()), 0);
+    syn(&mut k, c.client, c.vport);
+    assert!(
+        k.fwd(&c).is_none(),
+        "the closed flow made way for the new one"
+    );
+    assert_eq!(k.handshakes().len(), 2);
+    assert_slot_back(&mut k, 51201);
+}
+
+/// A RST with exactly the sequence number the other side acknowledged last closes the flow,
+/// from either side, and gives its slot back once (a repeated RST gives nothing back again).
+#[test]
+fn an_exact_rst_from_either_side_gives_the_slot_back_once() {
+    for side in ["client", "node"] {
+        let (mut k, c) = one_flow();
+        let rst = match side {
+            "client" => c.client_seg().rst(),
+            _ => c.node_seg().rst(),
+        };
+        c.passes(&mut k, &rst, &format!("exact RST from the {side}"));
+        c.passes(&mut k, &rst, &format!("repeated RST from the {side}"));
+        assert_eq!(k.maps.counter(counter::RST_NOT_EXACT), 0);
+        assert_slot_back(&mut k, 51201);
+    }
+}
+
+/// An expired flow is ended by the first packet that finds it, from either side: a node's
+/// segment is left to the edge host's kernel (XDP_PASS), the slot comes back once, and the
+/// client's next segment gets a RST.
+#[test]
+fn an_expiry_seen_by_a_packet_gives_the_slot_back_once() {
+    let (mut k, c) = one_flow();
+    k.backdate(&c, TIMEOUTS.established_ns + MARGIN);
+    assert_eq!(
+        verdict(&mut k, &c.node_seg()),
+        XDP_PASS,
+        "not ours any more"
+    );
+    assert!(!k.tracked(&c));
+    assert_eq!(k.maps.counter(counter::EXPIRED_ON_PACKET), 1);
+    assert_reset(&mut k, &c.client_seg(), "the client's next segment");
+    assert_slot_back(&mut k, 51201);
+}
+
+/// `GC_OP_REAP` re-checks expiry by the kernel's clock: a live flow is left alone
+/// (XDP_PASS), an expired one is ended (XDP_DROP) with its slot given back once, a flow gone
+/// already is nothing to do. `GC_F_FORCE` reaps a live flow. An orphaned reply entry is
+/// reaped once it idled past the closed timeout (younger, it may be a flow being inserted);
+/// its slot is the recount's to correct with `GC_OP_ADJUST`.
+#[test]
+fn gc_reap_leaves_a_live_flow_alone_and_reaps_an_expired_one() {
+    let (mut k, c) = one_flow();
+    let bid = k.primary();
+    let reap = |key| GcRequest {
+        op: GC_OP_REAP,
+        key,
+        ..Default::default()
+    };
+    assert_eq!(k.gc(&reap(c.fwd_key())), XDP_PASS, "live: kept");
+    assert!(k.tracked(&c));
+    assert_eq!(k.conns(bid), 1);
+    k.backdate(&c, TIMEOUTS.established_ns + MARGIN);
+    assert_eq!(k.gc(&reap(c.fwd_key())), XDP_DROP, "expired: reaped");
+    assert!(!k.tracked(&c));
+    assert_eq!(k.gc(&reap(c.fwd_key())), XDP_PASS, "gone already");
+    let live = assert_slot_back(&mut k, 51201);
+    let forced = GcRequest {
+        flags: GC_F_FORCE,
+        ..reap(live.fwd_key())
+    };
+    assert_eq!(k.gc(&forced), XDP_DROP, "forced");
+    assert!(!k.tracked(&live));
+    assert_eq!(k.conns(bid), 0);
+    let orphan = handshake(&mut k, (CLIENT, 51202), 5000);
+    k.maps
+        .conntrack
+        .remove(&orphan.fwd_key())
+        .expect("drop fwd");
+    assert_eq!(k.gc(&reap(orphan.reply_key())), XDP_PASS, "young orphan");
+    k.backdate_key(&orphan.reply_key(), TIMEOUTS.closed_ns + MARGIN);
+    assert_eq!(k.gc(&reap(orphan.reply_key())), XDP_DROP, "old orphan");
+    assert!(!k.tracked(&orphan));
+    assert_eq!(k.conns(bid), 1, "left for the recount");
+    let adjust = GcRequest {
+        op: GC_OP_ADJUST,
+        backend_id: bid,
+        delta: -1,
+        ..Default::default()
+    };
+    assert_eq!(k.gc(&adjust), XDP_DROP);
+    assert_eq!(k.conns(bid), 0);
+}
+
+/// `GC_OP_ADJUST` adds its delta to a backend's slot count atomically: adjustments run at
+/// the same moment on every CPU all land, a negative delta subtracts, and a bad backend id, op or request
+/// length is refused (XDP_ABORTED).
+#[test]
+fn gc_adjust_adds_to_the_slot_count_atomically() {
+    const PER_CPU: u32 = 2000;
+    let mut k = K::standard();
+    let bid = k.primary();
+    let one = GcRequest {
+        op: GC_OP_ADJUST,
+        backend_id: bid,
+        delta: 1,
+        ..Default::default()
+    };
+    let job = (k.raw(GC_PROGRAM_NAME), request_bytes(&one).to_vec());
+    let cpus = racers_per_cpu();
+    let prepare = |_: &mut K, _| vec![job.clone(); cpus];
+    let check = |k: &mut K, round: u32, verdicts: &[u32]| {
+        assert!(verdicts.iter().all(|v| *v == XDP_DROP), "{verdicts:?}");
+        assert_eq!(k.conns(bid), (round + 1) * cpus as u32, "round {round}");
+    };
+    race(&mut k, cpus, PER_CPU, prepare, check);
+    let total = PER_CPU * cpus as u32;
+    assert_eq!(k.conns(bid), total, "every adjustment landed");
+    let back = GcRequest {
+        delta: -(total as i32),
+        ..one
+    };
+    assert_eq!(k.gc(&back), XDP_DROP);
+    assert_eq!(k.conns(bid), 0);
+    let bad_id = GcRequest {
+        backend_id: MAX_BACKENDS,
+        ..one
+    };
+    assert_eq!(k.gc(&bad_id), XDP_ABORTED, "no such backend");
+    assert_eq!(
+        k.gc(&GcRequest { op: 99, ..one }),
+        XDP_ABORTED,
+        "no such op"
+    );
+    let short = &request_bytes(&one)[..20];
+    assert_eq!(k.run_on(GC_PROGRAM_NAME, short).0, XDP_ABORTED, "short");
+    assert_eq!(k.conns(bid), 0, "refused requests change nothing");
+}
+
+/// A new flow that takes over the SNAT port of an expired flow ends it and gives its slot
+/// back once; taking over a closed flow's port gives nothing back again. (No `maxconn`: an
+/// expired flow counts until something ends it, so at a limit of 1 the new SYN would be
+/// dropped before it reached the port.)
+#[test]
+fn a_snat_take_over_gives_the_old_flows_slot_back_once() {
+    let mut k = K::new();
+    k.publish_with(&standard(), (40000, 40000));
+    k.maps.set_timeouts(&TIMEOUTS).expect("timeouts");
+    let bid = k.primary();
+    let old = handshake(&mut k, (CLIENT, 51300), 5000);
+    k.backdate(&old, TIMEOUTS.established_ns + MARGIN);
+    let new = syn(&mut k, (CLIENT2, 51301), 5000);
+    assert_eq!((old.snat, new.snat), (40000, 40000));
+    assert_eq!(k.maps.counter(counter::SNAT_REUSED), 1);
+    assert!(k.fwd(&old).is_none(), "the expired flow is ended");
+    assert_eq!(
+        k.conns(bid),
+        0,
+        "its slot is back; the new handshake holds none"
+    );
+    new.passes(&mut k, &new.syn_ack(), "SYN-ACK");
+    new.passes(&mut k, &new.client_seg(), "ACK");
+    assert_eq!(k.conns(bid), 1);
+    close_by_fins(&mut k, &new);
+    assert_eq!(k.conns(bid), 0);
+    let third = syn(&mut k, (CLIENT, 51302), 5000);
+    assert_eq!(third.snat, 40000);
+    assert_eq!(k.maps.counter(counter::SNAT_REUSED), 2);
+    assert_eq!(
+        k.conns(bid),
+        0,
+        "a closed flow's slot is not given back twice"
+    );
+}
+
+/// While a backend is shut down its count belongs to userspace: a packet that ends one of
+/// its flows gives nothing back; the controller's sweep resets the rest and zeroes the
+/// count; reactivated, the backend counts from zero.
+#[test]
+fn a_shut_down_backends_count_is_zeroed_by_the_sweep_not_by_packets() {
+    let mut k = K::standard();
+    let bid = k.primary();
+    let first = handshake(&mut k, (CLIENT, 51400), 5000);
+    let second = handshake(&mut k, (CLIENT, 51401), 5000);
+    assert_eq!(k.conns(bid), 2);
+    let mut l = standard();
+    l[0].backends[0].state = Shutdown;
+    l[0].backends[1].state = Active;
+    k.publish(&l);
+    assert_reset(&mut k, &first.client_seg(), "a shut-down backend's flow");
+    assert_eq!(k.maps.counter(counter::RST_SHUTDOWN), 1);
+    assert!(!k.tracked(&first));
+    assert_eq!(k.conns(bid), 2, "the kernel leaves the count to userspace");
+    let swept = sweep::shutdown_sessions(&mut k.maps, &BTreeSet::from([bid]));
+    assert_eq!(swept, 1, "the other flow is reset by the sweep");
+    assert!(!k.tracked(&second));
+    assert_eq!(k.conns(bid), 0);
+    assert_reset(&mut k, &second.client_seg(), "after the sweep");
+    assert_eq!(k.conns(bid), 0);
+    k.publish(&standard());
+    assert_eq!(k.conns(bid), 0, "reactivated: counts from zero");
+    let third = handshake(&mut k, (CLIENT, 51402), 5000);
+    assert_eq!(k.conns(bid), 1);
+    close_by_fins(&mut k, &third);
+    assert_eq!(k.conns(bid), 0);
+}
+
+/// A RST closes a flow only with exactly the sequence number the other side acknowledged
+/// last (RFC 5961): any other is forwarded for the endpoint to judge (it answers with a
+/// challenge ACK), counted `rst_not_exact`, and closes nothing. In the handshake, the
+/// client's RST must carry ISN + 1.
+#[test]
+fn a_rst_with_the_wrong_sequence_number_is_forwarded_but_closes_nothing() {
+    let (mut k, c) = one_flow();
+    let bid = k.primary();
+    let forged = [
+        c.client_seg().rst().seq(CLIENT_ISN + 1001),
+        c.node_seg().rst().seq(NODE_ISN),
+    ];
+    for (i, t) in forged.iter().enumerate() {
+        c.passes(&mut k, t, &format!("forged RST {i}"));
+    }
+    assert_eq!(k.maps.counter(counter::RST_NOT_EXACT), 2);
+    assert_eq!(k.conns(bid), 1, "slot still held");
+    let f = k.fwd(&c).expect("still tracked");
+    assert_eq!(f.flags & FLOW_F_CLOSED, 0, "not closed");
+    c.passes(&mut k, &c.client_seg(), "the flow carries on");
+    c.passes(&mut k, &c.node_seg().rst(), "the exact RST");
+    assert_eq!(k.conns(bid), 0);
+    assert_eq!(k.maps.counter(counter::RST_NOT_EXACT), 2);
+    let h = syn(&mut k, (CLIENT2, 51501), 5000);
+    h.passes(
+        &mut k,
+        &h.client_seg().rst().seq(CLIENT_ISN + 100),
+        "forged",
+    );
+    assert_eq!(k.maps.counter(counter::RST_NOT_EXACT), 3);
+    assert!(k.tracked(&h), "the handshake goes on");
+    h.passes(&mut k, &h.client_seg().rst(), "the client's RST at ISN + 1");
+    assert!(!k.tracked(&h), "the handshake is over");
+}
+
+/// A FIN counts only once the other side acknowledges it: a node FIN whose ACK falls short
+/// of the client's FIN leaves the flow open with its slot, until the node acknowledges it.
+#[test]
+fn a_fin_not_acknowledged_by_the_other_side_does_not_close() {
+    let (mut k, c) = one_flow();
+    let bid = k.primary();
+    c.passes(&mut k, &c.client_seg().fin(), "client FIN");
+    c.passes(
+        &mut k,
+        &c.node_seg().fin(),
+        "node FIN, short of the client's",
+    );
+    let ack = c.client_seg().seq(CLIENT_ISN + 2).ack(NODE_ISN + 2);
+    c.passes(&mut k, &ack, "client's ACK of the node's FIN");
+    let f = k.fwd(&c).expect("still tracked");
+    let bits = FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND | FLOW_F_CLOSED;
+    assert_eq!(
+        f.flags & bits,
+        FLOW_F_FIN_BACKEND,
+        "only the node's FIN counts"
+    );
+    assert_eq!(k.conns(bid), 1, "open");
+    let ack = c.node_seg().seq(NODE_ISN + 2).ack(CLIENT_ISN + 2);
+    c.passes(&mut k, &ack, "node's ACK of the client's FIN");
+    let f = k.fwd(&c).expect("closed, lingering");
+    assert_eq!(f.flags & bits, bits);
+    assert_eq!(k.conns(bid), 0);
+}
+
+/// A RST "from the node" during the handshake is a refusal (nothing listens) only if it
+/// acknowledges exactly the client's ISN + 1; any other is forwarded, counted
+/// `rst_forged_refusal`, and neither ends the handshake nor counts as refused.
+#[test]
+fn a_node_rst_in_the_handshake_is_a_refusal_only_if_it_acknowledges_isn_plus_one() {
+    let mut k = K::standard();
+    let bid = k.primary();
+    let c = syn(&mut k, (CLIENT, 51600), 5000);
+    let refusal = c.node_seg().rst().seq(0);
+    let mut no_ack = refusal;
+    no_ack.ack_flag = false;
+    let forged = [refusal.ack(CLIENT_ISN + 2), refusal.ack(CLIENT_ISN), no_ack];
+    for (i, t) in forged.iter().enumerate() {
+        c.passes(&mut k, t, &format!("forged refusal {i}"));
+        assert!(k.tracked(&c), "forged refusal {i}: the handshake goes on");
+    }
+    assert_eq!(k.maps.counter(counter::RST_FORGED_REFUSAL), 3);
+    assert_eq!(k.maps.backend_stats(bid).refused, 0);
+    c.passes(&mut k, &refusal, "the refusal");
+    assert_eq!(k.maps.backend_stats(bid).refused, 1);
+    assert!(!k.tracked(&c), "the handshake is over");
+    assert_eq!(k.conns(bid), 0);
+}
+
+/// The write listener with no member: every node shut down, holding SYNs `hold_ms`.
+fn empty_write_set(hold_ms: u32) -> Vec<DesiredListener> {
+    let mut l = standard();
+    for b in &mut l[0].backends {
+        b.state = Shutdown;
+    }
+    l[0].empty_hold_ms = hold_ms;
+    l
+}
+
+/// The data path answers the SYN from `sport` to the empty write listener with its own
+/// RST|ACK (seq 0, acknowledging the SYN: ISN + 1), counted `rst_no_backend`; no flow.
+fn assert_syn_refused(k: &mut K, sport: u16) {
+    let sid = k.applied.service_ids["pg/PG1"];
+    let before = k.maps.service_stats(sid).rst_no_backend;
+    let p = assert_reset(k, &client_syn(sport, 5000), "SYN to an empty set");
+    assert!(p.tcp.ack && !p.tcp.syn, "RST|ACK: {p:?}");
+    assert_eq!(
+        (p.tcp.sequence_number, p.tcp.acknowledgment_number),
+        (0, CLIENT_ISN + 1)
+    );
+    assert_eq!(k.maps.service_stats(sid).rst_no_backend, before + 1);
+    assert!(k.handshakes().is_empty() && k.flows().is_empty());
+}
+
+/// A SYN to an empty set is held (dropped silently, so the client's retransmission
+/// connects once a backend exists) while now < empty_since + hold, then answered by a RST;
+/// republishing the empty set keeps its stamp, so it never extends the hold.
+#[test]
+fn a_syn_to_an_empty_set_is_held_until_the_hold_ends_then_reset() {
+    let mut k = K::new();
+    // Empty for 5 s: an 8 s hold has 3 s left.
+    let since = monotonic_ns() - 5 * SEC;
+    k.publish_at(&empty_write_set(8_000), SNAT, since);
+    let sid = k.applied.service_ids["pg/PG1"];
+    assert_eq!(verdict(&mut k, &client_syn(51700, 5000)), XDP_DROP, "held");
+    assert_eq!(k.maps.counter(counter::DROP_SYN_HELD), 1);
+    assert_eq!(k.maps.service_stats(sid).drop_no_backend, 1);
+    assert!(k.handshakes().is_empty());
+    // A 4 s hold from the same instant is over.
+    k.publish(&empty_write_set(4_000));
+    let set = k.maps.sets.get(&sid, 0).expect("set");
+    assert_eq!(set.empty_since_ns, since, "the stamp is kept");
+    assert_syn_refused(&mut k, 51701);
+    assert_eq!(k.maps.counter(counter::RST_NO_BACKEND), 1);
+    assert_eq!(k.maps.counter(counter::DROP_SYN_HELD), 1);
+    // A member is back: SYNs connect again.
+    k.publish(&standard());
+    syn(&mut k, (CLIENT, 51702), 5000);
+}
+
+/// `on_empty = "reject"` (hold 0): a SYN to an empty set gets a RST at once.
+#[test]
+fn a_listener_rejecting_on_empty_resets_a_syn_at_once() {
+    let mut k = K::new();
+    k.publish(&empty_write_set(0));
+    assert_syn_refused(&mut k, 51710);
+    assert_eq!(k.maps.counter(counter::DROP_SYN_HELD), 0);
+    assert_eq!(k.maps.counter(counter::RST_NO_BACKEND), 1);
+}
+
+/// A handshake whose completion finds every slot taken is dropped (`drop_wait_slot`) and
+/// stays half-open; the client's retransmitted ACK completes it once a slot frees.
+#[test]
+fn a_completion_finding_every_slot_taken_waits_for_a_free_one() {
+    let mut k = K::new();
+    k.publish(&primary_with_maxconn(1));
+    let (bid, sid) = (k.primary(), k.applied.service_ids["pg/PG1"]);
+    let first = half_open(&mut k, (CLIENT, 51900), 5000);
+    let second = half_open(&mut k, (CLIENT, 51901), 5000);
+    first.passes(&mut k, &first.client_seg(), "first completion");
+    assert_eq!(k.conns(bid), 1);
+    assert_eq!(verdict(&mut k, &second.client_seg()), XDP_DROP, "no slot");
+    assert_eq!(k.maps.counter(counter::DROP_WAIT_SLOT), 1);
+    assert_eq!(k.maps.service_stats(sid).drop_maxconn, 1);
+    assert_eq!(k.maps.backend_stats(bid).drop_maxconn, 1);
+    assert_eq!(k.conns(bid), 1, "never over maxconn");
+    assert!(
+        k.fwd(&second).is_none() && k.tracked(&second),
+        "still half-open"
+    );
+    close_by_fins(&mut k, &first);
+    assert_eq!(k.conns(bid), 0);
+    second.passes(&mut k, &second.client_seg(), "retransmitted ACK");
+    assert_eq!(k.conns(bid), 1);
+    assert!(k.fwd(&second).is_some(), "established");
+}
+
 /// Not a test of behaviour: prints `test_run` nanoseconds per packet for the SYN path and the
 /// established path against the minimal XDP_TX program, for `cargo xtask bench`.
 #[test]
 #[ignore = "benchmark; run by cargo xtask bench"]
 fn bench_test_run_ns_per_packet() {
-    // The default table size, so the SYN path measures inserts, not LRU eviction.
+    // Default table sizes: the 5000 SYNs below fit the handshake table, so the SYN path
+    // measures inserts, not LRU eviction.
     let mut k = K::with_conntrack(router_ebpf::DEFAULT_CT_ENTRIES);
     // A range wide enough that the SYN path measures allocation, not exhaustion.
     k.publish_with(&standard(), (1024, 65535));
     let n = 20_000u32;
-    let est_frame = {
-        open(&mut k, 60000, 5000);
-        Tcp::new((CLIENT, 60000), (VIP, 5000))
-            .ack(1)
-            .seq(7778)
-            .macs(CLIENT_MAC, EDGE_MAC)
-            .build(b"Q\x00\x00\x00\x0dselect 1\x00")
-    };
+    // A completed handshake: the established path, not the handshake table's.
+    let est_frame = handshake(&mut k, (CLIENT, 60000), 5000)
+        .client_seg()
+        .build(b"Q\x00\x00\x00\x0dselect 1\x00");
     let repeat = |k: &mut K, prog: &str, frame: &[u8]| -> Result<f64, ProgramError> {
         let xdp: &mut Xdp =
             k.dp.ebpf
@@ -943,4 +1908,40 @@ fn bench_test_run_ns_per_packet() {
         est / base,
         syn / base_single
     );
+}
+
+/// A blind spoofer who knows a flow's tuples (the SNAT port is the client's own port when it
+/// lies in the range) but not its sequence numbers must not be able to end it: not with a
+/// RST made "exact" by a spoofed ACK first, nor with FINs "acknowledged" by spoofed ACKs.
+#[test]
+fn spoofed_acks_cannot_make_forged_rsts_or_fins_close_a_flow() {
+    const GUESS: u32 = 0x1234_5678;
+    let mut k = K::standard();
+    let c = handshake(&mut k, (CLIENT, 51250), 5000);
+    let d = handshake(&mut k, (CLIENT, 51251), 5000);
+    c.passes(
+        &mut k,
+        &c.node_seg().seq(GUESS).ack(GUESS),
+        "spoofed node ACK",
+    );
+    c.passes(
+        &mut k,
+        &c.client_seg().rst().seq(GUESS),
+        "forged client RST",
+    );
+    let rst_closed = k.fwd(&c).is_some_and(|f| f.flags & FLOW_F_CLOSED != 0);
+    let spoofed = [
+        d.client_seg().seq(GUESS).fin(),
+        d.node_seg().seq(GUESS).ack(GUESS + 1).fin(),
+        d.client_seg().seq(GUESS + 1).ack(GUESS + 1),
+    ];
+    for (i, t) in spoofed.iter().enumerate() {
+        d.passes(&mut k, t, &format!("spoofed FIN segment {i}"));
+    }
+    let fin_closed = k.fwd(&d).is_some_and(|f| f.flags & FLOW_F_CLOSED != 0);
+    assert!(
+        !rst_closed && !fin_closed,
+        "closed by a blind spoofer: by RST {rst_closed}, by FINs {fin_closed}"
+    );
+    assert_eq!(k.conns(k.primary()), 2, "both slots still held");
 }

@@ -42,7 +42,6 @@ interfaces = ["eth0"]
 mode = "{mode}"
 pin_path = "{dir}/bpf"
 snat_ports = "40000-44999"
-handshake_entries = 4096            # 2048 half-open flows: fewer than the 5000 ports
 
 [control]
 socket = "{dir}/pgrouter.sock"

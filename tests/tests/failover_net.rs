@@ -26,7 +26,6 @@ interfaces = ["eth0"]
 mode = "generic"
 pin_path = "{dir}/{edge}-bpf"
 snat_ports = "40000-44999"
-handshake_entries = 4096            # 2048 half-open flows: fewer than the 5000 ports
 
 [control]
 socket = "{dir}/{edge}.sock"

@@ -6,35 +6,16 @@
 //! `<prefix>b` each have `eth0` on it (198.18.N.1 / .2, fd00:198:18:N::1 / ::2). Taking a host's
 //! `eth0` down leaves the other's link up, as a real switch would.
 //!
-//! The pgrouter side runs `target/debug/examples/vrrp CONFIG` (build it first:
-//! `cargo build -p router-user --example vrrp`), or `$PGROUTER_VRRP_BIN`; a binary named
-//! `pgrouter` is run as `pgrouter vrrp --config CONFIG`.
+//! The pgrouter side is the real daemon, `pgrouter vrrp --config CONFIG` (built by `cargo
+//! xtask test` first).
 //!
 //! Run: `cargo test -p tests --test vrrp -- --test-threads=1 --nocapture`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tests::netns::Lab;
 use tests::{run, sh, wait_for};
-
-/// pgrouter's VRRP binary: see the module doc.
-fn vrrp_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("PGROUTER_VRRP_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("debug/examples/vrrp");
-    anyhow::ensure!(
-        p.exists(),
-        "{} missing: run `cargo build -p router-user --example vrrp` first",
-        p.display()
-    );
-    Ok(p)
-}
 
 /// Two hosts on one bridge, plus helpers to run and observe VRRP speakers in them.
 struct Net {
@@ -133,18 +114,22 @@ impl Net {
     fn pgrouter(&mut self, ns: &str, name: &str, toml: &str) -> anyhow::Result<u32> {
         let cfg = self.lab.dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, toml)?;
-        let bin = vrrp_bin()?;
+        let bin = tests::pgrouter_bin();
         let bin_s = bin.to_string_lossy().into_owned();
         let cfg_s = cfg.to_string_lossy().into_owned();
-        let mut argv = vec![bin_s.as_str()];
-        if bin.file_name().is_some_and(|f| f == "pgrouter") {
-            argv.extend(["vrrp", "--config"]);
-        }
-        argv.push(&cfg_s);
-        // SAFETY-free env: RUST_LOG for the child via `env`.
-        let mut full = vec!["env", "RUST_LOG=pgrouter=debug"];
-        full.extend(argv);
-        self.lab.spawn(ns, name, &full)
+        // RUST_LOG for the child through `env`.
+        self.lab.spawn(
+            ns,
+            name,
+            &[
+                "env",
+                "RUST_LOG=pgrouter=debug",
+                &bin_s,
+                "vrrp",
+                "--config",
+                &cfg_s,
+            ],
+        )
     }
 
     fn keepalived(&mut self, ns: &str, name: &str, conf: &str) -> anyhow::Result<u32> {

@@ -31,10 +31,6 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     }
     cargo(&unit)?;
     root.extend(["--", "--test-threads=1"]);
-    // The VRRP interop tests run the real daemon as `pgrouter vrrp`.
-    let bin = std::env::current_dir()?.join("target/debug/pgrouter");
-    // SAFETY: single-threaded at this point; the variable is read by the child cargo.
-    unsafe { std::env::set_var("PGROUTER_VRRP_BIN", &bin) };
     cargo(&root)?;
     if filter.is_none() {
         println!("\n==> scenarios on the Patroni lab");

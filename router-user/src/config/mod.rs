@@ -50,7 +50,7 @@ pub struct Datapath {
 }
 
 /// `[datapath.timeouts]`: how long a flow lives in each state without traffic (see
-/// `docs/maps.md`, *Flow life cycle*).
+/// `docs/maps.md`, *Life of a flow*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct FlowTimeouts {
     /// From the SYN until the client's ACK completes the handshake (HAProxy `timeout connect`,
@@ -110,6 +110,13 @@ pub struct PortRange {
     pub first: u16,
     pub last: u16,
 }
+
+/// `[datapath] snat_ports` when unset: above Linux's default ephemeral range start (32768)
+/// but reserved from it at start (`ip_local_reserved_ports`).
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange {
+    first: 40000,
+    last: 59999,
+};
 
 impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
@@ -386,7 +393,6 @@ pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> 
 /// What `pgrouter check-config` prints for a valid file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
-    pub config: Config,
     pub text: String,
 }
 
@@ -400,7 +406,7 @@ impl fmt::Display for Summary {
 pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
     let config = load(path)?;
     let text = summarize(&config);
-    Ok(Summary { config, text })
+    Ok(Summary { text })
 }
 
 fn summarize(cfg: &Config) -> String {

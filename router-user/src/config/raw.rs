@@ -34,8 +34,9 @@ pub(super) struct Datapath {
     pub conntrack_entries: u32,
     #[serde(default = "default_snat_ports")]
     pub snat_ports: String,
-    #[serde(default = "default_handshake_entries")]
-    pub handshake_entries: u32,
+    /// `None`: [`router_ebpf::DEFAULT_HS_ENTRIES`], or the SNAT port count if smaller.
+    #[serde(default)]
+    pub handshake_entries: Option<u32>,
     #[serde(default)]
     pub timeouts: Timeouts,
 }
@@ -48,7 +49,7 @@ impl Default for Datapath {
             pin_path: default_pin_path(),
             conntrack_entries: default_conntrack_entries(),
             snat_ports: default_snat_ports(),
-            handshake_entries: default_handshake_entries(),
+            handshake_entries: None,
             timeouts: Timeouts::default(),
         }
     }
@@ -60,11 +61,9 @@ fn default_pin_path() -> String {
 fn default_conntrack_entries() -> u32 {
     router_ebpf::DEFAULT_CT_ENTRIES
 }
-fn default_handshake_entries() -> u32 {
-    router_ebpf::DEFAULT_HS_ENTRIES
-}
 fn default_snat_ports() -> String {
-    "40000-59999".into()
+    let r = super::DEFAULT_SNAT_PORTS;
+    format!("{}-{}", r.first, r.last)
 }
 
 /// `[datapath.timeouts]`: durations as written; `None` = the ABI default.

@@ -235,22 +235,25 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
         }
         Err(e) => {
             ctx.err(p!["datapath", "snat_ports"], e);
-            PortRange {
-                first: 40000,
-                last: 59999,
-            }
+            super::DEFAULT_SNAT_PORTS
         }
     };
     let ports = u32::from(snat_ports.last.saturating_sub(snat_ports.first)) + 1;
-    if d.handshake_entries < MIN_HS_ENTRIES {
+    // Unset: the default, capped so half-open flows can hold at most half the ports.
+    let handshake_entries = d.handshake_entries.unwrap_or_else(|| {
+        router_ebpf::DEFAULT_HS_ENTRIES
+            .min(ports)
+            .max(MIN_HS_ENTRIES)
+    });
+    if handshake_entries < MIN_HS_ENTRIES {
         ctx.err(
             p!["datapath", "handshake_entries"],
             format!(
-                "{} is too small; at least {MIN_HS_ENTRIES} (two entries per half-open connection)",
-                d.handshake_entries
+                "{handshake_entries} is too small; at least {MIN_HS_ENTRIES} (two entries per \
+                 half-open connection)"
             ),
         );
-    } else if d.handshake_entries / 2 >= ports {
+    } else if handshake_entries / 2 >= ports {
         // Half-open flows each hold a SNAT port: as many as the ports would let a SYN flood
         // take every port and leave none for connections that complete.
         ctx.err_near(
@@ -259,8 +262,8 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
             format!(
                 "{} entries hold {} half-open connections, not fewer than the {ports} ports of \
                  snat_ports {}-{}; a SYN flood could take every port",
-                d.handshake_entries,
-                d.handshake_entries / 2,
+                handshake_entries,
+                handshake_entries / 2,
                 snat_ports.first,
                 snat_ports.last
             ),
@@ -280,7 +283,7 @@ fn datapath(ctx: &mut Ctx<'_>, d: raw::Datapath) -> Datapath {
         pin_path,
         conntrack_entries: d.conntrack_entries,
         snat_ports,
-        handshake_entries: d.handshake_entries,
+        handshake_entries,
         timeouts,
     }
 }

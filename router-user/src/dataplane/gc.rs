@@ -1,4 +1,4 @@
-//! The flow garbage collector: gives every flow a bounded life (FLOWLIFE.md, "Who frees what").
+//! The flow garbage collector: gives every flow a bounded life (docs/maps.md, *Life of a flow*).
 //!
 //! A pure core judges batches of table entries (`classify`) and the recount at the end of a
 //! full cycle (`drift`), returning [`Action`]s; the executor ([`Gc::tick`]) walks both tables a
@@ -22,9 +22,9 @@ use std::{
 
 use aya::maps::IterableMap as _;
 use router_ebpf::{
-    BACKEND_SHUTDOWN, BACKEND_UNUSED, FAMILY_IPV4, FLOW_F_CLOSED, FLOW_F_REPLY, FLOW_STATE_CLOSED,
+    BACKEND_SHUTDOWN, BACKEND_UNUSED, FLOW_F_CLOSED, FLOW_F_REPLY, FLOW_STATE_CLOSED,
     FLOW_STATE_HANDSHAKE, FLOW_STATE_NAMES, Flow, FlowKey, GC_OP_ADJUST, GC_OP_REAP, GcRequest,
-    PROTO_TCP, Timeouts, flow_state, state_timeout,
+    Timeouts, flow_state, state_timeout,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -61,20 +61,6 @@ pub const START_CYCLES: u32 = 2;
 pub enum Table {
     Handshake,
     Conntrack,
-}
-
-/// The key of a flow's other entry: the tuple of the packets `f` rewrites into, reversed
-/// (as the kernel's `peer_key`).
-pub fn peer_key(f: &Flow) -> FlowKey {
-    FlowKey {
-        saddr: f.daddr,
-        daddr: f.saddr,
-        sport: f.dport,
-        dport: f.sport,
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
 }
 
 /// One flow to hand to `pgrouter_gc`, with what the tally needs if the kernel keeps it.
@@ -193,12 +179,12 @@ pub fn classify(
     // The flow's other entry, if it is still this flow's (a port taken over belongs to
     // another flow now).
     let mut other = |key: &FlowKey, f: &Flow| -> Option<Flow> {
-        let pk = peer_key(f);
+        let pk = f.peer_key();
         in_batch
             .get(&pk)
             .copied()
             .or_else(|| lookup(table, &pk))
-            .filter(|p| peer_key(p) == *key)
+            .filter(|p| p.peer_key() == *key)
     };
     let mut out = Vec::new();
     let mut deleted: BTreeSet<FlowKey> = BTreeSet::new();
@@ -222,7 +208,7 @@ pub fn classify(
                 deleted.insert(*key);
                 // Both entries of the flow at once, so its port comes back this cycle. One in
                 // this batch is judged on its own turn.
-                let pk = peer_key(f);
+                let pk = f.peer_key();
                 if !in_batch.contains_key(&pk)
                     && let Some(p) = other(key, f)
                     && expired(now_ns, p.last_seen, timeout)

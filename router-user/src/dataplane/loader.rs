@@ -7,11 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::config::XdpMode;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        Xdp, XdpMode,
+        Xdp, XdpMode as AyaMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -24,17 +25,6 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// How to attach: the driver's native XDP, the kernel's generic (skb) XDP, or native falling
-/// back to generic with a warning.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -50,7 +40,7 @@ pub struct LoadOptions {
 pub struct Datapath {
     pub ebpf: Ebpf,
     /// Kept alive: dropping it closes the log map while the program still references it.
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub logger: Option<aya_log::EbpfLogger<XdpLog>>,
     pub pin_dir: Option<PathBuf>,
 }
 
@@ -70,7 +60,7 @@ impl Datapath {
         loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
         loader.map_max_entries(map_names::HANDSHAKE, opts.handshake_entries);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, XdpLog) {
             Ok(l) => Some(l),
             Err(e) => {
                 warn!(error = %e, "kernel log forwarding unavailable");
@@ -145,7 +135,7 @@ impl Datapath {
 
     /// Attaches to `iface`. If an earlier pgrouter left a pinned link there, the link is
     /// updated to this program atomically (no packet sees no program). Returns the mode used.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<&'static str> {
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
         let link_pin = self
             .pin_dir
             .as_ref()
@@ -169,10 +159,10 @@ impl Datapath {
             self.take_over(iface, &old, Some(ours))?;
             return Ok("pinned");
         }
-        let tries: &[(XdpMode, &'static str)] = match mode {
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        let tries: &[(AyaMode, &'static str)] = match mode {
+            XdpMode::Native => &[(AyaMode::Driver, "native")],
+            XdpMode::Generic => &[(AyaMode::Skb, "generic")],
+            XdpMode::Auto => &[(AyaMode::Driver, "native"), (AyaMode::Skb, "generic")],
         };
         let mut last_err = None;
         for (m, label) in tries {
@@ -182,7 +172,7 @@ impl Datapath {
                     if let Some(link_pin) = &link_pin {
                         pin_link(prog.take_link(id)?, iface, link_pin)?;
                     }
-                    if *label == "generic" && mode == AttachMode::Auto {
+                    if *label == "generic" && mode == XdpMode::Auto {
                         warn!(iface, "native XDP unavailable; attached in generic mode");
                     }
                     info!(iface, mode = label, "attached");
@@ -195,6 +185,25 @@ impl Datapath {
         }
         Err(last_err.unwrap_or_else(|| anyhow!("no attach mode tried")))
     }
+}
+
+/// Forwards the XDP program's aya-log records to tracing, marked `source = "xdp"`. Given to
+/// aya-log directly: the global `log` logger is tracing's own bridge, which would drop the
+/// mark.
+pub struct XdpLog;
+
+impl log::Log for XdpLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        match r.level() {
+            log::Level::Error => tracing::error!(source = "xdp", "{}", r.args()),
+            log::Level::Warn => tracing::warn!(source = "xdp", "{}", r.args()),
+            _ => tracing::info!(source = "xdp", "{}", r.args()),
+        }
+    }
+    fn flush(&self) {}
 }
 
 /// Removes pgrouter from `iface` by unpinning its link (the kernel detaches when the last

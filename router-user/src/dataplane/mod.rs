@@ -9,6 +9,6 @@ pub mod plan;
 pub mod sweep;
 pub mod writer;
 
-pub use loader::{AttachMode, Datapath, LoadOptions};
+pub use loader::{Datapath, LoadOptions};
 pub use plan::{Applied, MapDelta, plan};
 pub use writer::Maps;

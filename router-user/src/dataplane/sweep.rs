@@ -9,7 +9,7 @@ use aya::maps::{HashMap, IterableMap as _, MapData};
 use router_ebpf::{FLOW_F_CLOSED, FLOW_F_REPLY, Flow, FlowKey};
 use tracing::{info, warn};
 
-use super::{batch, gc::peer_key, writer::Maps};
+use super::{batch, writer::Maps};
 
 /// One flow to reset: the client leg (as the client sees it) and the backend leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub fn collect(maps: &Maps, backends: &BTreeSet<u32>) -> (Vec<Victim>, Vec<FlowK
         if f.flags & FLOW_F_REPLY != 0 {
             continue;
         }
-        let rk = peer_key(f);
+        let rk = f.peer_key();
         // Inserted after the walk passed its bucket: look it up.
         let reply = by_key
             .get(&rk)
@@ -164,7 +164,7 @@ pub fn shutdown_sessions(maps: &mut Maps, backends: &BTreeSet<u32>) -> usize {
             }
         }
         let _ = maps.conntrack.remove(&v.fwd_key);
-        let _ = maps.conntrack.remove(&peer_key(&v.fwd));
+        let _ = maps.conntrack.remove(&v.fwd.peer_key());
     }
     if sock >= 0 {
         unsafe { libc::close(sock) };

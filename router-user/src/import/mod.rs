@@ -219,15 +219,17 @@ fn render(
         o,
         "pin_path = \"/sys/fs/bpf/pgrouter\"  # maps survive controller restarts, so do sessions"
     );
+    let r = crate::config::DEFAULT_SNAT_PORTS;
     let _ = writeln!(
         o,
-        "snat_ports = \"40000-59999\"         # source ports towards the nodes"
+        "snat_ports = \"{}-{}\"         # source ports towards the nodes",
+        r.first, r.last
     );
     let t = &plan.timeouts;
     if t.handshake.is_some() || t.established.is_some() {
         let _ = writeln!(
             o,
-            "\n# HAProxy's timeouts, one set for every listener (docs/maps.md, \"Flow life cycle\")."
+            "\n# HAProxy's timeouts, one set for every listener (docs/maps.md, \"Life of a flow\")."
         );
         let _ = writeln!(o, "[datapath.timeouts]");
         for (key, from) in [("handshake", &t.handshake), ("established", &t.established)] {

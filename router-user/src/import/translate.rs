@@ -22,13 +22,11 @@ pub(super) const PLACEHOLDER_SRC: &str = "192.0.2.254";
 const HAPROXY_INTER: Duration = Duration::from_secs(2);
 const HAPROXY_FALL: u32 = 3;
 const HAPROXY_RISE: u32 = 2;
-/// Weight of a `patroni:<cluster>` track when keepalived gives none (or 0). Never 0 (FAULT):
-/// during a failover no host reaches a leader for a few seconds, and FAULT on both hosts
-/// would drop the VIP for every listener. A large negative weight moves the VIP only to a
-/// peer that does reach the leader.
+/// Weight of a `patroni:<cluster>` track (this host reaches some node's Patroni API) when
+/// keepalived gives none (or 0). Never 0 (FAULT): a cluster whose APIs are all down fails the
+/// track on every host, and FAULT on both would drop the VIP for every listener. A large
+/// negative weight moves the VIP only to a peer that does reach the cluster.
 pub const PATRONI_TRACK_WEIGHT: i32 = -50;
-/// Where pgrouter's SNAT ports live by default (`datapath.snat_ports`).
-const SNAT_DEFAULT: (u16, u16) = (40000, 59999);
 
 /// Everything `render` writes.
 #[derive(Clone, Debug, Default)]
@@ -1394,9 +1392,10 @@ fn cluster_listeners(
                         );
                         continue;
                     }
-                    if (SNAT_DEFAULT.0..=SNAT_DEFAULT.1).contains(&port) {
+                    let snat = crate::config::DEFAULT_SNAT_PORTS;
+                    if snat.contains(port) {
                         sink.warn(hsrc.path, *bline, Place::Datapath, format!(
-                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", SNAT_DEFAULT.0, SNAT_DEFAULT.1));
+                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", snat.first, snat.last));
                     }
                     let base = sanitize(&f.name);
                     let name = if made == 0 {
@@ -1561,7 +1560,7 @@ pub fn plan(hsrc: &Source<'_>, ksrc: Option<&Source<'_>>, sink: &mut Sink) -> Re
     }
 
     // keepalived's scripts became pgrouter's tracks: `patroni:` stands for one track per
-    // cluster (the VIP should leave a host that reaches no leader of any cluster it serves).
+    // cluster (the VIP should leave a host that reaches no Patroni API of a cluster it serves).
     let cnames: Vec<String> = plan.clusters.iter().map(|c| c.name.clone()).collect();
     for v in &mut plan.vrrp {
         let mut tracks = Vec::new();

@@ -283,7 +283,7 @@ pub(super) fn vrrp_plans(
             v.tracks.push(("patroni:".into(), pw));
         } else {
             v.source.push(
-                "no track_script: pgrouter still tracks its data path (FAULT while the XDP program is not attached) and Patroni (lower priority while this host reaches no leader)"
+                "no track_script: pgrouter still tracks its data path (FAULT while the XDP program is not attached) and Patroni (lower priority while this host reaches no node's Patroni API)"
                     .into(),
             );
             v.tracks.push(("xdp-attached".into(), 0));

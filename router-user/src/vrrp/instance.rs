@@ -138,11 +138,6 @@ impl InstanceHandle {
         s
     }
 
-    /// Live counters for the metrics exporter.
-    pub fn counters(&self) -> &Counters {
-        &self.shared.counters
-    }
-
     /// Leaves the election: a master advertises priority 0 (the backup takes over after
     /// Skew_Time) and the VIPs are removed. Returns once done.
     pub async fn shutdown(mut self) {

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 pub use instance::{Counters, InstanceHandle, InstanceStatus, spawn};
 
 /// Track results the controller publishes: name → healthy. Names pgrouter uses:
-/// `xdp-attached` (the XDP program is attached on this host) and `patroni:<cluster>` (the
-/// cluster has a reachable leader). A name absent from the map counts as failing, so nothing
+/// `xdp-attached` (the XDP program is attached on this host) and `patroni:<cluster>` (this host
+/// reaches the cluster: some node's Patroni API answered its last check, whatever the role). A name absent from the map counts as failing, so nothing
 /// claims a VIP before the controller has checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Tracks {

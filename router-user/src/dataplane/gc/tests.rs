@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use router_ebpf::{
     BACKEND_ACTIVE, BACKEND_SHUTDOWN, Backend, DEFAULT_TIMEOUT_ESTABLISHED_NS,
-    DEFAULT_TIMEOUT_HANDSHAKE_NS, FLOW_F_CLAIMED, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED,
-    FLOW_F_REPLY, FLOW_STATE_CLOSED, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED,
-    FLOW_STATE_HANDSHAKE,
+    DEFAULT_TIMEOUT_HANDSHAKE_NS, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
+    FLOW_STATE_CLOSED, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_HANDSHAKE, PROTO_TCP,
 };
 
 use super::*;
@@ -58,7 +57,7 @@ fn flow(
         last_seen: fwd_seen,
         ..Flow::default()
     };
-    let rk = peer_key(&fwd);
+    let rk = fwd.peer_key();
     let reply = Flow {
         saddr: w(VIP),
         daddr: w(CLIENT),
@@ -70,7 +69,7 @@ fn flow(
         last_seen: reply_seen,
         ..Flow::default()
     };
-    assert_eq!(peer_key(&reply), fk, "the entries point at each other");
+    assert_eq!(reply.peer_key(), fk, "the entries point at each other");
     [(fk, fwd), (rk, reply)]
 }
 
@@ -260,15 +259,6 @@ fn a_young_orphan_is_left_alone() {
     let (actions, tally) = run(Table::Conntrack, &[r], &[]);
     assert!(actions.is_empty());
     assert_eq!(tally.conntrack_entries, 1);
-}
-
-/// A reply entry a CPU has claimed (port take-over or reap under way) is never touched.
-#[test]
-fn a_claimed_reply_entry_is_left_to_the_kernel() {
-    let [_, mut r] = flow(40000, 20000, 1, 0, NOW - 50 * S, 0);
-    r.1.flags |= FLOW_F_CLAIMED;
-    let (actions, _) = run(Table::Conntrack, &[r], &[]);
-    assert!(actions.is_empty());
 }
 
 /// An entry at the forward's peer key that belongs to another flow (its port was taken over)
@@ -462,7 +452,7 @@ impl Tables for Fake {
         let Some(f) = self.ct.remove(&req.key) else {
             return Ok(2);
         };
-        self.ct.remove(&peer_key(&f));
+        self.ct.remove(&f.peer_key());
         if f.flags & (FLOW_F_REPLY | FLOW_F_CLOSED) == 0 {
             let c = self.conns.entry(f.backend_id).or_default();
             *c = c.saturating_sub(1);

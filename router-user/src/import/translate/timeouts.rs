@@ -1,7 +1,7 @@
 //! HAProxy's `timeout` directives → `[datapath.timeouts]`.
 //!
 //! HAProxy keeps timeouts per proxy; pgrouter has one set for the whole data path (docs/maps.md,
-//! *Flow life cycle*), so each key takes the largest value any translated listener uses:
+//! *Life of a flow*), so each key takes the largest value any translated listener uses:
 //! - `timeout connect` (backend) → `handshake`;
 //! - `timeout client` (frontend) / `timeout server` (backend), the larger → `established`;
 //!   in TCP mode HAProxy replaces both by `timeout tunnel` once connected, so a backend's

@@ -60,7 +60,9 @@ pub fn xdp_micro() -> anyhow::Result<Fields> {
 
 /// `target/bench/datapath_kernel-<BEFORE_COMMIT>`: the kernel-test binary (XDP object embedded)
 /// built from [`BEFORE_COMMIT`]'s sources once, with this workspace's target folder for the
-/// dependencies (the workspace crates build apart: another path is another package).
+/// dependencies, and copied out at once: cargo names the workspace crates' artifacts by their
+/// path inside the workspace, so the old build's files take the current ones' names (the next
+/// build of this workspace rebuilds them).
 fn before_binary() -> anyhow::Result<PathBuf> {
     let root = root();
     let bin = root.join(format!("target/bench/datapath_kernel-{BEFORE_COMMIT}"));

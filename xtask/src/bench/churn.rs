@@ -155,6 +155,20 @@ pub struct ChurnReport {
     pub notes: Vec<String>,
 }
 
+/// The primary's TIME_WAIT counters: `TW` (sockets that entered TIME_WAIT) and
+/// `PAWSTimewait` (SYNs on a 4-tuple still in TIME_WAIT refused because their TCP timestamp
+/// was older than the last one seen: the client retransmits 1 s later).
+fn primary_tcp(leader: &str) -> Vec<(String, f64)> {
+    ["TW", "PAWSTimewait"]
+        .iter()
+        .filter_map(|n| {
+            proc_net_counter(&format!("pgrlab-{leader}"), "netstat", "TcpExt:", n)
+                .ok()
+                .map(|v| (format!("{leader} TcpExt.{n}"), v as f64))
+        })
+        .collect()
+}
+
 fn soak(
     sess: &mut Session,
     cp: &ChurnParams,
@@ -165,6 +179,7 @@ fn soak(
     let retrans = || proc_net_counter(CLIENT_NS, "netstat", "TcpExt:", "TCPSynRetrans");
     let r0 = retrans()?;
     let st0 = status_json(&sess.dir);
+    let node = primary_tcp(&sess.leader.0);
     let t = Instant::now();
     println!(
         "bench: churn through {target} for {secs} s (progress every {} s)",
@@ -201,10 +216,21 @@ fn soak(
             .count(),
         ok,
         syn_retrans: retrans()?.saturating_sub(r0),
-        counters: if target == "pgrouter" {
-            counter_deltas(&st0, &status_json(&sess.dir), "PG1")
-        } else {
-            Vec::new()
+        counters: {
+            let mut c = if target == "pgrouter" {
+                counter_deltas(&st0, &status_json(&sess.dir), "PG1")
+            } else {
+                Vec::new()
+            };
+            c.extend(primary_tcp(&sess.leader.0).into_iter().map(|(n, v)| {
+                let was = node
+                    .iter()
+                    .find(|(m, _)| *m == n)
+                    .map(|x| x.1)
+                    .unwrap_or(0.0);
+                (n, v - was)
+            }));
+            c
         },
         error_tail: (!ok).then(|| {
             let l: Vec<&str> = out.lines().rev().take(15).collect();
@@ -386,7 +412,7 @@ impl ChurnReport {
                     .collect();
                 let _ = writeln!(
                     md,
-                    "\n{}'s counters over the run (`pgrouter status --json`, after − before): {}.",
+                    "\n{}: counters over the run (after − before; pgrouter's from `pgrouter status --json`, the primary's from its `/proc/net/netstat`): {}.",
                     r.target,
                     c.join(", ")
                 );

@@ -648,9 +648,13 @@ fn track_close(h: &Headers, entry: *mut Flow, peer: *mut Flow, f: &Flow, tcp_fla
     unsafe { (*peer).peer_fin_end = end };
     atomic::fetch_or(unsafe { &raw mut (*peer).flags }, FLOW_F_PEER_FIN);
     if is_reply {
-        // The backend closes first unless the client already sent its FIN: the node then
-        // holds the 4-tuple in TIME_WAIT (see `snat`).
-        if unsafe { (*peer).flags } & FLOW_F_CLIENT_FIN_SEEN == 0 {
+        // The node holds the 4-tuple in TIME_WAIT (see `snat`) unless it closed after
+        // receiving the client's FIN, which its FIN then acknowledges. Seeing the client's FIN
+        // pass first is not enough: the two FINs may cross (a simultaneous close, as when
+        // PostgreSQL exits on the Terminate message just before the client's FIN arrives).
+        let ack = u32::from_be(get32(unsafe { &(*h.tcp).ack }));
+        let passive = f.flags & FLOW_F_PEER_FIN != 0 && seq_ge(ack, f.peer_fin_end);
+        if !passive {
             atomic::fetch_or(
                 unsafe { &raw mut (*peer).flags },
                 FLOW_F_BACKEND_CLOSED_FIRST,

@@ -42,14 +42,18 @@ pub const DEFAULT_TIMEOUT_ESTABLISHED_NS: u64 = 7_440_000_000_000;
 pub const DEFAULT_TIMEOUT_CLOSING_NS: u64 = 120_000_000_000;
 pub const DEFAULT_TIMEOUT_CLOSED_NS: u64 = 10_000_000_000;
 /// How long a node that closed first keeps the 4-tuple in TIME_WAIT (Linux: 60 s). A SNAT port
-/// whose flow the backend closed first is reused within this time only by the same client
-/// host (whose TCP timestamps grow, so the node accepts the SYN) or when no other port is free.
+/// whose flow the backend closed first is reused within this time only when no other port is
+/// free: the node answers a SYN on it with a challenge ACK unless the SYN's timestamp or
+/// sequence number happens to be newer (RFC 6191), and the client then retransmits.
 pub const NODE_TIME_WAIT_NS: u64 = 60_000_000_000;
 /// Default hold for a SYN to a listener whose set is empty (ms): dropped silently, so the
 /// client retransmits and connects once a backend exists, for this long after the set became
-/// empty; then answered by a RST. Covers a planned switchover, stays under pgjdbc's 10 s
-/// `connectTimeout`.
-pub const DEFAULT_EMPTY_HOLD_MS: u32 = 8_000;
+/// empty; then answered by a RST. Covers a planned switchover (2–3 s in the lab). At most 7 s:
+/// a client retransmits its SYN 1, 3 and 7 s after the first, so with a hold of 7 s or less
+/// every client has a connection or a refusal within 7 s of its first SYN, before pgjdbc's
+/// 10 s `connectTimeout` (with 8 s, a SYN sent as the set emptied would be retransmitted
+/// next at 15 s: a timeout, not a refusal).
+pub const DEFAULT_EMPTY_HOLD_MS: u32 = 6_000;
 /// Interfaces the program may redirect to.
 pub const MAX_IFACES: u32 = 64;
 
@@ -237,8 +241,8 @@ pub const FLOW_F_ANSWERED: u64 = 1 << 4;
 pub const FLOW_F_PEER_FIN: u64 = 1 << 5;
 /// This direction has acknowledged the other direction's FIN (recorded once).
 pub const FLOW_F_PEER_FIN_ACKED: u64 = 1 << 6;
-/// Forward entry: the backend's FIN came before the client's, so the node holds the 4-tuple in
-/// TIME_WAIT (see [`NODE_TIME_WAIT_NS`]).
+/// Forward entry: the backend's FIN did not acknowledge the client's (it closed first, or the
+/// FINs crossed), so the node holds the 4-tuple in TIME_WAIT (see [`NODE_TIME_WAIT_NS`]).
 pub const FLOW_F_BACKEND_CLOSED_FIRST: u64 = 1 << 7;
 /// Forward entry: the client has sent a FIN (acknowledged or not), so the flow is closing.
 pub const FLOW_F_CLIENT_FIN_SEEN: u64 = 1 << 8;

@@ -28,12 +28,6 @@ const RANDOM_TRIES: u32 = 8;
 /// (a fraction of a millisecond), not a sweep of 60,000.
 const SCAN_TRIES: u32 = 1024;
 
-/// A closed flow's port still in the node's TIME_WAIT goes to the same client host only this
-/// long after the old flow's last client packet: TCP timestamps tick in milliseconds, and the
-/// node accepts the new SYN only with a newer one; the coarse clock's tick (up to 4 ms) is
-/// included.
-const SAME_CLIENT_TW_GAP_NS: u64 = 5_000_000;
-
 /// A new flow in the making: the entries to insert and what a probe needs. It lives in a
 /// per-CPU scratch map (`PGR_SCRATCH`), not on the stack: BPF allows 512 bytes of stack for
 /// the whole call chain, and two flow entries plus keys would take most of it.
@@ -57,8 +51,8 @@ pub struct Want {
     pub scan_off: u32,
     pub found: u32,
     /// Last resort: a port held by a closed flow that the backend closed first, less than the
-    /// node's TIME_WAIT ago, for another client — usable, but the node may answer the SYN
-    /// with a challenge ACK (one retransmission for the client). Starts as a
+    /// node's TIME_WAIT ago — usable, but the node may answer the SYN with a challenge ACK
+    /// (one retransmission for the client). Starts as a
     /// random port and is never compared, so the verifier need not track which probe set it
     /// (tracking it would fork its states on every probe).
     pub last_resort: u32,
@@ -168,12 +162,11 @@ fn probe(port: u16, w: *mut Want) -> bool {
                 } else if w.any_closed != 0
                     || f.flags & FLOW_F_BACKEND_CLOSED_FIRST == 0
                     || w.now.saturating_sub(r.last_seen) > NODE_TIME_WAIT_NS
-                    || (r.daddr == w.client.saddr
-                        && w.now.saturating_sub(f.last_seen) > SAME_CLIENT_TW_GAP_NS)
                 {
-                    // Not in the node's TIME_WAIT, or the same client host: its TCP timestamps
-                    // only grow, so the node accepts the new SYN (RFC 6191) once its clock
-                    // has ticked past the old connection's last timestamp.
+                    // Not in the node's TIME_WAIT. (The same client host is no exception:
+                    // Linux gives every connection its own random timestamp offset, so the
+                    // node's RFC 6191 check passes only by chance, and a SYN it rejects costs
+                    // a challenge ACK, the client's RST and a retransmission.)
                     true
                 } else {
                     w.last_resort = u32::from(port);

@@ -161,9 +161,9 @@ fn defaults_apply_when_sections_are_omitted() {
     assert_eq!(t.closed, Duration::from_secs(10));
     assert_eq!(
         c.listeners[0].on_empty,
-        OnEmpty::Hold(Duration::from_secs(8))
+        OnEmpty::Hold(Duration::from_secs(6))
     );
-    assert_eq!(c.listeners[0].on_empty.hold_ms(), 8000);
+    assert_eq!(c.listeners[0].on_empty.hold_ms(), 6000);
 }
 
 /// The kernel reads nanoseconds; every field is written, so its defaults never apply.

@@ -107,7 +107,9 @@ fn held_by_this_process(f: &File) -> bool {
 }
 
 /// Brings the lab up, starts pgrouter on `pgrouter_edges` (VRRP; the first one becomes
-/// master), optionally the seed's HAProxy on edge2's own address, and the probers.
+/// master), optionally the seed's HAProxy on edge2's own address, and the probers. Without
+/// HAProxy the switchover also measures new connections per `on_empty` mode (the failover
+/// bench keeps its probe load as it was).
 fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: bool) -> Result<Env> {
     lab.up(Duration::from_secs(180))?;
     scenario::create_probe_table(lab)?;
@@ -158,6 +160,7 @@ fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: boo
         pgrouter_edges: pgrouter_edges.to_vec(),
         events: Mutex::new(vec![]),
         slow,
+        on_empty_probes: !haproxy,
         _peers: peers,
     };
     scenario::wait_serving(&env)?;
@@ -231,6 +234,9 @@ fn summary(outcomes: &[Outcome]) -> String {
         if o.stats.is_empty() {
             s.push_str(&format!("{:<31} (no measurement)\n", o.name));
         }
+    }
+    for l in outcomes.iter().filter_map(|o| o.on_empty.as_ref()) {
+        s.push_str(&format!("\n{l}\n"));
     }
     s
 }

@@ -409,6 +409,10 @@ pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
     Ok(Summary { text })
 }
 
+/// The longest `empty_hold` after which every client still meets the RST before a 10 s
+/// connect timeout (its SYN retransmissions: 1, 3, 7 s after the first).
+const MAX_PROMPT_HOLD: Duration = Duration::from_secs(7);
+
 fn summarize(cfg: &Config) -> String {
     use fmt::Write as _;
     let mut s = String::new();
@@ -477,10 +481,20 @@ fn summarize(cfg: &Config) -> String {
             if let Some(lag) = &l.lag {
                 let _ = write!(extra, ", lag {} ({} bytes)", lag.text, lag.bytes);
             }
+            let mut warning = None;
             match l.on_empty {
                 OnEmpty::Reject => extra.push_str(", empty: reject"),
                 OnEmpty::Hold(hold) => {
                     let _ = write!(extra, ", empty: hold {}", d(hold));
+                    // SYN retransmissions come 1, 3, 7 then 15 s after the first: past 7 s a
+                    // client may reach its connect timeout before it meets the RST.
+                    if hold > MAX_PROMPT_HOLD {
+                        warning = Some(format!(
+                            "warning: listener {} empty_hold {} is above 7s; a client whose first                              SYN comes as the set empties retransmits next at 15s, so it may time                              out (pgjdbc: 10s) instead of being refused",
+                            l.name,
+                            d(hold)
+                        ));
+                    }
                 }
             }
             let _ = writeln!(
@@ -491,6 +505,9 @@ fn summarize(cfg: &Config) -> String {
                 l.port,
                 l.kind
             );
+            if let Some(w) = warning {
+                let _ = writeln!(s, "{w}");
+            }
         }
     }
     for v in &cfg.vrrp {

@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 pub const RUN_DIR: &str = "/run/pgrouter-lab";
 /// The lab's Patroni cluster as pgrouter calls it (`patroni:pgrlab` track).
 pub const CLUSTER: &str = "pgrlab";
+/// The write listener (VIP:5000): `on_empty` left at its default, `hold`.
+pub const WRITE_LISTENER: &str = "PG1";
+/// Its twin with `on_empty = "reject"` on [`REJECT_PORT`], so one switchover measures both
+/// modes side by side (docs/demo.md).
+pub const REJECT_LISTENER: &str = "PG1_reject";
+pub const REJECT_PORT: u16 = 5010;
 const HAPROXY_TMPL: &str = include_str!("../../../lab/haproxy.cfg.tmpl");
 
 pub fn workspace() -> PathBuf {
@@ -70,8 +76,9 @@ pub fn log_path(lab: &Lab, edge: &str) -> PathBuf {
 }
 
 /// The pgrouter configuration of `edge`: XDP on eth0 (generic or native), the three Patroni
-/// nodes with fast checks, 5000 → primary, 5001 → replicas (fallback primary, lag 10MB), VRRP
-/// v3 (VRID 51, edge1 150 / edge2 100, 100 ms adverts) tracking the data path and Patroni.
+/// nodes with fast checks, 5000 → primary, 5001 → replicas (fallback primary, lag 10MB), 5010
+/// → primary with `on_empty = "reject"`, VRRP v3 (VRID 51, edge1 150 / edge2 100, 100 ms
+/// adverts) tracking the data path and Patroni.
 pub fn render_config(edge: &str, mode: &str) -> Result<String> {
     let prio = if edge == "edge1" { 150 } else { 100 };
     let d = dir(edge);
@@ -107,7 +114,7 @@ fall = 2
 rise = 1
 
 {nodes}[[cluster.listener]]
-name = "PG1"
+name = "{WRITE_LISTENER}"
 vip = "{VIP}"
 port = 5000
 kind = "primary"
@@ -119,6 +126,14 @@ port = 5001
 kind = "replica"
 fallback = "primary"
 lag = "10MB"
+
+# The write listener again, refusing at once while there is no primary (5000 holds SYNs).
+[[cluster.listener]]
+name = "{REJECT_LISTENER}"
+vip = "{VIP}"
+port = {REJECT_PORT}
+kind = "primary"
+on_empty = "reject"
 
 [[vrrp]]
 name = "VI_1"
@@ -227,6 +242,48 @@ pub fn set_members(v: &Value, listener: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A listener's empty-set figures in `pgrouter status --json` (kernel counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmptySetCounters {
+    /// SYNs dropped while the set was empty and within its hold (`drop_no_backend`;
+    /// retransmissions count again).
+    pub held: u64,
+    /// SYNs pgrouter answered with a RST for want of a backend (`rst_no_backend`).
+    pub rejected: u64,
+    /// Connections the listener's nodes refused themselves (`refused`, over its backends).
+    pub node_refusals: u64,
+}
+
+impl EmptySetCounters {
+    /// The counters of `listener` (its name in the config; status names it
+    /// `<cluster>/<listener>`).
+    pub fn of(v: &Value, listener: &str) -> Option<Self> {
+        let qualified = format!("{CLUSTER}/{listener}");
+        let l = v["listeners"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == qualified.as_str())?;
+        Some(Self {
+            held: l["drop_no_backend"].as_u64()?,
+            rejected: l["rst_no_backend"].as_u64()?,
+            node_refusals: l["backends"]
+                .as_array()?
+                .iter()
+                .filter_map(|b| b["refused"].as_u64())
+                .sum(),
+        })
+    }
+
+    /// What happened between `self` and a later reading.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            held: self.held.saturating_sub(before.held),
+            rejected: self.rejected.saturating_sub(before.rejected),
+            node_refusals: self.node_refusals.saturating_sub(before.node_refusals),
+        }
+    }
+}
+
 /// Waits until `edge`'s pgrouter has published sets with `leader` as primary.
 pub fn wait_ready(lab: &Lab, edge: &str, leader: &str, timeout: Duration) -> Result<Value> {
     let t = Instant::now();
@@ -322,5 +379,25 @@ mod tests {
         assert!(a.contains("name = \"patroni:pgrlab\""));
         assert_eq!(a.matches("[[cluster.node]]").count(), 3);
         assert!(a.contains("lag = \"10MB\"") && a.contains("fallback = \"primary\""));
+        assert!(a.contains("port = 5010\nkind = \"primary\"\non_empty = \"reject\""));
+        assert_eq!(
+            a.matches("on_empty").count(),
+            1,
+            "5000 keeps the default (hold)"
+        );
+    }
+
+    #[test]
+    fn empty_set_counters_come_from_the_listener_and_its_backends() {
+        let v: Value = serde_json::json!({"listeners": [
+            {"name": "pgrlab/PG1", "drop_no_backend": 9, "rst_no_backend": 0,
+             "backends": [{"refused": 1}, {"refused": 0}]},
+            {"name": "pgrlab/PG1_reject", "drop_no_backend": 0, "rst_no_backend": 7, "backends": []}]});
+        let a = EmptySetCounters::of(&v, "PG1").unwrap();
+        assert_eq!((a.held, a.rejected, a.node_refusals), (9, 0, 1));
+        let b = EmptySetCounters::of(&v, "PG1_reject").unwrap();
+        assert_eq!(b.since(EmptySetCounters::default()).rejected, 7);
+        assert_eq!(a.since(a), EmptySetCounters::default());
+        assert!(EmptySetCounters::of(&v, "nope").is_none());
     }
 }

@@ -2,7 +2,8 @@
 //! `INSERT … RETURNING inet_server_addr(), pg_is_in_recovery()`; reads: `SELECT
 //! inet_server_addr(), pg_is_in_recovery()`), and a Patroni leader poller (`GET /cluster`
 //! every 50 ms). Threads join the client's network namespace with setns; threads they spawn
-//! inherit it.
+//! inherit it. Each probe records how its connection attempt ended ([`Failure`]) and how long
+//! the connect took, so a scenario can tell a held SYN from a refusal or a hang.
 use crate::lab::cluster::{CLIENT_NS, PG_NODES, host};
 use anyhow::{Context, Result, bail};
 use std::fs::File;
@@ -16,8 +17,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 const LEADER_EVERY: Duration = Duration::from_millis(50);
-/// A probe that has not finished after this counts as failed.
-const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+/// The outage probes' connect timeout: short, so an outage shows at 100 ms resolution.
+pub const OUTAGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// What a real client waits for a connection (pgjdbc's `connectTimeout` default: 10 s).
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After its connect timeout a probe has this long for its queries; a probe that has not
+/// finished by then counts as failed.
+const QUERY_TIME: Duration = Duration::from_secs(2);
 
 /// One time base for probes, events and leader changes.
 #[derive(Clone, Copy)]
@@ -54,6 +60,32 @@ pub struct Target {
     pub addr: String,
     pub port: u16,
     pub kind: Kind,
+    /// The client's connect timeout (TCP handshake; the kernel retransmits a dropped SYN after
+    /// 1 s, 3 s, 7 s meanwhile).
+    pub connect_timeout: Duration,
+}
+
+impl Target {
+    /// A probe that has not finished after this counts as failed ([`Failure::TimedOut`]).
+    pub fn deadline(&self) -> Duration {
+        self.connect_timeout + QUERY_TIME
+    }
+}
+
+/// How a failed probe failed, as a client sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Failure {
+    /// The TCP connect got a RST: "connection refused" (from pgrouter with an empty set past
+    /// its hold or with `on_empty = "reject"`, or from a node whose port is closed).
+    Refused,
+    /// No connection within the connect timeout, or no answer within the probe's deadline: a
+    /// hang, what `on_empty = "hold"` must never turn into.
+    TimedOut,
+    /// Connected, but PostgreSQL said no (e.g. "the database system is shutting down", a
+    /// read-only transaction on a demoted primary).
+    Server,
+    /// Anything else (a reset mid-session, a protocol error).
+    Other,
 }
 
 #[derive(Clone, Debug)]
@@ -62,9 +94,13 @@ pub struct Probe {
     pub ok: bool,
     pub node: Option<String>,
     pub dur_ms: u64,
+    /// Time until the connection attempt ended (connected, or failed to connect).
+    pub connect_ms: Option<u64>,
     /// `pg_is_in_recovery()` of the serving node (on success).
     pub recovery: Option<bool>,
     pub error: Option<String>,
+    /// Set when `!ok`.
+    pub failure: Option<Failure>,
 }
 
 type Shared<T> = Arc<Mutex<Vec<T>>>;
@@ -74,6 +110,8 @@ pub struct Prober {
     stop: Arc<AtomicBool>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     pub rows: Vec<(Target, Shared<Probe>)>,
+    /// Start times of the probes still running (any row).
+    pending: Shared<u64>,
     /// Leader as seen in Patroni's `GET /cluster` (only changes), `None` = no running leader.
     pub leader: Shared<(u64, Option<String>)>,
 }
@@ -131,8 +169,49 @@ fn server_row(msgs: &[postgres::SimpleQueryMessage]) -> Result<(String, bool)> {
     bail!("no row")
 }
 
-fn probe_once(t: &Target, node: &mut Option<String>) -> Result<bool> {
-    let mut c = connect(&t.addr, t.port, Duration::from_secs(1))?;
+/// What a failed `postgres` call means to a client: its error chain names an I/O error kind
+/// for transport failures, a `DbError` for PostgreSQL's own answer.
+fn classify(e: &postgres::Error) -> Failure {
+    if e.as_db_error().is_some() {
+        return Failure::Server;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+                std::io::ErrorKind::TimedOut => Failure::TimedOut,
+                _ => Failure::Other,
+            };
+        }
+        src = s.source();
+    }
+    Failure::Other
+}
+
+/// A probe's error: the message and what kind of failure it is.
+struct ProbeError(anyhow::Error, Failure);
+
+impl<E: Into<anyhow::Error>> From<E> for ProbeError {
+    fn from(e: E) -> Self {
+        let e = e.into();
+        let f = e
+            .downcast_ref::<postgres::Error>()
+            .map(classify)
+            .unwrap_or(Failure::Other);
+        ProbeError(e, f)
+    }
+}
+
+fn probe_once(
+    t: &Target,
+    node: &mut Option<String>,
+    connect_ms: &mut Option<u64>,
+) -> std::result::Result<bool, ProbeError> {
+    let start = Instant::now();
+    let c = connect(&t.addr, t.port, t.connect_timeout);
+    *connect_ms = Some(start.elapsed().as_millis() as u64);
+    let mut c = c?;
     let sql = match t.kind {
         Kind::Read => "SELECT host(inet_server_addr()), pg_is_in_recovery()".to_string(),
         Kind::Write => {
@@ -154,8 +233,8 @@ fn probe_once(t: &Target, node: &mut Option<String>) -> Result<bool> {
 
 fn run_probe(t: &Target, t_ms: u64) -> Probe {
     let start = Instant::now();
-    let mut node = None;
-    let r = probe_once(t, &mut node);
+    let (mut node, mut connect_ms) = (None, None);
+    let r = probe_once(t, &mut node, &mut connect_ms);
     let dur_ms = start.elapsed().as_millis() as u64;
     match r {
         Ok(rec) => Probe {
@@ -163,16 +242,20 @@ fn run_probe(t: &Target, t_ms: u64) -> Probe {
             ok: true,
             node,
             dur_ms,
+            connect_ms,
             recovery: Some(rec),
             error: None,
+            failure: None,
         },
-        Err(e) => Probe {
+        Err(ProbeError(e, f)) => Probe {
             t_ms,
             ok: false,
             node,
             dur_ms,
+            connect_ms,
             recovery: None,
             error: Some(format!("{e:#}").lines().next().unwrap_or("").to_string()),
+            failure: Some(f),
         },
     }
 }
@@ -211,21 +294,35 @@ pub fn leader_in(body: &str) -> Option<String> {
 impl Prober {
     /// Starts one probing thread per target and the leader poller.
     pub fn start(clock: Clock, targets: Vec<Target>) -> Result<Prober> {
+        Self::spawn(clock, targets, true)
+    }
+
+    /// Starts one probing thread per target, without a leader poller (a second prober for
+    /// one scenario beside the main one).
+    pub fn start_probes(clock: Clock, targets: Vec<Target>) -> Result<Prober> {
+        Self::spawn(clock, targets, false)
+    }
+
+    fn spawn(clock: Clock, targets: Vec<Target>, poll_leader: bool) -> Result<Prober> {
         let stop = Arc::new(AtomicBool::new(false));
+        let pending: Shared<u64> = Arc::new(Mutex::new(Vec::new()));
         let mut handles = vec![];
         let mut rows = vec![];
         for t in targets {
             let probes: Shared<Probe> = Arc::new(Mutex::new(Vec::new()));
             rows.push((t.clone(), probes.clone()));
             let stop = stop.clone();
+            let pending = pending.clone();
             handles.push(std::thread::spawn(move || {
                 if let Err(e) = enter_client_ns() {
                     eprintln!("prober {}: {e:#}", t.label);
                     return;
                 }
+                let deadline = t.deadline();
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     let t_ms = clock.ms();
+                    pending.lock().unwrap().push(t_ms);
                     let (tx, rx) = std::sync::mpsc::channel();
                     let tt = t.clone();
                     // The probe thread inherits this thread's network namespace.
@@ -233,17 +330,24 @@ impl Prober {
                         let _ = tx.send(run_probe(&tt, t_ms));
                     });
                     let probes = probes.clone();
+                    let pending = pending.clone();
                     // A waiter per probe, so a hanging one does not delay the next.
                     std::thread::spawn(move || {
-                        let p = rx.recv_timeout(PROBE_DEADLINE).unwrap_or(Probe {
+                        let p = rx.recv_timeout(deadline).unwrap_or(Probe {
                             t_ms,
                             ok: false,
                             node: None,
-                            dur_ms: PROBE_DEADLINE.as_millis() as u64,
+                            dur_ms: deadline.as_millis() as u64,
+                            connect_ms: None,
                             recovery: None,
-                            error: Some("no answer within 3 s".into()),
+                            error: Some(format!("no answer within {deadline:?}")),
+                            failure: Some(Failure::TimedOut),
                         });
                         probes.lock().unwrap().push(p);
+                        let mut pending = pending.lock().unwrap();
+                        if let Some(i) = pending.iter().position(|s| *s == t_ms) {
+                            pending.swap_remove(i);
+                        }
                     });
                     next += PROBE_EVERY;
                     let now = Instant::now();
@@ -256,7 +360,7 @@ impl Prober {
             }));
         }
         let leader: Shared<(u64, Option<String>)> = Arc::new(Mutex::new(Vec::new()));
-        {
+        if poll_leader {
             let leader = leader.clone();
             let stop = stop.clone();
             handles.push(std::thread::spawn(move || {
@@ -303,6 +407,7 @@ impl Prober {
             stop,
             handles: Mutex::new(handles),
             rows,
+            pending,
             leader,
         })
     }
@@ -323,6 +428,21 @@ impl Prober {
         self.leader.lock().unwrap().clone()
     }
 
+    /// Waits until every probe started before `t_ms` has finished (each is bounded by its
+    /// target's deadline); false if some still run after `timeout`.
+    pub fn wait_finished(&self, t_ms: u64, timeout: Duration) -> bool {
+        let t = Instant::now();
+        loop {
+            if !self.pending.lock().unwrap().iter().any(|s| *s < t_ms) {
+                return true;
+            }
+            if t.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the probing threads and lets outstanding probes finish (bounded by their
     /// deadline).
     pub fn stop(&self) {
@@ -331,7 +451,20 @@ impl Prober {
         for h in handles {
             let _ = h.join();
         }
-        std::thread::sleep(PROBE_DEADLINE + Duration::from_millis(200));
+        let longest = self
+            .rows
+            .iter()
+            .map(|(t, _)| t.deadline())
+            .max()
+            .unwrap_or_default();
+        self.wait_finished(u64::MAX, longest + Duration::from_millis(200));
+    }
+}
+
+impl Drop for Prober {
+    /// A scenario that fails half-way drops its own prober: its threads must not run on.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -390,6 +523,56 @@ pub fn served(probes: &[Probe], from: u64, to: u64) -> Vec<String> {
     v
 }
 
+/// How the new connection attempts started in a window ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attempts {
+    pub total: usize,
+    pub refused: usize,
+    pub timed_out: usize,
+    /// Connected, then PostgreSQL said no.
+    pub server: usize,
+    pub other: usize,
+    /// The longest an attempt waited for its connect to end, connected or not (ms); a probe
+    /// cut off at its deadline counts with its whole duration.
+    pub longest_wait_ms: u64,
+    /// The longest a refused attempt waited for the refusal (ms).
+    pub longest_refusal_ms: u64,
+    /// The first message of PostgreSQL's own refusals.
+    pub server_error: Option<String>,
+}
+
+impl Attempts {
+    pub fn failed(&self) -> usize {
+        self.refused + self.timed_out + self.server + self.other
+    }
+}
+
+/// [`Attempts`] of the probes started in `[from, to)`.
+pub fn attempts(probes: &[Probe], from: u64, to: u64) -> Attempts {
+    let mut a = Attempts::default();
+    for p in probes.iter().filter(|p| p.t_ms >= from && p.t_ms < to) {
+        a.total += 1;
+        let wait = p.connect_ms.unwrap_or(p.dur_ms);
+        a.longest_wait_ms = a.longest_wait_ms.max(wait);
+        match (p.ok, p.failure) {
+            (true, _) => {}
+            (false, Some(Failure::Refused)) => {
+                a.refused += 1;
+                a.longest_refusal_ms = a.longest_refusal_ms.max(wait);
+            }
+            (false, Some(Failure::TimedOut)) => a.timed_out += 1,
+            (false, Some(Failure::Server)) => {
+                a.server += 1;
+                if a.server_error.is_none() {
+                    a.server_error.clone_from(&p.error);
+                }
+            }
+            (false, _) => a.other += 1,
+        }
+    }
+    a
+}
+
 /// The first error message seen in a window (for reports).
 pub fn first_error(probes: &[Probe], from: u64, to: u64) -> Option<String> {
     probes
@@ -414,9 +597,73 @@ mod tests {
             ok,
             node: Some("pg1".into()),
             dur_ms: 1,
+            connect_ms: Some(1),
             recovery: Some(false),
             error: None,
+            failure: (!ok).then_some(Failure::Refused),
         }
+    }
+
+    fn held(t_ms: u64, connect_ms: u64) -> Probe {
+        Probe {
+            connect_ms: Some(connect_ms),
+            dur_ms: connect_ms + 5,
+            ..p(t_ms, true)
+        }
+    }
+
+    fn failed(t_ms: u64, f: Failure, wait_ms: u64) -> Probe {
+        Probe {
+            failure: Some(f),
+            connect_ms: (f != Failure::TimedOut).then_some(wait_ms),
+            dur_ms: wait_ms,
+            error: Some(format!("{f:?}")),
+            ..p(t_ms, false)
+        }
+    }
+
+    /// The switchover's per-mode line rests on this: a held SYN is a slow success, a refusal
+    /// a prompt failure, a probe cut off at its deadline a hang that counts with its duration.
+    #[test]
+    fn attempts_tell_held_refused_and_hung_apart() {
+        let v = vec![
+            held(0, 3),
+            held(100, 1020),
+            failed(200, Failure::Refused, 2),
+            failed(300, Failure::Server, 4),
+            failed(400, Failure::TimedOut, 12_000),
+            held(900, 3),
+        ];
+        let a = attempts(&v, 0, 500);
+        assert_eq!(
+            (
+                a.total,
+                a.refused,
+                a.server,
+                a.timed_out,
+                a.other,
+                a.failed()
+            ),
+            (5, 1, 1, 1, 0, 3)
+        );
+        assert_eq!((a.longest_wait_ms, a.longest_refusal_ms), (12_000, 2));
+        assert_eq!(a.server_error.as_deref(), Some("Server"));
+        let a = attempts(&v, 0, 200);
+        assert_eq!((a.total, a.failed(), a.longest_wait_ms), (2, 0, 1020));
+    }
+
+    #[test]
+    fn refused_and_timed_out_connects_are_classified() {
+        // Nothing listens on a fresh port of the loopback: a RST, "connection refused".
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let e = connect("127.0.0.1", port, Duration::from_secs(2))
+            .err()
+            .and_then(|e| e.downcast::<postgres::Error>().ok())
+            .expect("a refused connect");
+        assert_eq!(classify(&e), Failure::Refused);
     }
 
     #[test]

@@ -144,6 +144,25 @@ fn only(sections: &[(&str, String)]) -> anyhow::Result<()> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let path = root().join("BENCHMARKS.md");
+    // The sources measured (with `+` when the worktree had uncommitted changes).
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = format!(
+        "`{}`{}",
+        git(&["rev-parse", "--short", "HEAD"]),
+        if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            "+"
+        }
+    );
     let mut doc = if write {
         std::fs::read_to_string(&path).context("reading BENCHMARKS.md")?
     } else {
@@ -153,10 +172,11 @@ fn only(sections: &[(&str, String)]) -> anyhow::Result<()> {
         print!("{md}");
         if write {
             let dated = format!(
-                "{}\n_This section: `PGR_BENCH_ONLY` run of {} on {}, not the whole bench's run._\n",
+                "{}\n_This section: `PGR_BENCH_ONLY` run of {} on {}, commit {}, not the whole bench's run._\n",
                 md.trim_end(),
                 std::env::var("PGR_BENCH_ONLY").unwrap_or_default(),
                 svg::utc(now),
+                commit,
             );
             doc = replace_section(&doc, heading, &dated);
         }

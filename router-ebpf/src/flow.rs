@@ -5,7 +5,7 @@
 //!   entries move to the conntrack table (`PGR_CONNTRACK`, never evicted);
 //! - a FIN counts once the other side acknowledges it, a RST only with the exact sequence
 //!   number the other side expects; both FINs or such a RST close the flow (slot given back
-//!   once, SNAT port reusable at once);
+//!   once, SNAT port reusable within milliseconds);
 //! - every entry carries a last-seen time; an expired flow is treated as absent and ended on
 //!   the spot, and the controller reaps the ones no packet comes for (`gc`).
 use aya_ebpf::{

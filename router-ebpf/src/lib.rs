@@ -36,7 +36,7 @@ pub const DEFAULT_HS_ENTRIES: u32 = 16_384;
 /// (HAProxy's `timeout connect`). Established: idle time, at least 2 h 4 min (RFC 5382 REQ-5).
 /// Closing: idle time after a FIN in one direction (netfilter's fin_wait). Closed: how long a
 /// flow whose FINs were both acknowledged, or that saw a valid RST, keeps translating late
-/// retransmissions; its SNAT port is reusable at once regardless.
+/// retransmissions; its SNAT port is reusable within 10 ms regardless.
 pub const DEFAULT_TIMEOUT_HANDSHAKE_NS: u64 = 5_000_000_000;
 pub const DEFAULT_TIMEOUT_ESTABLISHED_NS: u64 = 7_440_000_000_000;
 pub const DEFAULT_TIMEOUT_CLOSING_NS: u64 = 120_000_000_000;
@@ -231,7 +231,7 @@ pub const FLOW_F_FIN_CLIENT: u64 = 1 << 1;
 pub const FLOW_F_FIN_BACKEND: u64 = 1 << 2;
 /// Forward entry: closed (both FINs acknowledged, a RST with the exact expected sequence
 /// number, an expiry, or a shutdown). Set once, atomically; whoever sets it gives the slot
-/// back. A closed flow's SNAT port is reusable at once; a new SYN on its tuple starts afresh.
+/// back. A closed flow's SNAT port is reusable within 10 ms; a new SYN on its tuple starts afresh.
 pub const FLOW_F_CLOSED: u64 = 1 << 3;
 /// Reply entry: the backend has answered our SYN with a SYN-ACK, so a later RST is a reset of
 /// a connection, not a refusal (`BackendStats::refused`).

@@ -28,6 +28,10 @@ const RANDOM_TRIES: u32 = 8;
 /// (a fraction of a millisecond), not a sweep of 60,000.
 const SCAN_TRIES: u32 = 1024;
 
+/// A closed flow's port is reused only this long after the flow's last packet (a few of the
+/// coarse clock's ticks): the ACK that closed it must reach the node first.
+const CLOSED_REUSE_GUARD_NS: u64 = 10_000_000;
+
 /// A new flow in the making: the entries to insert and what a probe needs. It lives in a
 /// per-CPU scratch map (`PGR_SCRATCH`), not on the stack: BPF allows 512 bytes of stack for
 /// the whole call chain, and two flow entries plus keys would take most of it.
@@ -157,7 +161,12 @@ fn probe(port: u16, w: *mut Want) -> bool {
                 let f = unsafe { &*fwd };
                 if flow::expired(f, r, w.now, &w.t) {
                     true
-                } else if f.flags & FLOW_F_CLOSED == 0 {
+                } else if f.flags & FLOW_F_CLOSED == 0
+                    || w.now.saturating_sub(f.last_seen.max(r.last_seen)) < CLOSED_REUSE_GUARD_NS
+                {
+                    // Open; or closed by the ACK that passed a moment ago, which the node may
+                    // not have processed yet: a SYN arriving first finds its socket in
+                    // LAST_ACK and is dropped (a 1 s retransmission for the client).
                     false
                 } else if w.any_closed != 0
                     || f.flags & FLOW_F_BACKEND_CLOSED_FIRST == 0

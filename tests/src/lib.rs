@@ -2,6 +2,8 @@
 //! themselves, commands with bounded waits, and frame builders.
 pub mod frames;
 pub mod netns;
+pub mod pinned;
+pub mod raw;
 
 use std::{
     process::{Command, Output},

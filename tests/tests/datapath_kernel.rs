@@ -1418,11 +1418,12 @@ fn a_closed_flow_translates_late_segments_until_the_closed_timeout() {
     assert_slot_back(&mut k, 51201);
 }
 
-/// A closed flow's SNAT port is free at once: with a one-port range, a second client's SYN
-/// is dropped while the first flow is open and takes the same port as soon as that flow
-/// closed, long before its closed timeout (`snat_reused`).
+/// A closed flow's SNAT port is free within milliseconds: with a one-port range, a second
+/// client's SYN is dropped while the first flow is open, and takes the same port once the
+/// closing ACK has had time to reach the node (10 ms), long before the closed timeout
+/// (`snat_reused`).
 #[test]
-fn a_closed_flows_snat_port_is_reused_at_once() {
+fn a_closed_flows_snat_port_is_reused_within_milliseconds() {
     let mut k = K::new();
     k.publish_with(&standard(), (40000, 40000));
     let sid = k.applied.service_ids["pg/PG1"];
@@ -1432,6 +1433,13 @@ fn a_closed_flows_snat_port_is_reused_at_once() {
     assert_eq!(verdict(&mut k, &next), XDP_DROP, "the only port is in use");
     assert_eq!(k.maps.service_stats(sid).drop_snat_exhausted, 1);
     close_by_fins(&mut k, &first);
+    // Not within the guard: the ACK that closed it must reach the node before a new SYN.
+    assert_eq!(
+        verdict(&mut k, &next),
+        XDP_DROP,
+        "the port just closed is held for a moment"
+    );
+    k.backdate(&first, REUSE_GUARD);
     let second = handshake(&mut k, (CLIENT2, 52001), 5000);
     assert_eq!(second.snat, 40000, "the closed flow's port");
     assert_eq!(k.maps.counter(counter::SNAT_REUSED), 1);
@@ -1440,6 +1448,9 @@ fn a_closed_flows_snat_port_is_reused_at_once() {
     assert_reset(&mut k, &last_ack, "a late segment of the closed flow");
     assert_eq!(k.conns(k.primary()), 1);
 }
+
+/// Longer than the kernel's guard before a closed flow's port is reused (10 ms).
+const REUSE_GUARD: u64 = 20_000_000;
 
 /// Both FINs acknowledged close the flow and give its slot back once: retransmitted
 /// closing segments, and a SYN that reuses the closed tuple (a new flow), give nothing back
@@ -1616,6 +1627,7 @@ fn a_snat_take_over_gives_the_old_flows_slot_back_once() {
     assert_eq!(k.conns(bid), 1);
     close_by_fins(&mut k, &new);
     assert_eq!(k.conns(bid), 0);
+    k.backdate(&new, REUSE_GUARD);
     let third = syn(&mut k, (CLIENT, 51302), 5000);
     assert_eq!(third.snat, 40000);
     assert_eq!(k.maps.counter(counter::SNAT_REUSED), 2);

@@ -15,8 +15,8 @@ use pgrouter::dataplane::{
     host,
 };
 use router_ebpf::{
-    BACKEND_ACTIVE, Backend, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
-    DEFAULT_HS_ENTRIES, Flow, FlowKey, PROTO_TCP, Timeouts,
+    BACKEND_ACTIVE, Backend, DEFAULT_HS_ENTRIES, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN,
+    FLOW_F_CLOSED, FLOW_F_REPLY, Flow, FlowKey, PROTO_TCP, Timeouts,
 };
 
 /// The table holds two entries per flow; 2^21 leaves room for 1,000,000 flows.
@@ -138,14 +138,21 @@ fn bench_gc_million_flows() {
         maps.conns.set(b as u32, n, 0).expect("backend count");
     }
     let fill_s = t.elapsed().as_secs_f64();
-    eprintln!("bench_gc: {flows} flows ({} entries) in {fill_s:.1} s", 2 * flows);
+    eprintln!(
+        "bench_gc: {flows} flows ({} entries) in {fill_s:.1} s",
+        2 * flows
+    );
 
     // Baseline: one full walk the old way (what `status` did every call).
     let (t, c) = (Instant::now(), thread_cpu());
     let walked = maps.conntrack.iter().filter(|r| r.is_ok()).count();
     let walk_wall = t.elapsed().as_secs_f64();
     let walk_cpu = (thread_cpu() - c).as_secs_f64();
-    assert_eq!(walked as u64, 2 * u64::from(flows), "the walk saw every entry");
+    assert_eq!(
+        walked as u64,
+        2 * u64::from(flows),
+        "the walk saw every entry"
+    );
 
     let gc = gc_run(&dp, &mut maps, Duration::from_secs(secs));
 
@@ -184,7 +191,10 @@ fn gc_run(dp: &Datapath, maps: &mut Maps, cadence: Duration) -> String {
             ticks += 1;
             assert!(ticks < 100_000, "a full cycle never ended");
         }
-        let (wall, cpu) = (w.elapsed().as_secs_f64(), (thread_cpu() - cpu0).as_secs_f64());
+        let (wall, cpu) = (
+            w.elapsed().as_secs_f64(),
+            (thread_cpu() - cpu0).as_secs_f64(),
+        );
         ticks_per_cycle = ticks;
         f += &format!(
             " gc_cycle{c}_s={wall:.3} gc_cycle{c}_cpu_s={cpu:.3} gc_cycle{c}_ticks={ticks} gc_cycle{c}_walked={} gc_cycle{c}_reaped={}",
@@ -205,7 +215,10 @@ fn gc_run(dp: &Datapath, maps: &mut Maps, cadence: Duration) -> String {
         next += Duration::from_secs(1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    let (wall, cpu) = (w.elapsed().as_secs_f64(), (thread_cpu() - cpu0).as_secs_f64());
+    let (wall, cpu) = (
+        w.elapsed().as_secs_f64(),
+        (thread_cpu() - cpu0).as_secs_f64(),
+    );
     let walked = g.counters.entries_walked - walked0;
     f += &format!(
         " gc_secs={wall:.1} gc_cpu_s={cpu:.3} gc_cpu_pct={:.2} gc_walked={walked} gc_walked_per_s={:.0}          gc_cycles={} gc_ticks_per_cycle={ticks_per_cycle} gc_cycle_s={} gc_reaped={reaped0}          gc_reaped_cadence={} gc_kept={} gc_orphans={} gc_drift_corrections={} gc_errors={} gc_per_tick={}",

@@ -1,6 +1,10 @@
 //! `cargo xtask bench`: speed figures as ratios against a baseline measured in the same run,
 //! written to BENCHMARKS.md. Never timed assertions.
+pub mod churn;
+pub mod flood;
+pub mod gc;
 pub mod hairpin;
+pub mod micro;
 pub mod pgbench;
 pub mod svg;
 
@@ -12,41 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Runs the XDP per-packet micro-benchmark (BPF_PROG_TEST_RUN, the real object against a
-/// minimal XDP_TX program from the same object) and returns its BENCH line's fields.
-fn xdp_micro() -> anyhow::Result<Vec<(String, String)>> {
-    let out = Command::new("cargo")
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "tests",
-            "--test",
-            "datapath_kernel",
-        ])
-        .args([
-            "--",
-            "--ignored",
-            "--exact",
-            "bench_test_run_ns_per_packet",
-            "--nocapture",
-        ])
-        .output()
-        .context("running the XDP micro-benchmark")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(line) = text.lines().find(|l| l.starts_with("BENCH ")) else {
-        bail!(
-            "no BENCH line in the micro-benchmark output:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    Ok(line
-        .trim_start_matches("BENCH ")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
+use micro::MicroReport;
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -128,33 +98,150 @@ pub fn failover_md(outages: Option<&str>, since_unix_ms: u64) -> String {
     md
 }
 
+/// A section's markdown, or its heading and why it failed in this run.
+fn section<T>(heading: &str, r: &anyhow::Result<T>, md: impl Fn(&T) -> String) -> String {
+    match r {
+        Ok(v) => md(v),
+        Err(e) => format!("## {heading}\n\nFailed in this run: {e:#}\n\n"),
+    }
+}
+
+/// Replaces the section `## <heading>` (up to the next `## `) of `doc` with `section`, or
+/// inserts it before the failover section (or at the end) when `doc` has none.
+pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let start_tag = format!("## {heading}\n");
+    let section = format!("{}\n", section.trim_end());
+    let next_heading = |from: usize| {
+        doc[from..]
+            .find("\n## ")
+            .map(|i| from + i + 1)
+            .unwrap_or(doc.len())
+    };
+    if let Some(i) = doc.find(&start_tag) {
+        let end = next_heading(i + start_tag.len());
+        let sep = if end < doc.len() { "\n" } else { "" };
+        return format!("{}{section}{sep}{}", &doc[..i], &doc[end..]);
+    }
+    let at = doc
+        .find("## Failover")
+        .or_else(|| doc.find("\nWhole run:").map(|i| i + 1))
+        .unwrap_or(doc.len());
+    let lead = if at == 0 || doc[..at].ends_with("\n\n") {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{}{lead}{section}\n{}", &doc[..at], &doc[at..])
+}
+
+/// `PGR_BENCH_ONLY=<section>`: prints the sections; with `PGR_BENCH_WRITE=1` also puts them
+/// into BENCHMARKS.md in place of their earlier version, dated (the other sections stay from
+/// their own runs).
+fn only(sections: &[(&str, String)]) -> anyhow::Result<()> {
+    let write = std::env::var("PGR_BENCH_WRITE").as_deref() == Ok("1");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let path = root().join("BENCHMARKS.md");
+    // The sources measured (with `+` when the worktree had uncommitted changes).
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = format!(
+        "`{}`{}",
+        git(&["rev-parse", "--short", "HEAD"]),
+        if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            "+"
+        }
+    );
+    let mut doc = if write {
+        std::fs::read_to_string(&path).context("reading BENCHMARKS.md")?
+    } else {
+        String::new()
+    };
+    for (heading, md) in sections {
+        print!("{md}");
+        if write {
+            let dated = format!(
+                "{}\n_This section: `PGR_BENCH_ONLY` run of {} on {}, commit {}, not the whole bench's run._\n",
+                md.trim_end(),
+                std::env::var("PGR_BENCH_ONLY").unwrap_or_default(),
+                svg::utc(now),
+                commit,
+            );
+            doc = replace_section(&doc, heading, &dated);
+        }
+    }
+    if write {
+        std::fs::write(&path, doc).context("writing BENCHMARKS.md")?;
+        println!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<()> {
-    // Development: only one section, printed; BENCHMARKS.md untouched.
+    // Development: only one section, printed (`PGR_BENCH_WRITE=1`: also into BENCHMARKS.md).
     match std::env::var("PGR_BENCH_ONLY").as_deref() {
         Ok("pgbench") => {
-            print!("{}", pgbench::run()?.markdown());
-            return Ok(());
+            return only(&[(PGBENCH, pgbench::run()?.markdown())]);
         }
         Ok("failover") => {
             print!("{}", failover_md(None, 0));
             return Ok(());
         }
-        _ => {}
+        Ok("micro") => {
+            return only(&[(MICRO, MicroReport::run()?.markdown())]);
+        }
+        Ok("churn") => {
+            return only(&[(CHURN, churn::run()?.markdown())]);
+        }
+        Ok("flood") => {
+            let f = flood::run();
+            let m = MicroReport::run();
+            // Written only when both worked: a failure is printed, not recorded.
+            if f.is_ok() && m.is_ok() {
+                return only(&[
+                    (FLOOD, section(FLOOD, &f, flood::FloodReport::markdown)),
+                    (MICRO, section(MICRO, &m, MicroReport::markdown)),
+                ]);
+            }
+            print!(
+                "{}{}",
+                section(FLOOD, &f, flood::FloodReport::markdown),
+                section(MICRO, &m, MicroReport::markdown)
+            );
+            f?;
+            m?;
+            return Ok(());
+        }
+        Ok("gc") => {
+            return only(&[(GC, gc::markdown(&gc::run()?))]);
+        }
+        Ok(other) => {
+            bail!("PGR_BENCH_ONLY={other:?}: one of pgbench, failover, micro, churn, flood, gc")
+        }
+        Err(_) => {}
     }
     let started = std::time::Instant::now();
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let m = xdp_micro()?;
-    let get = |k: &str| {
-        m.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    // pgbench through direct / HAProxy / pgrouter (takes and releases the lab session lock).
+    let micro = MicroReport::run();
+    let gc = gc::run();
+    // Lab sections, one lab session each (each takes and releases the lab session lock).
     let pg = pgbench::run();
+    let churn = churn::run();
+    let flood = flood::run();
     let mut md = String::new();
     let _ = writeln!(md, "# pgrouter benchmarks\n");
     let _ = writeln!(
@@ -162,48 +249,13 @@ pub fn run() -> anyhow::Result<()> {
         "Machine: {}. Command: `cargo xtask bench`. Every figure is a ratio against a baseline measured in the same run.\n",
         machine()
     );
-    let _ = writeln!(md, "## XDP per-packet cost (BPF_PROG_TEST_RUN)\n");
-    let _ = writeln!(
-        md,
-        "The real program against `baseline_tx` (returns XDP_TX, nothing else) from the same object, same frames, same namespace.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| path | pgrouter ns/packet | baseline ns/packet | ratio |\n|---|---|---|---|"
-    );
-    let _ = writeln!(
-        md,
-        "| established flow (repeat 20,000) | {} | {} | {}× |",
-        get("established_ns"),
-        get("baseline_xdp_tx_ns"),
-        get("established_ratio")
-    );
-    let _ = writeln!(
-        md,
-        "| new flow, SYN (5,000 single runs) | {} | {} | {}× |",
-        get("syn_ns"),
-        get("baseline_single_run_ns"),
-        get("syn_ratio")
-    );
-    let _ = writeln!(
-        md,
-        "\nSingle runs include the test_run call's fixed cost, which is why the SYN row is compared with single runs of the baseline.\n"
-    );
-    let pg_err = match &pg {
-        Ok(r) => {
-            md.push_str(&r.markdown());
-            None
-        }
-        Err(e) => {
-            let _ = writeln!(
-                md,
-                "## pgbench: direct vs HAProxy vs pgrouter\n\nFailed in this run: {e:#}\n"
-            );
-            Some(e)
-        }
-    };
-    // Failover scenarios: they take the lab session lock themselves, after pgbench::run()
-    // has released it, write target/bench/failover-*.json and return the outage table.
+    md.push_str(&section(MICRO, &micro, MicroReport::markdown));
+    md.push_str(&section(PGBENCH, &pg, pgbench::Report::markdown));
+    md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
+    md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
+    md.push_str(&section(GC, &gc, gc::markdown));
+    // Failover scenarios: they take the lab session lock themselves, after the sections
+    // above have released it, write target/bench/failover-*.json and return the outage table.
     let failover = crate::demo::bench_failover();
     let table = match &failover {
         Ok(results) => crate::demo::markdown(results),
@@ -213,8 +265,50 @@ pub fn run() -> anyhow::Result<()> {
     let _ = writeln!(md, "Whole run: {:.0} s.", started.elapsed().as_secs_f64());
     std::fs::write(root().join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");
-    if let Some(e) = pg_err {
-        bail!("pgbench comparison failed: {e:#}");
+    let failed: Vec<String> = [
+        ("micro-benchmark", micro.err()),
+        ("pgbench comparison", pg.err()),
+        ("churn", churn.err()),
+        ("flood", flood.err()),
+        ("GC", gc.err()),
+    ]
+    .into_iter()
+    .filter_map(|(n, e)| e.map(|e| format!("{n}: {e:#}")))
+    .collect();
+    if !failed.is_empty() {
+        bail!("sections failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+const PGBENCH: &str = "pgbench: direct vs HAProxy vs pgrouter";
+const MICRO: &str = "XDP per-packet cost (BPF_PROG_TEST_RUN)";
+const CHURN: &str = "Connection churn: `pgbench -S -C` through the VIP, far past the SNAT range";
+const FLOOD: &str = "SYN flood: spoofed SYNs while sessions run";
+const GC: &str = "GC: controller CPU with a million flows";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "# pgrouter benchmarks\n\nMachine: x.\n\n## A\n\nold a\n\n## B\n\nold b\n\n## Failover: HAProxy + Keepalived vs pgrouter\n\nf\n\nWhole run: 1 s.\n";
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_inserted_before_failover() {
+        let d = replace_section(DOC, "A", "## A\n\nnew a\n");
+        assert!(d.contains("## A\n\nnew a\n\n## B\n\nold b"), "{d}");
+        assert!(!d.contains("old a"));
+        let d = replace_section(DOC, "C", "## C\n\nnew c\n");
+        assert!(d.contains("old b\n\n## C\n\nnew c\n\n## Failover"), "{d}");
+        let d = replace_section(
+            DOC,
+            "Failover: HAProxy + Keepalived vs pgrouter",
+            "## Failover: HAProxy + Keepalived vs pgrouter\n\ng\n",
+        );
+        assert!(
+            d.ends_with("## Failover: HAProxy + Keepalived vs pgrouter\n\ng\n"),
+            "{d}"
+        );
+        assert_eq!(replace_section("", "A", "## A\n\nx"), "## A\n\nx\n\n");
+    }
 }

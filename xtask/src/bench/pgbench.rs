@@ -28,10 +28,10 @@ use crate::lab::{
 pub const SESSION_LOCK: &str = "/run/pgrouter-lab-session.lock";
 /// Config, pins, control socket of the benchmark's pgrouter and HAProxy.
 const RUN_DIR: &str = "/run/pgrouter-bench";
-const HAPROXY_ADDR: &str = "198.18.0.22";
+pub(super) const HAPROXY_ADDR: &str = "198.18.0.22";
 const HAPROXY_TMPL: &str = include_str!("../../../lab/haproxy.cfg.tmpl");
 const PGROUTER_PROC: &str = "pgrouter-bench";
-const HAPROXY_PROC: &str = "haproxy-bench";
+pub(super) const HAPROXY_PROC: &str = "haproxy-bench";
 
 /// Run parameters (env overrides: `PGR_BENCH_SECONDS`, `PGR_BENCH_REPS`,
 /// `PGR_BENCH_CLIENTS`, `PGR_BENCH_SCALE`, `PGR_BENCH_GENERIC`, `PGR_BENCH_HAIRPIN`).
@@ -421,23 +421,35 @@ struct HairpinRun {
     in_receives: u64,
 }
 
-/// `Ip: InReceives` of edge2's namespace: packets its IP stack took in.
-fn edge2_in_receives() -> anyhow::Result<u64> {
+/// A counter of a namespace's `/proc/net/snmp` or `/proc/net/netstat` (`file`), e.g.
+/// (`snmp`, `Ip:`, `InReceives`) or (`netstat`, `TcpExt:`, `TCPSynRetrans`).
+pub(super) fn proc_net_counter(
+    ns: &str,
+    file: &str,
+    prefix: &str,
+    name: &str,
+) -> anyhow::Result<u64> {
+    let path = format!("/proc/net/{file}");
     let out = Command::new("ip")
-        .args(["netns", "exec", "pgrlab-edge2", "cat", "/proc/net/snmp"])
+        .args(["netns", "exec", ns, "cat", &path])
         .output()
-        .context("reading edge2's /proc/net/snmp")?;
+        .with_context(|| format!("reading {ns}'s {path}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
-    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
-        bail!("no Ip: lines in edge2's /proc/net/snmp");
+    let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        bail!("no {prefix} lines in {ns}'s {path}");
     };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "InReceives")
+        .find(|(n, _)| *n == name)
         .and_then(|(_, v)| v.parse().ok())
-        .context("no Ip: InReceives in edge2's /proc/net/snmp")
+        .with_context(|| format!("no {prefix} {name} in {ns}'s {path}"))
+}
+
+/// `Ip: InReceives` of edge2's namespace: packets its IP stack took in.
+fn edge2_in_receives() -> anyhow::Result<u64> {
+    proc_net_counter("pgrlab-edge2", "snmp", "Ip:", "InReceives")
 }
 
 impl HairpinRun {
@@ -499,11 +511,15 @@ impl Drop for HairpinRun {
     }
 }
 
-fn s(v: &str) -> String {
+pub(super) fn s(v: &str) -> String {
     v.to_string()
 }
 
-fn pgrouter_config(dir: &Path, xdp_mode: &str) -> String {
+/// The `[datapath]` lines of the pgbench comparison and the flood beyond interfaces, mode and
+/// pins: the lab's default SNAT range.
+pub(super) const DATAPATH_DEFAULT: &str = "snat_ports = \"40000-59999\"";
+
+fn pgrouter_config(dir: &Path, xdp_mode: &str, datapath: &str) -> String {
     let mut nodes = String::new();
     for (name, ip) in [
         ("pg1", "198.18.0.11"),
@@ -521,7 +537,7 @@ fn pgrouter_config(dir: &Path, xdp_mode: &str) -> String {
 interfaces = ["eth0"]
 mode = "{xdp_mode}"
 pin_path = "{dir}/bpf"
-snat_ports = "40000-59999"
+{datapath}
 
 [control]
 socket = "{dir}/pgrouter.sock"
@@ -551,8 +567,13 @@ maxconn = 100
     )
 }
 
+/// `target/release/pgrouter`, or the build named by `PGR_BENCH_PGROUTER` (e.g. one built from
+/// an earlier commit, to measure the lab sections before a change).
 fn pgrouter_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pgrouter")
+    match std::env::var_os("PGR_BENCH_PGROUTER") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pgrouter"),
+    }
 }
 
 /// Waits until `addr:port` reaches the primary `need` times in a row (every 250 ms).
@@ -573,24 +594,29 @@ fn wait_primary(lab: &Lab, what: &str, addr: &str, port: u16, need: u32) -> anyh
     )
 }
 
-fn pgbench(args: &[String]) -> anyhow::Result<String> {
+/// pgbench in the client namespace: whether it succeeded, and its stdout and stderr
+/// (progress lines included).
+pub(super) fn pgbench_out(args: &[String]) -> anyhow::Result<(bool, String)> {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", CLIENT_NS, &format!("{PG_BIN}/pgbench")])
         .args(args)
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
         .env("PGCONNECT_TIMEOUT", "5");
     let out = c.output().context("running pgbench")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!(
-            "pgbench {} failed ({}):\n{text}",
-            args.join(" "),
-            out.status
-        );
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn pgbench(args: &[String]) -> anyhow::Result<String> {
+    let (ok, text) = pgbench_out(args)?;
+    if !ok {
+        bail!("pgbench {} failed:\n{text}", args.join(" "));
     }
     Ok(text)
 }
@@ -645,15 +671,17 @@ fn run_one(
 }
 
 /// The benchmark's pgrouter on edge1, restarted when another XDP mode is needed.
-struct Pgr<'a> {
+pub(super) struct Pgr<'a> {
     lab: &'a Lab,
     dir: PathBuf,
+    /// Its config's `[datapath]` lines beyond interfaces, mode and pins.
+    datapath: &'static str,
     current: Option<&'static str>,
     peer: Option<PeerXdpPass>,
 }
 
 impl Pgr<'_> {
-    fn ensure(&mut self, mode: &'static str, report: &mut Report) -> anyhow::Result<()> {
+    pub(super) fn ensure(&mut self, mode: &'static str, report: &mut Report) -> anyhow::Result<()> {
         if self.current == Some(mode) {
             return Ok(());
         }
@@ -664,7 +692,7 @@ impl Pgr<'_> {
             detach(self.lab, &cfg);
         }
         self.peer = None;
-        fs::write(&cfg, pgrouter_config(&self.dir, mode))?;
+        fs::write(&cfg, pgrouter_config(&self.dir, mode, self.datapath))?;
         let bin = pgrouter_bin();
         let out = Command::new(&bin)
             .args(["check-config"])
@@ -735,7 +763,7 @@ fn start_haproxy(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Whether a process started by `lab.spawn` under `name` still runs.
-fn spawned_alive(lab: &Lab, name: &str) -> bool {
+pub(super) fn spawned_alive(lab: &Lab, name: &str) -> bool {
     lab.spawned()
         .iter()
         .any(|(n, pid)| n == name && crate::lab::util::pid_alive(*pid))
@@ -743,7 +771,7 @@ fn spawned_alive(lab: &Lab, name: &str) -> bool {
 
 /// Restarts HAProxy if something killed it (e.g. `cargo xtask setup`, which runs
 /// `pkill -x haproxy` for Debian's service, from another shell) and says so in the report.
-fn ensure_haproxy(lab: &Lab, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+pub(super) fn ensure_haproxy(lab: &Lab, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
     if spawned_alive(lab, HAPROXY_PROC) {
         return Ok(());
     }
@@ -772,12 +800,46 @@ fn detach(lab: &Lab, cfg: &Path) {
     }
 }
 
-/// Starts pgrouter (edge1, VIP:5000) and HAProxy (edge2) on a healthy lab, initialises
-/// pgbench's tables, runs the comparison. The caller tears down.
-fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
-    let leader = lab.leader()?;
-    report.leader = format!("{} {}", leader.name, leader.host);
+/// A lab session for one bench section (`session`): pgrouter (native XDP, VIP:5000) on
+/// edge1, HAProxy (seed config) on edge2, pgbench's tables initialised on the leader.
+pub(super) struct Session<'a> {
+    pub lab: &'a Lab,
+    pub dir: PathBuf,
+    /// (name, address) of the Patroni leader when the session started.
+    pub leader: (String, String),
+    pub pgr: Pgr<'a>,
+    /// Notes and the attached XDP mode, filled as pgrouter is (re)started.
+    pub report: Report,
+}
 
+impl Session<'_> {
+    /// Restarts HAProxy if something killed it (noted in the report).
+    pub fn ensure_haproxy(&mut self) -> anyhow::Result<()> {
+        ensure_haproxy(self.lab, &self.dir, &mut self.report)
+    }
+
+    /// A note if the leader changed since the session started (figures not comparable).
+    pub fn leader_note(&mut self) -> anyhow::Result<()> {
+        let after = self.lab.leader()?;
+        if after.name != self.leader.0 {
+            self.report.notes.push(format!(
+                "the leader changed during the runs ({} → {}): figures are not comparable",
+                self.leader.0, after.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Starts pgrouter (edge1, VIP:5000, `datapath` lines in its config) and HAProxy (edge2) on a healthy lab and
+/// initialises pgbench's tables. The caller tears down.
+fn prepare<'a>(
+    lab: &'a Lab,
+    p: &Params,
+    dir: &Path,
+    datapath: &'static str,
+) -> anyhow::Result<Session<'a>> {
+    let leader = lab.leader()?;
     // pgrouter on edge1, VIP added by hand (no VRRP in this benchmark).
     let pins = dir.join("bpf");
     fs::create_dir_all(&pins)?;
@@ -805,14 +867,24 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         ],
     )?;
     anyhow::ensure!(code == 0, "ip addr add {VIP}/32 in edge1 failed");
-    let mut pgr = Pgr {
+    let mut sess = Session {
         lab,
         dir: dir.to_path_buf(),
-        current: None,
-        peer: None,
+        leader: (leader.name.clone(), leader.host.clone()),
+        pgr: Pgr {
+            lab,
+            dir: dir.to_path_buf(),
+            datapath,
+            current: None,
+            peer: None,
+        },
+        report: Report {
+            params: Some(p.clone()),
+            leader: format!("{} {}", leader.name, leader.host),
+            ..Report::default()
+        },
     };
-    let first = p.targets().iter().find_map(|t| t.xdp()).unwrap_or("native");
-    pgr.ensure(first, report)?;
+    sess.pgr.ensure("native", &mut sess.report)?;
 
     start_haproxy(lab, dir)?;
     let t = Instant::now();
@@ -833,7 +905,14 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
         leader.name,
         t.elapsed()
     );
+    Ok(sess)
+}
 
+/// The comparison's runs on a prepared session.
+fn measure(sess: &mut Session, p: &Params) -> anyhow::Result<()> {
+    let (lab, dir) = (sess.lab, sess.dir.clone());
+    let leader = sess.leader.clone();
+    let (pgr, report) = (&mut sess.pgr, &mut sess.report);
     report.load.0 = loadavg();
     let targets = p.targets();
     for &tg in &targets {
@@ -841,13 +920,13 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
             pgr.ensure(m, report)?;
         }
         if tg == Target::Haproxy {
-            ensure_haproxy(lab, dir, report)?;
+            ensure_haproxy(lab, &dir, report)?;
         }
         let w = run_one(
             p,
             Mode::Persistent,
             tg,
-            (&leader.name, &leader.host),
+            (&leader.0, &leader.1),
             p.warmup_seconds,
         )?;
         println!("bench: warm-up {:<21} {:>8.0} tps", tg.name(), w.tps);
@@ -860,12 +939,12 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
                     pgr.ensure(m, report)?;
                 }
                 if tg == Target::Haproxy {
-                    ensure_haproxy(lab, dir, report)?;
+                    ensure_haproxy(lab, &dir, report)?;
                 }
-                let smp = match run_one(p, mode, tg, (&leader.name, &leader.host), p.seconds) {
+                let smp = match run_one(p, mode, tg, (&leader.0, &leader.1), p.seconds) {
                     Err(_) if tg == Target::Haproxy && !spawned_alive(lab, HAPROXY_PROC) => {
-                        ensure_haproxy(lab, dir, report)?;
-                        run_one(p, mode, tg, (&leader.name, &leader.host), p.seconds)?
+                        ensure_haproxy(lab, &dir, report)?;
+                        run_one(p, mode, tg, (&leader.0, &leader.1), p.seconds)?
                     }
                     r => r?,
                 };
@@ -892,14 +971,7 @@ fn measure(lab: &Lab, p: &Params, dir: &Path, report: &mut Report) -> anyhow::Re
     }
     report.load.1 = loadavg();
     // The leader must not have changed under the runs.
-    let after = lab.leader()?;
-    if after.name != leader.name {
-        report.notes.push(format!(
-            "the leader changed during the runs ({} → {}): figures are not comparable",
-            leader.name, after.name
-        ));
-    }
-    Ok(())
+    sess.leader_note()
 }
 
 fn lab_log(lab: &Lab, name: &str) -> String {
@@ -913,16 +985,91 @@ fn lab_log(lab: &Lab, name: &str) -> String {
     )
 }
 
-/// "native XDP on eth0" / "generic XDP on eth0" from `pgrouter status --json`.
-fn xdp_mode(dir: &Path) -> String {
-    let out = Command::new(pgrouter_bin())
+/// `pgrouter status --json` of the bench's pgrouter (Null when it does not answer).
+pub(super) fn status_json(dir: &Path) -> serde_json::Value {
+    Command::new(pgrouter_bin())
         .args(["status", "--json", "--socket"])
         .arg(dir.join("pgrouter.sock"))
-        .output();
-    let v: serde_json::Value = out
+        .output()
         .ok()
         .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Every numeric leaf of `v` as (dotted path, value); array elements are named by their
+/// `name` or `node` field when they have one, else by index.
+pub(super) fn numeric_leaves(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64() {
+                out.push((path.to_string(), f));
+            }
+        }
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                numeric_leaves(x, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let name = x
+                    .get("name")
+                    .or_else(|| x.get("node"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string());
+                numeric_leaves(x, &format!("{path}[{name}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What changed in pgrouter's counters between two `status --json` snapshots: the data
+/// path's global counters and listener `listener`'s fields (backends included), as
+/// (name, after − before) for every field that moved.
+pub(super) fn counter_deltas(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    listener: &str,
+) -> Vec<(String, f64)> {
+    let pick = |v: &serde_json::Value| {
+        let mut out = Vec::new();
+        if let Some(c) = v.get("datapath").and_then(|d| d.get("counters")) {
+            numeric_leaves(c, "", &mut out);
+        }
+        if let Some(l) = v.get("listeners").and_then(|l| l.as_array()).and_then(|a| {
+            a.iter()
+                .find(|l| l.get("name").and_then(|n| n.as_str()) == Some(listener))
+        }) {
+            numeric_leaves(l, listener, &mut out);
+        }
+        out
+    };
+    let b = pick(before);
+    pick(after)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(".port") && !k.ends_with(".maxconn"))
+        .map(|(k, a)| {
+            let was = b
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or(0.0);
+            (k, a - was)
+        })
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
+/// "native XDP on eth0" / "generic XDP on eth0" from `pgrouter status --json`.
+fn xdp_mode(dir: &Path) -> String {
+    let v = status_json(dir);
     let find = |v: &serde_json::Value| -> Option<String> {
         let ifs = v.get("interfaces")?.as_array()?;
         let parts: Vec<String> = ifs
@@ -980,38 +1127,51 @@ fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
     errs
 }
 
-/// The whole comparison: session lock, lab up, pgrouter + HAProxy, pgbench, teardown (also
-/// on error). Builds `target/release/pgrouter` first.
-pub fn run() -> anyhow::Result<Report> {
-    let p = Params::from_env()?;
-    let st = Command::new("cargo")
-        .args(["build", "--release", "-p", "router-user", "--bins"])
-        .status()
-        .context("cargo build")?;
-    anyhow::ensure!(st.success(), "cargo build --release -p router-user failed");
+/// Builds `target/release/pgrouter`, takes the session lock, brings the lab up, prepares a
+/// [`Session`] (pgrouter with `datapath` lines in its config, HAProxy, pgbench tables), runs `f` on it and tears
+/// everything down (also on error). Every lab section of the bench goes through here.
+pub(super) fn session<T>(
+    p: &Params,
+    datapath: &'static str,
+    f: impl FnOnce(&mut Session) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if std::env::var_os("PGR_BENCH_PGROUTER").is_none() {
+        let st = Command::new("cargo")
+            .args(["build", "--release", "-p", "router-user", "--bins"])
+            .status()
+            .context("cargo build")?;
+        anyhow::ensure!(st.success(), "cargo build --release -p router-user failed");
+    }
+    println!("bench: pgrouter = {}", pgrouter_bin().display());
 
     let _lock = SessionLock::acquire()?;
     let lab = Lab::default();
     let dir = PathBuf::from(RUN_DIR);
-    let mut report = Report {
-        params: Some(p.clone()),
-        ..Report::default()
-    };
     let t = Instant::now();
-    let res = (|| -> anyhow::Result<()> {
+    let res = (|| -> anyhow::Result<T> {
         lab.up(Duration::from_secs(180))?;
         lab.wait_healthy(2, Duration::from_secs(60))?;
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        measure(&lab, &p, &dir, &mut report)
+        let mut sess = prepare(&lab, p, &dir, datapath)?;
+        f(&mut sess)
     })();
     let errs = teardown(&lab, &dir);
-    println!("bench: pgbench comparison took {:.0?}", t.elapsed());
-    res?;
+    println!("bench: lab session took {:.0?}", t.elapsed());
+    let v = res?;
     if !errs.is_empty() {
         bail!("teardown: {}", errs.join("; "));
     }
-    Ok(report)
+    Ok(v)
+}
+
+/// The whole comparison in its own lab session.
+pub fn run() -> anyhow::Result<Report> {
+    let p = Params::from_env()?;
+    session(&p, DATAPATH_DEFAULT, |sess| {
+        measure(sess, &p)?;
+        Ok(std::mem::take(&mut sess.report))
+    })
 }
 
 #[cfg(test)]
@@ -1099,7 +1259,7 @@ tps = 432.150000 (including reconnection times)
         assert_eq!(md.matches("### ").count(), 2);
         assert!(md.contains("| 2.000 |"), "connection time column: {md}");
         assert!(
-            pgrouter_config(Path::new(RUN_DIR), "generic")
+            pgrouter_config(Path::new(RUN_DIR), "generic", DATAPATH_DEFAULT)
                 .contains("pin_path = \"/run/pgrouter-bench/bpf\"")
         );
     }

@@ -95,10 +95,11 @@ pub fn expired(f: &Flow, r: &Flow, now: u64, t: &Timeouts) -> bool {
     now.saturating_sub(seen) > state_timeout(t, flow_state(f.flags))
 }
 
-/// Whether the established-table entry `e` (either direction) belongs to an expired flow. The
-/// common case (this direction seen within the shortest timeout) costs no second lookup.
+/// Whether the established-table entry `e` under `key` (either direction) belongs to an
+/// expired flow. The common case (this direction seen within the shortest timeout) costs no
+/// second lookup.
 #[inline(always)]
-pub fn entry_expired(e: &Flow, now: u64, t: &Timeouts) -> bool {
+pub fn entry_expired(key: &FlowKey, e: &Flow, now: u64, t: &Timeouts) -> bool {
     let idle = now.saturating_sub(e.last_seen);
     if idle <= state_timeout(t, router_ebpf::FLOW_STATE_CLOSED)
         && idle <= state_timeout(t, router_ebpf::FLOW_STATE_CLOSING)
@@ -111,6 +112,10 @@ pub fn entry_expired(e: &Flow, now: u64, t: &Timeouts) -> bool {
         return true;
     };
     let p = unsafe { &*p };
+    if p.peer_key() != *key {
+        // The other key now holds another flow's entry: this one is an orphan.
+        return true;
+    }
     if e.flags & FLOW_F_REPLY == 0 {
         expired(e, p, now, t)
     } else {
@@ -178,7 +183,7 @@ pub fn forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u
     let t = timeouts();
     if let Some(entry) = PGR_CONNTRACK.get_ptr_mut(key) {
         let f = unsafe { &*entry };
-        if entry_expired(f, now, &t) {
+        if entry_expired(key, f, now, &t) {
             // Treated as absent: ended here, so its slot and port come back now.
             end(key, entry);
             count(counter::EXPIRED_ON_PACKET);
@@ -238,7 +243,7 @@ pub fn reply(ctx: &XdpContext, h: &Headers, key: &FlowKey, table: Table, entry: 
     let now = now();
     let t = timeouts();
     let live = match table {
-        Table::Established => !entry_expired(f, now, &t),
+        Table::Established => !entry_expired(key, f, now, &t),
         Table::Handshake => {
             now.saturating_sub(f.last_seen) <= state_timeout(&t, FLOW_STATE_HANDSHAKE)
         }

@@ -27,7 +27,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
             let e = unsafe { *entry };
             // The controller judged from a copy; the kernel's clock and the entry as it is now
             // decide (a packet may have come since).
-            if req.flags & GC_F_FORCE == 0 && !flow::entry_expired(&e, now(), &timeouts()) {
+            if req.flags & GC_F_FORCE == 0 && !flow::entry_expired(&req.key, &e, now(), &timeouts())
+            {
                 return xdp_action::XDP_PASS;
             }
             flow::end(&req.key, entry);

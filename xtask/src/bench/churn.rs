@@ -417,18 +417,9 @@ impl ChurnReport {
                     c.join(", ")
                 );
             }
-            if let Some(e) = &r.error_tail {
-                let _ = writeln!(
-                    md,
-                    "\n{} run failed; end of pgbench's output:\n\n```\n{e}\n```",
-                    r.target
-                );
-            }
+            super::failed_run_tail(&mut md, &r.target, r.error_tail.as_deref());
         }
-        for n in &self.notes {
-            let _ = writeln!(md, "\nNote: {n}");
-        }
-        let _ = writeln!(md);
+        super::notes(&mut md, &self.notes);
         md
     }
 }

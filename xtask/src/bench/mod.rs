@@ -287,6 +287,26 @@ const CHURN: &str = "Connection churn: `pgbench -S -C` through the VIP, far past
 const FLOOD: &str = "SYN flood: spoofed SYNs while sessions run";
 const GC: &str = "GC: controller CPU with a million flows";
 
+/// A section's closing lines: why a run failed (the end of pgbench's output), if it did.
+pub(crate) fn failed_run_tail(md: &mut String, target: impl std::fmt::Display, tail: Option<&str>) {
+    use std::fmt::Write as _;
+    if let Some(e) = tail {
+        let _ = writeln!(
+            md,
+            "\n{target} run failed; end of pgbench's output:\n\n```\n{e}\n```"
+        );
+    }
+}
+
+/// A section's notes, then the blank line that ends it.
+pub(crate) fn notes(md: &mut String, notes: &[String]) {
+    use std::fmt::Write as _;
+    for n in notes {
+        let _ = writeln!(md, "\nNote: {n}");
+    }
+    let _ = writeln!(md);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

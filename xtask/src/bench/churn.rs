@@ -6,8 +6,6 @@
 //! Method: docs/benchmarks.md.
 use std::{fmt::Write as _, time::Instant};
 
-use anyhow::Context as _;
-
 use super::pgbench::{
     self, HAPROXY_ADDR, Params, Sample, Session, counter_deltas, parse_pgbench, pgbench_out,
     proc_net_counter, s, status_json,
@@ -42,16 +40,7 @@ pub struct ChurnParams {
 
 impl ChurnParams {
     pub fn from_env(p: &Params) -> anyhow::Result<Self> {
-        let get = |k: &str, d: u32| -> anyhow::Result<u32> {
-            match std::env::var(k) {
-                Ok(v) => v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{k}={v:?}: a positive integer")),
-                Err(_) => Ok(d),
-            }
-        };
+        let get = super::env_positive::<u32>;
         let secs = get("PGR_BENCH_CHURN_SECS", 600)?;
         let haproxy_secs = get("PGR_BENCH_CHURN_HAPROXY_SECS", secs)?;
         let interval = get("PGR_BENCH_CHURN_INTERVAL", 60)?
@@ -405,16 +394,11 @@ impl ChurnReport {
         }
         for r in &self.runs {
             if !r.counters.is_empty() {
-                let c: Vec<String> = r
-                    .counters
-                    .iter()
-                    .map(|(k, v)| format!("`{k}` {v:+.0}"))
-                    .collect();
+                let c = super::counter_changes(&r.counters);
                 let _ = writeln!(
                     md,
                     "\n{}: counters over the run (after − before; pgrouter's from `pgrouter status --json`, the primary's from its `/proc/net/netstat`): {}.",
-                    r.target,
-                    c.join(", ")
+                    r.target, c
                 );
             }
             super::failed_run_tail(&mut md, &r.target, r.error_tail.as_deref());

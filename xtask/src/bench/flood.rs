@@ -51,16 +51,7 @@ pub struct FloodParams {
 
 impl FloodParams {
     pub fn from_env() -> anyhow::Result<Self> {
-        let get = |k: &str, d: u64| -> anyhow::Result<u64> {
-            match std::env::var(k) {
-                Ok(v) => v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{k}={v:?}: a positive integer")),
-                Err(_) => Ok(d),
-            }
-        };
+        let get = super::env_positive::<u64>;
         Ok(FloodParams {
             secs: get("PGR_BENCH_FLOOD_SECS", 10)?.min(120) as u32,
             max: get("PGR_BENCH_FLOOD_MAX", 20_000_000)?,
@@ -556,11 +547,7 @@ impl FloodReport {
                 per_s.join(" ")
             );
             if !r.counters.is_empty() {
-                let c: Vec<String> = r
-                    .counters
-                    .iter()
-                    .map(|(k, v)| format!("`{k}` {v:+.0}"))
-                    .collect();
+                let c = super::counter_changes(&r.counters);
                 let _ = writeln!(
                     md,
                     "\n{} over the flood ({}): {}.",
@@ -570,7 +557,7 @@ impl FloodReport {
                     } else {
                         "edge2's `/proc/net/netstat`, after − before"
                     },
-                    c.join(", ")
+                    c
                 );
             }
             if r.flood.refused > 0 {

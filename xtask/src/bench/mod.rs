@@ -307,6 +307,32 @@ pub(crate) fn notes(md: &mut String, notes: &[String]) {
     let _ = writeln!(md);
 }
 
+/// A positive integer from the environment variable `k`, or `d` when it is unset; an error
+/// names the variable and its bad value.
+pub(crate) fn env_positive<T>(k: &str, d: T) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    use anyhow::Context as _;
+    match std::env::var(k) {
+        Ok(v) => v
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n > T::default())
+            .with_context(|| format!("{k}={v:?}: a positive integer")),
+        Err(_) => Ok(d),
+    }
+}
+
+/// Counter changes over a run, as the report lists them: `` `name` +N, … ``.
+pub(crate) fn counter_changes(counters: &[(String, f64)]) -> String {
+    counters
+        .iter()
+        .map(|(k, v)| format!("`{k}` {v:+.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

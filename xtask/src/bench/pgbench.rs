@@ -51,16 +51,7 @@ pub struct Params {
 
 impl Params {
     pub fn from_env() -> anyhow::Result<Self> {
-        let get = |k: &str, d: u32| -> anyhow::Result<u32> {
-            match std::env::var(k) {
-                Ok(v) => v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{k}={v:?}: a positive integer")),
-                Err(_) => Ok(d),
-            }
-        };
+        let get = super::env_positive::<u32>;
         Ok(Params {
             seconds: get("PGR_BENCH_SECONDS", 8)?,
             reps: get("PGR_BENCH_REPS", 3)?,

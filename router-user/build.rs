@@ -20,8 +20,7 @@ fn main() {
 /// wrapper, rust-analyzer sets `RA_RUSTC_WRAPPER`. Neither produces a binary that could carry
 /// an empty object.
 fn checking_only() -> bool {
-    let clippy = env::var("RUSTC_WORKSPACE_WRAPPER")
-        .is_ok_and(|w| w.contains("clippy-driver"));
+    let clippy = env::var("RUSTC_WORKSPACE_WRAPPER").is_ok_and(|w| w.contains("clippy-driver"));
     clippy || env::var_os("RA_RUSTC_WRAPPER").is_some()
 }
 

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Balance;
 pub use summary::Summary;
+/// Limits `pgrouter import` clamps to, so that what it writes passes validation.
+pub use validate::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
 pub use vrrp::{Cidr, StateHint, Track, VrrpInstance};
 
 /// `[datapath] pin_path` when unset.

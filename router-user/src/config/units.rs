@@ -135,6 +135,18 @@ impl fmt::Display for DurationText {
     }
 }
 
+impl From<String> for DurationText {
+    fn from(s: String) -> Self {
+        Self::Text(s)
+    }
+}
+
+impl From<&str> for DurationText {
+    fn from(s: &str) -> Self {
+        Self::Text(s.to_owned())
+    }
+}
+
 impl From<Duration> for DurationText {
     fn from(d: Duration) -> Self {
         Self::Text(duration_text(d))

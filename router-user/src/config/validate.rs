@@ -6,6 +6,8 @@
 mod cluster;
 mod datapath;
 
+pub use cluster::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
+
 use std::path::Path;
 
 use serde::de::DeserializeOwned;

@@ -14,12 +14,12 @@ use super::super::{
 use super::{Ctx, p};
 
 /// Shorter than this and checks become a self-inflicted load test of Patroni.
-const MIN_CHECK_PERIOD: Duration = Duration::from_millis(10);
+pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(10);
 /// A held SYN is retransmitted by the client (1 s, 3 s, 7 s, …); beyond a minute every
 /// client library has given up anyway, and the hold only hides the outage.
 const MAX_EMPTY_HOLD: Duration = Duration::from_secs(60);
 /// More than this many consecutive results is almost certainly a typo (HAProxy has no limit).
-const MAX_RISE_FALL: u32 = 1000;
+pub const MAX_RISE_FALL: u32 = 1000;
 
 /// Every cluster, then the names and VIP:ports that must be unique across them.
 pub(super) fn clusters(ctx: &mut Ctx<'_>, raw: Vec<raw::Cluster>, dp: &Datapath) -> Vec<Cluster> {

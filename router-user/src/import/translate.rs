@@ -226,6 +226,22 @@ fn l4_irrelevant(d: &Directive) -> bool {
         || (w0 == "no" && w1 == "option")
 }
 
+/// What a directive pgrouter reads lacks, if it is cut short (`use_backend` alone): such a
+/// line is reported and skipped instead of being read as if its words were there.
+fn missing_argument(d: &Directive) -> Option<&'static str> {
+    let n = d.words.len();
+    match d.word(0) {
+        "use_backend" | "default_backend" if n < 2 => Some("a backend name"),
+        "acl" if n < 3 => Some("a name and a criterion"),
+        "bind" if n < 2 => Some("an address"),
+        "server" if n < 3 => Some("a name and an address"),
+        "balance" if n < 2 => Some("an algorithm"),
+        "maxconn" if n < 2 => Some("a number"),
+        "timeout" if n < 3 => Some("a name and a time"),
+        _ => None,
+    }
+}
+
 fn proxy_from(
     section: &haproxy::Section,
     defaults: &[Directive],
@@ -261,6 +277,15 @@ fn proxy_from(
     let own_start = defaults.len();
     for (i, d) in defaults.iter().chain(section.directives.iter()).enumerate() {
         let from_defaults = i < own_start;
+        if let Some(need) = missing_argument(d) {
+            sink.warn(
+                src.path,
+                d.line,
+                place.clone(),
+                format!("`{}` without {need}; ignored", d.words.join(" ")),
+            );
+            continue;
+        }
         let w = |k: usize| d.word(k);
         match (w(0), w(1)) {
             ("mode", m) => p.mode_http = m == "http",
@@ -281,7 +306,13 @@ fn proxy_from(
                 }
             }
             ("option", "httpchk") => {
-                let args: Vec<&str> = d.words[2..].iter().map(String::as_str).collect();
+                let args: Vec<&str> = d
+                    .words
+                    .get(2..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
                 let mut c = Check {
                     line: d.line,
                     http: true,
@@ -330,7 +361,10 @@ fn proxy_from(
             ("http-check", _) => {}
             ("balance", b) => p.balance = Some((d.line, b.to_owned())),
             ("default-server", _) => {
-                haproxy::parse_server_opts(&d.words[1..], &mut default_server);
+                haproxy::parse_server_opts(
+                    d.words.get(1..).unwrap_or_default(),
+                    &mut default_server,
+                );
             }
             ("server", name) if !from_defaults => {
                 let mut opts = default_server.clone();
@@ -351,13 +385,13 @@ fn proxy_from(
             ("use_backend", b) if !from_defaults => p.use_backends.push(UseBackend {
                 line: d.line,
                 backend: b.to_owned(),
-                cond: d.words[2..].to_vec(),
+                cond: d.words.get(2..).unwrap_or_default().to_vec(),
             }),
             ("acl", name) => {
                 p.acls
                     .entry(name.to_owned())
                     .or_default()
-                    .extend(d.words[2..].iter().cloned());
+                    .extend(d.words.get(2..).unwrap_or_default().iter().cloned());
             }
             ("timeout", "check") => match haproxy::parse_time(d.word(2)) {
                 Ok(t) => p.timeout_check = Some(t),

@@ -4,10 +4,12 @@
 //! [`Config`] below, collecting every semantic error with the position of the offending field
 //! (looked up in a spanned parse, see `span`). The meaning of every key, its default and its
 //! HAProxy/Keepalived equivalent are in `docs/config.md`.
-mod raw;
+pub(crate) mod raw;
 mod span;
 pub mod units;
 mod validate;
+
+pub(crate) use validate::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -1,16 +1,17 @@
 //! The file as written: serde structs with `deny_unknown_fields`. Values with their own syntax
 //! (durations, lag, port ranges) stay strings here so that `validate` can report *all* bad
-//! values at once; serde stops at the first error.
+//! values at once; serde stops at the first error. `Serialize` is for `pgrouter import`, which
+//! writes its translation as these types.
 use std::net::IpAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Checks, Fallback, ListenerKind, OnMarkedDown, Scheme, StaticRole, XdpMode};
 use crate::model::Balance;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct File {
+pub(crate) struct File {
     #[serde(default)]
     pub datapath: Datapath,
     #[serde(default)]
@@ -21,9 +22,9 @@ pub(super) struct File {
     pub vrrp: Vec<super::VrrpInstance>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Datapath {
+pub(crate) struct Datapath {
     #[serde(default)]
     pub interfaces: Vec<String>,
     #[serde(default)]
@@ -67,18 +68,18 @@ fn default_snat_ports() -> String {
 }
 
 /// `[datapath.timeouts]`: durations as written; `None` = the ABI default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Timeouts {
+pub(crate) struct Timeouts {
     pub handshake: Option<String>,
     pub established: Option<String>,
     pub closing: Option<String>,
     pub closed: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Control {
+pub(crate) struct Control {
     #[serde(default = "default_socket")]
     pub socket: String,
     #[serde(default = "default_metrics")]
@@ -101,9 +102,9 @@ fn default_metrics() -> String {
     "127.0.0.1:9188".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Cluster {
+pub(crate) struct Cluster {
     pub name: String,
     #[serde(default)]
     pub checks: Checks,
@@ -117,9 +118,9 @@ pub(super) struct Cluster {
     pub listener: Vec<Listener>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Health {
+pub(crate) struct Health {
     #[serde(default = "d_interval")]
     pub interval: String,
     #[serde(default = "d_fastinter")]
@@ -172,9 +173,9 @@ fn d_true() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Api {
+pub(crate) struct Api {
     #[serde(default)]
     pub scheme: Scheme,
     #[serde(default = "d_api_port")]
@@ -209,9 +210,9 @@ fn d_api_port() -> u16 {
     8008
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Node {
+pub(crate) struct Node {
     pub name: String,
     pub host: IpAddr,
     #[serde(default = "d_pg_port")]
@@ -225,9 +226,9 @@ fn d_pg_port() -> u16 {
     5432
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Listener {
+pub(crate) struct Listener {
     pub name: String,
     pub vip: IpAddr,
     pub port: u16,
@@ -247,18 +248,18 @@ pub(super) struct Listener {
 }
 
 /// `on_empty` as written; `validate` pairs it with `empty_hold` into [`super::OnEmpty`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum OnEmptyKind {
+pub(crate) enum OnEmptyKind {
     #[default]
     Hold,
     Reject,
 }
 
 /// `lag = "10MB"` or `lag = 10485760`; both go through Patroni's parser.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
-pub(super) enum Lag {
+pub(crate) enum Lag {
     Int(i64),
     Text(String),
 }

@@ -12,14 +12,14 @@ use super::{
 };
 
 /// Shorter than this and checks become a self-inflicted load test of Patroni.
-const MIN_CHECK_PERIOD: Duration = Duration::from_millis(10);
+pub(crate) const MIN_CHECK_PERIOD: Duration = Duration::from_millis(10);
 /// Fewer handshake entries than this (32 half-open flows) would refuse ordinary bursts.
 const MIN_HS_ENTRIES: u32 = 64;
 /// A held SYN is retransmitted by the client (1 s, 3 s, 7 s, …); beyond a minute every
 /// client library has given up anyway, and the hold only hides the outage.
 const MAX_EMPTY_HOLD: Duration = Duration::from_secs(60);
 /// More than this many consecutive results is almost certainly a typo (HAProxy has no limit).
-const MAX_RISE_FALL: u32 = 1000;
+pub(crate) const MAX_RISE_FALL: u32 = 1000;
 
 struct Ctx<'a> {
     file: String,

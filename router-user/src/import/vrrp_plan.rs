@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::keepalived;
+use super::plan::{Plan, Sink, VrrpPlan};
 use super::translate::{
-    PATRONI_TRACK_WEIGHT, PLACEHOLDER_SRC, PLACEHOLDER_VIP, Plan, Sink, VrrpPlan, fmt_duration,
-    sanitize,
+    PATRONI_TRACK_WEIGHT, PLACEHOLDER_SRC, PLACEHOLDER_VIP, fmt_duration, sanitize,
 };
 use super::{Place, Source};
 
@@ -65,7 +65,6 @@ pub(super) fn vrrp_plans(
         let place = Place::Vrrp(vi);
         let mut v = VrrpPlan {
             name: sanitize(item.arg(1).unwrap_or("VI")),
-            line: item.line,
             version: 2,
             priority: 100,
             advert_int: "1s".into(),
@@ -222,7 +221,7 @@ pub(super) fn vrrp_plans(
                 place.clone(),
                 format!("no virtual_ipaddress; replace the placeholder {PLACEHOLDER_VIP}"),
             );
-            v.vips.push(PLACEHOLDER_VIP.into());
+            v.vips.push(PLACEHOLDER_VIP.to_string());
         }
         let v6 = v
             .vips
@@ -250,7 +249,7 @@ pub(super) fn vrrp_plans(
         if !v.unicast_peer.is_empty() && v.unicast_src_ip.is_none() {
             sink.warn(k.path, item.line, place.clone(), format!(
                 "unicast_peer without unicast_src_ip: keepalived uses the interface's address, pgrouter needs it written down; replace the placeholder {PLACEHOLDER_SRC}"));
-            v.unicast_src_ip = Some(PLACEHOLDER_SRC.into());
+            v.unicast_src_ip = Some(PLACEHOLDER_SRC.to_string());
         }
         if v.priority == 255 && v.state.as_deref() == Some("BACKUP") {
             sink.warn(k.path, item.line, place.clone(), "priority 255 makes this host the address owner (MASTER at once), whatever `state BACKUP` says");
@@ -289,8 +288,8 @@ pub(super) fn vrrp_plans(
             v.tracks.push(("xdp-attached".into(), 0));
             v.tracks.push(("patroni:".into(), PATRONI_TRACK_WEIGHT));
         }
-        if !plan.interfaces.contains(&v.interface) {
-            plan.interfaces.push(v.interface.clone());
+        if !plan.config.datapath.interfaces.contains(&v.interface) {
+            plan.config.datapath.interfaces.push(v.interface.clone());
         }
         plan.vrrp.push(v);
     }

@@ -1,0 +1,143 @@
+//! What the translation produces: the configuration as pgrouter's own types
+//! ([`crate::config::raw`], the structs `config::parse` reads), and the comments and warnings
+//! that explain it, each attached to a [`Place`]. `render` writes both as TOML.
+use crate::config::raw;
+
+use super::{Place, Warning};
+
+/// The translation, ready to render.
+#[derive(Debug)]
+pub struct Plan {
+    /// The config pgrouter will read. Its `vrrp` list stays empty: keepalived instances are in
+    /// [`Plan::vrrp`] until the VRRP schema moves into `config` (issue 14).
+    pub config: raw::File,
+    /// `[[vrrp]]`, one per keepalived `vrrp_instance`.
+    pub vrrp: Vec<VrrpPlan>,
+    /// Comments about what was written (where it came from, why it has this value).
+    pub notes: Notes,
+    /// Directives that have no meaning for an L4 NAT, listed once (not warnings).
+    pub dropped: Vec<String>,
+}
+
+impl Plan {
+    /// An empty translation: pgrouter's defaults, no cluster.
+    pub fn new() -> Self {
+        Self {
+            config: raw::File {
+                datapath: raw::Datapath::default(),
+                control: raw::Control::default(),
+                cluster: Vec::new(),
+                vrrp: Vec::new(),
+            },
+            vrrp: Vec::new(),
+            notes: Notes::default(),
+            dropped: Vec::new(),
+        }
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One keepalived `vrrp_instance` as `[[vrrp]]` keys (written as text by `render`).
+#[derive(Clone, Debug, Default)]
+pub struct VrrpPlan {
+    pub name: String,
+    pub interface: String,
+    pub version: u8,
+    pub virtual_router_id: u8,
+    pub priority: u8,
+    pub advert_int: String,
+    pub state: Option<String>,
+    pub nopreempt: bool,
+    pub preempt_delay: Option<String>,
+    pub auth_pass: Option<String>,
+    pub vips: Vec<String>,
+    pub unicast_src_ip: Option<String>,
+    pub unicast_peer: Vec<String>,
+    pub garp_master_delay: Option<String>,
+    pub garp_master_repeat: Option<u32>,
+    pub garp_master_refresh: Option<String>,
+    pub notify: Vec<(&'static str, String)>,
+    pub tracks: Vec<(String, i32)>,
+    pub source: Vec<String>,
+}
+
+/// Comments the translation attaches to what it wrote. A key is a dotted path inside the
+/// place's table (`"health.timeout"` in a cluster, `"timeouts.handshake"` in the datapath).
+#[derive(Clone, Debug, Default)]
+pub struct Notes {
+    above: Vec<(Place, String)>,
+    after: Vec<(Place, &'static str, String)>,
+    suggested: Vec<(Place, &'static str, String)>,
+}
+
+impl Notes {
+    /// A comment line above the item at `place` (e.g. the HAProxy lines it comes from).
+    pub fn above(&mut self, place: Place, text: impl Into<String>) {
+        self.above.push((place, text.into()));
+    }
+
+    /// A comment after `key`'s value (e.g. the directive it was translated from).
+    pub fn after(&mut self, place: Place, key: &'static str, text: impl Into<String>) {
+        self.after.push((place, key, text.into()));
+    }
+
+    /// A key the translation left out but the reader should consider, written as a
+    /// commented-out line (`line` without the `# `) where `key` would be.
+    pub fn suggest(&mut self, place: Place, key: &'static str, line: impl Into<String>) {
+        self.suggested.push((place, key, line.into()));
+    }
+
+    pub fn above_at<'a>(&'a self, place: &'a Place) -> impl Iterator<Item = &'a str> + 'a {
+        self.above
+            .iter()
+            .filter(move |(p, _)| p == place)
+            .map(|(_, t)| t.as_str())
+    }
+
+    pub fn after_at(&self, place: &Place, key: &str) -> Option<&str> {
+        self.after
+            .iter()
+            .find(|(p, k, _)| p == place && *k == key)
+            .map(|(_, _, t)| t.as_str())
+    }
+
+    pub fn suggested_at(&self, place: &Place, key: &str) -> Option<&str> {
+        self.suggested
+            .iter()
+            .find(|(p, k, _)| p == place && *k == key)
+            .map(|(_, _, t)| t.as_str())
+    }
+}
+
+/// Collects warnings and notes with their file and place.
+#[derive(Debug, Default)]
+pub struct Sink {
+    pub warnings: Vec<Warning>,
+    pub notes: Notes,
+}
+
+impl Sink {
+    /// Records a warning, once: the same message at the same place (e.g. for each server of
+    /// a pool) adds nothing but noise; the first line it applies to is kept.
+    pub fn warn(&mut self, file: &str, line: usize, place: Place, message: impl Into<String>) {
+        let message = message.into();
+        if self
+            .warnings
+            .iter()
+            .any(|w| w.place == place && w.message == message && w.file == file)
+        {
+            return;
+        }
+        self.warnings.push(Warning {
+            file: file.to_owned(),
+            line,
+            place,
+            message,
+        });
+    }
+}

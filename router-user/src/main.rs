@@ -3,9 +3,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use pgrouter::{config, control, controller, dataplane, status, vrrp};
-
-const DEFAULT_SOCKET: &str = "/run/pgrouter/pgrouter.sock";
+use pgrouter::config::{self, DEFAULT_SOCKET};
+use pgrouter::{control, controller, dataplane, status, vrrp};
 
 #[derive(Parser)]
 #[command(
@@ -166,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Vrrp { config } => {
             init_logging();
-            let instances = vrrp::load_vrrp_only(&config)?;
+            let instances = config::load_vrrp_only(&config)?;
             vrrp::run_standalone(instances).await
         }
     }

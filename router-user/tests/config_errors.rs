@@ -460,6 +460,65 @@ fn bad_durations() {
     assert_eq!(d.len(), 3, "all errors at once: {d:?}");
 }
 
+/// One duration grammar for every duration key: a bare TOML number (HAProxy's milliseconds,
+/// keepalived's seconds) or a fraction is refused at its key with the text to write, and all
+/// of them are reported at once.
+#[test]
+fn every_duration_key_refuses_bare_numbers_with_the_fix() {
+    let text = format!(
+        "{}{}",
+        BASE.replace("interval = \"1s\"", "interval = 1\ntimeout = 0.5")
+            .replace(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\n[datapath.timeouts]\nclosed = 10",
+            )
+            .replace(
+                "kind = \"primary\"",
+                "kind = \"primary\"\nempty_hold = \"1.5s\""
+            ),
+        VRRP.replace(
+            "virtual_router_id = 51",
+            "virtual_router_id = 51\nadvert_int = 1"
+        )
+    );
+    let d = errors(&text);
+    let fix = "(quoted, with a unit: us, ms, s, m, h, d)";
+    for (field, needle, msg) in [
+        (
+            "cluster[0].health.interval",
+            "interval = 1",
+            "bare number 1 is not a duration; write \"1s\" or \"1ms\"",
+        ),
+        (
+            "cluster[0].health.timeout",
+            "timeout = 0.5",
+            "bare number 0.5 is not a duration; write \"500ms\"",
+        ),
+        (
+            "datapath.timeouts.closed",
+            "closed = 10",
+            "write \"10s\" or \"10ms\"",
+        ),
+        (
+            "cluster[0].listener[0].empty_hold",
+            "empty_hold",
+            "has a fraction; write whole units: \"1s500ms\"",
+        ),
+        (
+            "vrrp[0].advert_int",
+            "advert_int = 1",
+            "bare number 1 is not a duration; write \"1s\" or \"1ms\"",
+        ),
+    ] {
+        expect(&d, &text, field, needle, msg);
+    }
+    assert!(
+        d.iter().filter(|d| d.message.contains(fix)).count() == 4,
+        "{d:?}"
+    );
+    assert_eq!(d.len(), 5, "{d:?}");
+}
+
 #[test]
 fn fall_and_rise_must_be_positive() {
     let text = BASE.replace("fall = 2", "fall = 0\nrise = 0");

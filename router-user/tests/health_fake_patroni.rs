@@ -496,7 +496,10 @@ fallback = "primary"
     let s = h.desired().borrow().clone();
     assert_eq!(members(&s, "W"), vec!["b"]);
     assert_eq!(members(&s, "R"), vec!["a"]);
-    assert_eq!(config::desired_static(&cfg), s.listeners);
+    assert_eq!(
+        health::static_snapshot(&cfg.clusters[0]).listeners,
+        s.listeners
+    );
     h.shutdown();
     h.join().await;
 }

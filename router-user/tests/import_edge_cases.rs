@@ -62,11 +62,8 @@ fn keepalived_variants() {
     );
     assert!(warned(&out, "authentication with VRRPv3"));
     assert!(v.nopreempt);
-    assert_eq!(
-        v.preempt_delay.map(|d| d.0),
-        Some(std::time::Duration::from_secs(30))
-    );
-    assert_eq!(v.advert_int.0, std::time::Duration::from_millis(500));
+    assert_eq!(v.preempt_delay, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(v.advert_int, std::time::Duration::from_millis(500));
     assert_eq!(v.unicast_peer.len(), 1);
     assert_eq!(
         v.unicast_src_ip.map(|a| a.to_string()).as_deref(),
@@ -78,7 +75,7 @@ fn keepalived_variants() {
         "`include /etc/keepalived/other.conf` is not followed"
     ));
     assert!(warned(&out, "vrrp_sync_group"));
-    assert_eq!(v.virtual_ipaddress[0].0.prefix, 24);
+    assert_eq!(v.virtual_ipaddress[0].prefix, 24);
     assert_eq!(v.priority, 100, "keepalived's default priority");
     // No track_script: pgrouter's own tracks; FAULT without a data path (weight 0), never
     // FAULT for Patroni (both hosts would drop the VIP while a failover has no leader).

@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pgrouter::config::StateHint;
 use pgrouter::config::{self, Config, Fallback, ListenerKind, OnMarkedDown, Scheme};
 use pgrouter::import::{self, Imported, Source};
 use pgrouter::model::Balance;
-use pgrouter::vrrp::StateHint;
 
 fn fixture(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -142,15 +142,15 @@ fn seed_keepalived_becomes_a_vrrp_instance() {
     assert_eq!(v.state, Some(StateHint::Master));
     assert_eq!(v.virtual_router_id, 51);
     assert_eq!(v.priority, 101);
-    assert_eq!(v.advert_int.0, Duration::from_secs(1));
+    assert_eq!(v.advert_int, Duration::from_secs(1));
     assert_eq!(
         v.version, 2,
         "keepalived defaults to VRRPv2, and auth_pass needs it"
     );
     assert_eq!(v.auth_pass.as_deref(), Some("changeme"));
     assert_eq!(v.virtual_ipaddress.len(), 1);
-    assert_eq!(v.virtual_ipaddress[0].0.addr, ip("10.0.0.1"));
-    assert_eq!(v.virtual_ipaddress[0].0.prefix, 32);
+    assert_eq!(v.virtual_ipaddress[0].addr, ip("10.0.0.1"));
+    assert_eq!(v.virtual_ipaddress[0].prefix, 32);
     assert!(!v.nopreempt);
     let tracks: Vec<_> = v
         .track
@@ -303,7 +303,7 @@ fn vitabaks_postgresql_cluster() {
     let v = &cfg.vrrp[0];
     assert_eq!(v.interface, "ens192");
     assert_eq!(v.virtual_router_id, 140);
-    assert_eq!(v.advert_int.0, Duration::from_secs(2));
+    assert_eq!(v.advert_int, Duration::from_secs(2));
     assert_eq!(v.state, Some(StateHint::Backup));
     assert_eq!(v.auth_pass.as_deref(), Some("1ce24b6e"));
     assert_eq!(cfg.datapath.interfaces, vec!["ens192".to_owned()]);

@@ -689,7 +689,7 @@ fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
     });
     let cfg_path = net.lab.dir.join("pg.toml");
     std::fs::write(&cfg_path, &toml)?;
-    let cfg = vrrp::load_vrrp_only(&cfg_path)?.remove(0);
+    let cfg = pgrouter::config::load_vrrp_only(&cfg_path)?.remove(0);
     let mut tracks = Tracks::default();
     tracks.named.insert("xdp-attached".into(), true);
     tracks.named.insert("patroni:main".into(), true);

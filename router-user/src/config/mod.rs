@@ -1,15 +1,21 @@
-//! Configuration (TOML): schema, validation with file:line:field errors.
+//! Configuration (TOML): every schema, its defaults and its validation, with file:line:field
+//! errors.
 //!
-//! `raw` mirrors the file (serde, `deny_unknown_fields`); `validate` turns it into the typed
-//! [`Config`] below, collecting every semantic error with the position of the offending field
-//! (looked up in a spanned parse, see `span`). The meaning of every key, its default and its
+//! `raw` mirrors the file (serde both ways, `deny_unknown_fields`); `validate` turns it into the
+//! typed [`Config`] below, collecting every semantic error with the position of the offending
+//! field (looked up in a spanned parse, see `span`). `vrrp` holds the `[[vrrp]]` schema and its
+//! checks; `units` the value syntaxes (one duration grammar for every duration key); `summary`
+//! what `check-config` prints. The meaning of every key, its default and its
 //! HAProxy/Keepalived equivalent are in `docs/config.md`.
-pub(crate) mod raw;
+//!
+//! `config` depends on nothing of the health checks, the VRRP runtime or the controller: they
+//! consume its types.
+pub mod raw;
 mod span;
+mod summary;
 pub mod units;
 mod validate;
-
-pub(crate) use validate::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
+pub mod vrrp;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -18,10 +24,22 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Balance, DesiredListener};
+use crate::model::Balance;
+pub use summary::Summary;
+/// Limits `pgrouter import` clamps to, so that what it writes passes validation.
+pub use validate::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
+pub use vrrp::{Cidr, StateHint, Track, VrrpInstance};
 
-/// One `[[vrrp]]` instance (keepalived's `vrrp_instance`), owned by the VRRP module.
-pub type VrrpInstance = crate::vrrp::InstanceConfig;
+/// `[datapath] pin_path` when unset.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/pgrouter";
+/// `[control] socket` when unset, and where the CLI looks for it.
+pub const DEFAULT_SOCKET: &str = "/run/pgrouter/pgrouter.sock";
+/// `[control] metrics` when unset.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9188";
+/// `[cluster.api] port` when unset: Patroni's REST API.
+pub const DEFAULT_API_PORT: u16 = 8008;
+/// `[[cluster.node]] port` when unset: PostgreSQL's.
+pub const DEFAULT_PG_PORT: u16 = 5432;
 
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +141,13 @@ pub const DEFAULT_SNAT_PORTS: PortRange = PortRange {
 impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
+    }
+}
+
+/// As written in the file: `"40000-59999"`.
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
     }
 }
 
@@ -375,7 +400,12 @@ impl fmt::Display for ConfigError {
 /// Reads and validates a config file.
 pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = read(path)?;
+    parse(&text, path)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         diagnostics: vec![Diagnostic {
             file: path.display().to_string(),
             line: 1,
@@ -383,8 +413,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
             field: "-".into(),
             message: format!("cannot read config: {e}"),
         }],
-    })?;
-    parse(&text, path)
+    })
 }
 
 /// Validates config text; `path` is only used in messages and in [`Config::path`].
@@ -392,163 +421,16 @@ pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> 
     validate::parse(text, path.as_ref())
 }
 
-/// What `pgrouter check-config` prints for a valid file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Summary {
-    pub text: String,
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
+/// Reads and validates a file of `[[vrrp]]` tables only, for `pgrouter vrrp --config FILE`
+/// (no clusters: `patroni:<cluster>` tracks are not checked against any).
+pub fn load_vrrp_only(path: impl AsRef<Path>) -> Result<Vec<VrrpInstance>, ConfigError> {
+    let path = path.as_ref();
+    let text = read(path)?;
+    validate::parse_vrrp_only(&text, path)
 }
 
 /// Loads `path` and returns a short human summary, or every error (for `pgrouter check-config`).
 pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
     let config = load(path)?;
-    let text = summarize(&config);
-    Ok(Summary { text })
-}
-
-/// The longest `empty_hold` after which every client still meets the RST before a 10 s
-/// connect timeout (its SYN retransmissions: 1, 3, 7 s after the first).
-const MAX_PROMPT_HOLD: Duration = Duration::from_secs(7);
-
-fn summarize(cfg: &Config) -> String {
-    use fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "{}: ok", cfg.path.display());
-    let _ = writeln!(
-        s,
-        "datapath: {} ({:?}), conntrack {} entries, snat ports {}-{}",
-        if cfg.datapath.interfaces.is_empty() {
-            "no interfaces".to_owned()
-        } else {
-            cfg.datapath.interfaces.join(",")
-        },
-        cfg.datapath.mode,
-        cfg.datapath.conntrack_entries,
-        cfg.datapath.snat_ports.first,
-        cfg.datapath.snat_ports.last
-    );
-    let t = &cfg.datapath.timeouts;
-    let d = units::duration_text;
-    let _ = writeln!(
-        s,
-        "flows: handshake table {} entries; timeouts handshake {} established {} closing {} \
-         closed {}",
-        cfg.datapath.handshake_entries,
-        d(t.handshake),
-        d(t.established),
-        d(t.closing),
-        d(t.closed)
-    );
-    if t.established_below_rfc5382() {
-        // Accepted (tests use seconds), but idle sessions (a pooler's, a psql left open) would
-        // be cut where a NAT following RFC 5382 keeps them.
-        let _ = writeln!(
-            s,
-            "warning: datapath.timeouts.established {} is below 2h4m; RFC 5382 (REQ-5) asks for \
-             at least 2h4m, or idle sessions are cut",
-            d(t.established)
-        );
-    }
-    for c in &cfg.clusters {
-        let h = &c.health;
-        let _ = writeln!(
-            s,
-            "cluster {} ({:?} checks, {} nodes; interval {:?} fastinter {:?} downinter {:?} \
-             timeout {:?} fall {} rise {}{})",
-            c.name,
-            c.checks,
-            c.nodes.len(),
-            h.interval,
-            h.fastinter,
-            h.downinter,
-            h.timeout,
-            h.fall,
-            h.rise,
-            if h.observe_refusals {
-                ""
-            } else {
-                "; refusals ignored"
-            }
-        );
-        for l in &c.listeners {
-            let mut extra = String::new();
-            if l.fallback == Fallback::Primary {
-                extra.push_str(", fallback primary");
-            }
-            if let Some(lag) = &l.lag {
-                let _ = write!(extra, ", lag {} ({} bytes)", lag.text, lag.bytes);
-            }
-            let mut warning = None;
-            match l.on_empty {
-                OnEmpty::Reject => extra.push_str(", empty: reject"),
-                OnEmpty::Hold(hold) => {
-                    let _ = write!(extra, ", empty: hold {}", d(hold));
-                    // SYN retransmissions come 1, 3, 7 then 15 s after the first: past 7 s a
-                    // client may reach its connect timeout before it meets the RST.
-                    if hold > MAX_PROMPT_HOLD {
-                        warning = Some(format!(
-                            "warning: listener {} empty_hold {} is above 7s; a client whose first                              SYN comes as the set empties retransmits next at 15s, so it may time                              out (pgjdbc: 10s) instead of being refused",
-                            l.name,
-                            d(hold)
-                        ));
-                    }
-                }
-            }
-            let _ = writeln!(
-                s,
-                "  listener {} {}:{} -> {:?}{extra}",
-                l.name,
-                fmt_ip(l.vip),
-                l.port,
-                l.kind
-            );
-            if let Some(w) = warning {
-                let _ = writeln!(s, "{w}");
-            }
-        }
-    }
-    for v in &cfg.vrrp {
-        let vips: Vec<String> = v
-            .virtual_ipaddress
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let _ = writeln!(
-            s,
-            "vrrp {} on {} vrid {} priority {}: {}",
-            v.name,
-            v.interface,
-            v.virtual_router_id,
-            v.priority,
-            vips.join(", ")
-        );
-    }
-    if cfg.vrrp.is_empty() {
-        let _ = writeln!(s, "vrrp: none (the VIPs are managed elsewhere)");
-    }
-    s.truncate(s.trim_end().len());
-    s
-}
-
-fn fmt_ip(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
-
-/// What the listeners of every `checks = "static"` cluster serve, from `node.role` alone.
-/// Uses the same set rules as the Patroni-driven path (fallback, states), so a static lab
-/// behaves like a healthy Patroni cluster with those roles.
-pub fn desired_static(cfg: &Config) -> Vec<DesiredListener> {
-    cfg.clusters
-        .iter()
-        .filter(|c| c.checks == Checks::Static)
-        .flat_map(|c| crate::health::static_snapshot(c).listeners)
-        .collect()
+    Ok(summary::summarize(&config))
 }

@@ -1,17 +1,27 @@
 //! The file as written: serde structs with `deny_unknown_fields`. Values with their own syntax
-//! (durations, lag, port ranges) stay strings here so that `validate` can report *all* bad
-//! values at once; serde stops at the first error. `Serialize` is for `pgrouter import`, which
-//! writes its translation as these types.
+//! (durations, lag, port ranges) stay text here so that `validate` can report *all* bad
+//! values at once; serde stops at the first error.
+//!
+//! Every type serialises back to the same keys, and `Default` holds the documented defaults
+//! (taken from the one constant per default in `config`), so `pgrouter import` can build a
+//! [`File`] and render it. `[[vrrp]]` tables are [`RawInstance`](super::vrrp::RawInstance).
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Checks, Fallback, ListenerKind, OnMarkedDown, Scheme, StaticRole, XdpMode};
+use super::units::DurationText;
+use super::vrrp::RawInstance;
+use super::{
+    Checks, DEFAULT_API_PORT, DEFAULT_METRICS, DEFAULT_PG_PORT, DEFAULT_PIN_PATH,
+    DEFAULT_SNAT_PORTS, DEFAULT_SOCKET, Fallback, ListenerKind, OnMarkedDown, Scheme, StaticRole,
+    XdpMode,
+};
 use crate::model::Balance;
 
-#[derive(Debug, Deserialize, Serialize)]
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct File {
+pub struct File {
     #[serde(default)]
     pub datapath: Datapath,
     #[serde(default)]
@@ -19,26 +29,21 @@ pub(crate) struct File {
     #[serde(default)]
     pub cluster: Vec<Cluster>,
     #[serde(default)]
-    pub vrrp: Vec<super::VrrpInstance>,
+    pub vrrp: Vec<RawInstance>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Datapath {
-    #[serde(default)]
+/// `[datapath]`; a missing key takes its value from `Default`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Datapath {
     pub interfaces: Vec<String>,
-    #[serde(default)]
     pub mode: XdpMode,
-    #[serde(default = "default_pin_path")]
     pub pin_path: String,
-    #[serde(default = "default_conntrack_entries")]
     pub conntrack_entries: u32,
-    #[serde(default = "default_snat_ports")]
+    /// `"FIRST-LAST"`.
     pub snat_ports: String,
     /// `None`: [`router_ebpf::DEFAULT_HS_ENTRIES`], or the SNAT port count if smaller.
-    #[serde(default)]
     pub handshake_entries: Option<u32>,
-    #[serde(default)]
     pub timeouts: Timeouts,
 }
 
@@ -47,64 +52,47 @@ impl Default for Datapath {
         Self {
             interfaces: Vec::new(),
             mode: XdpMode::default(),
-            pin_path: default_pin_path(),
-            conntrack_entries: default_conntrack_entries(),
-            snat_ports: default_snat_ports(),
+            pin_path: DEFAULT_PIN_PATH.into(),
+            conntrack_entries: router_ebpf::DEFAULT_CT_ENTRIES,
+            snat_ports: DEFAULT_SNAT_PORTS.to_string(),
             handshake_entries: None,
             timeouts: Timeouts::default(),
         }
     }
 }
 
-fn default_pin_path() -> String {
-    "/sys/fs/bpf/pgrouter".into()
-}
-fn default_conntrack_entries() -> u32 {
-    router_ebpf::DEFAULT_CT_ENTRIES
-}
-fn default_snat_ports() -> String {
-    let r = super::DEFAULT_SNAT_PORTS;
-    format!("{}-{}", r.first, r.last)
-}
-
 /// `[datapath.timeouts]`: durations as written; `None` = the ABI default.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Timeouts {
-    pub handshake: Option<String>,
-    pub established: Option<String>,
-    pub closing: Option<String>,
-    pub closed: Option<String>,
+pub struct Timeouts {
+    pub handshake: Option<DurationText>,
+    pub established: Option<DurationText>,
+    pub closing: Option<DurationText>,
+    pub closed: Option<DurationText>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Control {
-    #[serde(default = "default_socket")]
+/// `[control]`; a missing key takes its value from `Default`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Control {
     pub socket: String,
-    #[serde(default = "default_metrics")]
+    /// `"ADDRESS:PORT"`, or `""` for none.
     pub metrics: String,
 }
 
 impl Default for Control {
     fn default() -> Self {
         Self {
-            socket: default_socket(),
-            metrics: default_metrics(),
+            socket: DEFAULT_SOCKET.into(),
+            metrics: DEFAULT_METRICS.into(),
         }
     }
 }
 
-fn default_socket() -> String {
-    "/run/pgrouter/pgrouter.sock".into()
-}
-fn default_metrics() -> String {
-    "127.0.0.1:9188".into()
-}
-
-#[derive(Debug, Deserialize, Serialize)]
+/// One `[[cluster]]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Cluster {
+pub struct Cluster {
     pub name: String,
     #[serde(default)]
     pub checks: Checks,
@@ -118,77 +106,45 @@ pub(crate) struct Cluster {
     pub listener: Vec<Listener>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Health {
-    #[serde(default = "d_interval")]
-    pub interval: String,
-    #[serde(default = "d_fastinter")]
-    pub fastinter: String,
-    #[serde(default = "d_downinter")]
-    pub downinter: String,
-    #[serde(default = "d_timeout")]
-    pub timeout: String,
-    #[serde(default = "d_fall")]
+/// `[cluster.health]`; a missing key takes its value from `Default`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    pub interval: DurationText,
+    pub fastinter: DurationText,
+    pub downinter: DurationText,
+    pub timeout: DurationText,
     pub fall: u32,
-    #[serde(default = "d_rise")]
     pub rise: u32,
-    #[serde(default = "d_true")]
     pub observe_refusals: bool,
 }
 
+/// [`super::Health::default`], as written.
 impl Default for Health {
     fn default() -> Self {
+        let h = super::Health::default();
         Self {
-            interval: d_interval(),
-            fastinter: d_fastinter(),
-            downinter: d_downinter(),
-            timeout: d_timeout(),
-            fall: d_fall(),
-            rise: d_rise(),
-            observe_refusals: true,
+            interval: h.interval.into(),
+            fastinter: h.fastinter.into(),
+            downinter: h.downinter.into(),
+            timeout: h.timeout.into(),
+            fall: h.fall,
+            rise: h.rise,
+            observe_refusals: h.observe_refusals,
         }
     }
 }
 
-fn d_interval() -> String {
-    "1s".into()
-}
-fn d_fastinter() -> String {
-    "200ms".into()
-}
-fn d_downinter() -> String {
-    "1s".into()
-}
-fn d_timeout() -> String {
-    "1s".into()
-}
-fn d_fall() -> u32 {
-    2
-}
-fn d_rise() -> u32 {
-    1
-}
-fn d_true() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Api {
-    #[serde(default)]
+/// `[cluster.api]`; a missing key takes its value from `Default` (`""`: not set).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
     pub scheme: Scheme,
-    #[serde(default = "d_api_port")]
     pub port: u16,
-    #[serde(default)]
     pub ca_file: String,
-    #[serde(default)]
     pub cert_file: String,
-    #[serde(default)]
     pub key_file: String,
-    #[serde(default)]
     pub username: String,
-    #[serde(default)]
     pub password: String,
 }
 
@@ -196,7 +152,7 @@ impl Default for Api {
     fn default() -> Self {
         Self {
             scheme: Scheme::default(),
-            port: d_api_port(),
+            port: DEFAULT_API_PORT,
             ca_file: String::new(),
             cert_file: String::new(),
             key_file: String::new(),
@@ -206,13 +162,10 @@ impl Default for Api {
     }
 }
 
-fn d_api_port() -> u16 {
-    8008
-}
-
-#[derive(Debug, Deserialize, Serialize)]
+/// One `[[cluster.node]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Node {
+pub struct Node {
     pub name: String,
     pub host: IpAddr,
     #[serde(default = "d_pg_port")]
@@ -223,12 +176,13 @@ pub(crate) struct Node {
 }
 
 fn d_pg_port() -> u16 {
-    5432
+    DEFAULT_PG_PORT
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// One `[[cluster.listener]]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Listener {
+pub struct Listener {
     pub name: String,
     pub vip: IpAddr,
     pub port: u16,
@@ -241,7 +195,7 @@ pub(crate) struct Listener {
     pub on_marked_down: OnMarkedDown,
     #[serde(default)]
     pub on_empty: OnEmptyKind,
-    pub empty_hold: Option<String>,
+    pub empty_hold: Option<DurationText>,
     pub fallback: Option<Fallback>,
     pub lag: Option<Lag>,
     pub snat: Option<IpAddr>,
@@ -250,16 +204,16 @@ pub(crate) struct Listener {
 /// `on_empty` as written; `validate` pairs it with `empty_hold` into [`super::OnEmpty`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum OnEmptyKind {
+pub enum OnEmptyKind {
     #[default]
     Hold,
     Reject,
 }
 
 /// `lag = "10MB"` or `lag = 10485760`; both go through Patroni's parser.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
-pub(crate) enum Lag {
+pub enum Lag {
     Int(i64),
     Text(String),
 }

@@ -1,8 +1,19 @@
 //! Value syntaxes: durations, Patroni lag sizes, port ranges.
+//!
+//! One duration grammar for every duration key of the file (`[cluster.health]`,
+//! `[datapath.timeouts]`, `empty_hold`, `[[vrrp]]`): a quoted whole number with a unit.
+use std::fmt;
 use std::time::Duration;
 
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The units of [`parse_duration`], as listed in its messages.
+const UNITS_HINT: &str = "us, ms, s, m, h, d";
+
 /// Parses `"3s"`, `"500ms"`, `"2m"`, `"1m30s"`: HAProxy's units (`us ms s m h d`), but a unit is
-/// required, because HAProxy's unit-less milliseconds are an easy mistake to make in TOML.
+/// required, because HAProxy's unit-less milliseconds (and keepalived's unit-less seconds) are
+/// an easy mistake to make in TOML.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
@@ -21,6 +32,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("duration {s:?} is too large"))?;
         rest = &rest[digits..];
+        if rest.starts_with('.') {
+            return Err(fraction_error(s));
+        }
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
@@ -33,18 +47,144 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(n.saturating_mul(86400)),
             "" => {
                 return Err(format!(
-                    "duration {s:?} needs a unit (us, ms, s, m, h, d), e.g. \"{n}ms\""
+                    "duration {s:?} needs a unit ({UNITS_HINT}), e.g. \"{n}ms\""
                 ));
             }
             other => {
                 return Err(format!(
-                    "unknown duration unit {other:?} in {s:?}; use us, ms, s, m, h or d"
+                    "unknown duration unit {other:?} in {s:?}; use {UNITS_HINT}"
                 ));
             }
         };
         total = total.saturating_add(part);
     }
     Ok(total)
+}
+
+/// The message for `"1.5s"`: whole units only, with the exact equivalent when there is one.
+fn fraction_error(s: &str) -> String {
+    let t = s.trim();
+    let num_len = t
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let scale_us = match &t[num_len..] {
+        "us" => Some(1.0),
+        "ms" => Some(1e3),
+        "s" => Some(1e6),
+        "m" => Some(60e6),
+        "h" => Some(3600e6),
+        "d" => Some(86_400e6),
+        _ => None,
+    };
+    let exact = t[..num_len]
+        .parse::<f64>()
+        .ok()
+        .zip(scale_us)
+        .map(|(n, scale)| n * scale)
+        .filter(|us| us.is_finite() && *us >= 1.0 && us.fract() == 0.0 && *us < 1e18);
+    match exact {
+        Some(us) => format!(
+            "duration {s:?} has a fraction; write whole units: \"{}\"",
+            duration_text(Duration::from_micros(us as u64))
+        ),
+        None => format!("duration {s:?} has a fraction; write whole units, e.g. \"1s500ms\""),
+    }
+}
+
+/// A duration as written in the file: text in the [`parse_duration`] syntax, or a bare TOML
+/// number, kept so that validation reports a number with its field and the fix (serde would
+/// stop at the first type error, without saying what to write).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DurationText {
+    Text(String),
+    /// A TOML integer or float (`advert_int = 1`): always an error, as it has no unit.
+    Number(f64),
+}
+
+impl DurationText {
+    /// The duration, or a message for the field's diagnostic.
+    pub fn parse(&self) -> Result<Duration, String> {
+        match self {
+            Self::Text(t) => parse_duration(t),
+            Self::Number(n) => Err(bare_number_error(*n)),
+        }
+    }
+}
+
+/// The message for `interval = 1`: what to write instead.
+fn bare_number_error(n: f64) -> String {
+    let fix = if n.is_finite() && n >= 0.0 && n.fract() == 0.0 {
+        format!("\"{n}s\" or \"{n}ms\"")
+    } else if n.is_finite() && n > 0.0 && n < 1e9 {
+        // A fraction is keepalived's seconds (`advert_int 0.1`).
+        format!("\"{}\"", duration_text(Duration::from_secs_f64(n)))
+    } else {
+        "e.g. \"1s\"".to_owned()
+    };
+    format!("bare number {n} is not a duration; write {fix} (quoted, with a unit: {UNITS_HINT})")
+}
+
+/// As written, for messages: `"5ms"` quoted, a number bare.
+impl fmt::Display for DurationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(t) => write!(f, "{t:?}"),
+            Self::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl From<String> for DurationText {
+    fn from(s: String) -> Self {
+        Self::Text(s)
+    }
+}
+
+impl From<&str> for DurationText {
+    fn from(s: &str) -> Self {
+        Self::Text(s.to_owned())
+    }
+}
+
+impl From<Duration> for DurationText {
+    fn from(d: Duration) -> Self {
+        Self::Text(duration_text(d))
+    }
+}
+
+impl Serialize for DurationText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(t) => s.serialize_str(t),
+            Self::Number(n) => s.serialize_f64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration like \"1s\" or \"200ms\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DurationText, E> {
+                Ok(DurationText::Text(s.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationText, E> {
+                Ok(DurationText::Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationText, E> {
+                Ok(DurationText::Number(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationText, E> {
+                Ok(DurationText::Number(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Writes a duration in the syntax [`parse_duration`] reads, largest units first:
@@ -220,6 +360,29 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5s").is_err());
+    }
+
+    /// A fraction or a bare number is refused with the text to write instead.
+    #[test]
+    fn durations_refused_with_the_fix() {
+        assert_eq!(
+            parse_duration("1.5s"),
+            Err("duration \"1.5s\" has a fraction; write whole units: \"1s500ms\"".into())
+        );
+        assert!(parse_duration("0.1s").is_err_and(|e| e.ends_with("\"100ms\"")));
+        assert!(parse_duration("1.5x").is_err_and(|e| e.contains("e.g. \"1s500ms\"")));
+        let bare = |n: f64| DurationText::Number(n).parse().unwrap_err();
+        assert!(
+            bare(1.0).contains("write \"1s\" or \"1ms\""),
+            "{}",
+            bare(1.0)
+        );
+        assert!(bare(0.1).contains("write \"100ms\""), "{}", bare(0.1));
+        assert!(bare(-1.0).contains("e.g. \"1s\""), "{}", bare(-1.0));
+        assert_eq!(
+            DurationText::from(Duration::from_millis(1500)).parse(),
+            Ok(Duration::from_millis(1500))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use toml_edit::{ArrayOfTables, Item, Table, Value};
 use super::plan::{Notes, Plan, VrrpPlan};
 use super::{Place, Source, Warning};
 use crate::config::raw;
+use crate::config::units::DurationText;
 
 /// Key order of each table; keys not listed follow in the order serde writes them.
 const DATAPATH_KEYS: &[&str] = &["interfaces", "mode", "pin_path", "snat_ports"];
@@ -167,7 +168,10 @@ fn cluster(c: &mut Table, ci: usize, w: &Warnings<'_>, notes: &Notes) -> Result<
         let d = raw::Health::default();
         h.decor_mut().set_prefix(format!(
             "\n# HAProxy's check timing, carried over (pgrouter's own defaults are faster: {}/{}, fall {}, rise {}).\n",
-            d.interval, d.fastinter, d.fall, d.rise
+            unquoted(&d.interval),
+            unquoted(&d.fastinter),
+            d.fall,
+            d.rise
         ));
         drop_defaults(h, &d, &["observe_refusals"])?;
         after(h, "interval", 3, "inter");
@@ -394,6 +398,14 @@ fn above(t: &mut Table, key: &str, lines: &str) {
     }
     if let Some(mut k) = t.key_mut(key) {
         k.leaf_decor_mut().set_prefix(lines);
+    }
+}
+
+/// A duration as written in the file, without TOML quotes (for comments).
+fn unquoted(d: &DurationText) -> String {
+    match d {
+        DurationText::Text(t) => t.clone(),
+        DurationText::Number(n) => n.to_string(),
     }
 }
 

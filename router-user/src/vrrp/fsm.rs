@@ -56,8 +56,9 @@ pub mod fsm {
     }
 }
 
-/// Timers the machine asks the edge to run; one of each kind at most.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Timers the machine asks the edge to run; one of each kind at most. Ordered, so the edge's
+/// timer map fires them in a fixed order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Timer {
     MasterDown,
     Adver,

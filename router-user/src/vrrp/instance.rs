@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use super::fsm::{self, Action, Event, State, Timer, TrackWeight};
 use super::net::{self, Announcer, VrrpSocket};
 use super::packet::{self, Auth, Packet};
-use super::{Cidr, InstanceConfig, StateHint, Tracks};
+use super::{Tracks, notify};
+use crate::config::{Cidr, StateHint, VrrpInstance};
 
 /// Reasons an advert can be rejected for; one counter each (see `DecodeError::reason`).
 const REJECT_REASONS: &[&str] = &[
@@ -148,14 +149,9 @@ impl InstanceHandle {
     }
 }
 
-/// Starts one instance: opens its sockets now (so errors such as a missing interface or no
-/// CAP_NET_RAW surface here), then runs on the current tokio runtime.
-pub fn spawn(
-    cfg: InstanceConfig,
-    tracks: watch::Receiver<Tracks>,
-) -> anyhow::Result<InstanceHandle> {
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("vrrp instance {:?}: {e}", cfg.name))?;
+/// Starts one instance (as `config` validated it): opens its sockets now (so errors such as a
+/// missing interface or no CAP_NET_RAW surface here), then runs on the current tokio runtime.
+pub fn spawn(cfg: VrrpInstance, tracks: watch::Receiver<Tracks>) -> anyhow::Result<InstanceHandle> {
     let v6 = cfg.is_ipv6();
     let ifi =
         net::interface(&cfg.interface).with_context(|| format!("interface {}", cfg.interface))?;
@@ -168,11 +164,11 @@ pub fn spawn(
         None => None,
     };
     let params = fsm::Params {
-        version: cfg.wire_version(),
+        version: wire_version(&cfg),
         priority: cfg.priority,
         adver_int_cs: cfg.adver_int_cs(),
         preempt: !cfg.nopreempt,
-        preempt_delay: cfg.preempt_delay.map(|d| d.0).unwrap_or_default(),
+        preempt_delay: cfg.preempt_delay.unwrap_or_default(),
         primary_ip: primary,
     };
     let status = InstanceStatus {
@@ -223,11 +219,11 @@ pub fn spawn(
 /// Our address for the §6.4.3 tie-break and as packet source: `unicast_src_ip`, else the first
 /// IPv4 address on the interface that is not a VIP, else (IPv6) the link-local address, which
 /// RFC 5798 §5.1.2.1 makes the source of IPv6 adverts.
-fn primary_ip(cfg: &InstanceConfig, ifi: &net::IfInfo) -> anyhow::Result<IpAddr> {
+fn primary_ip(cfg: &VrrpInstance, ifi: &net::IfInfo) -> anyhow::Result<IpAddr> {
     if let Some(s) = cfg.unicast_src_ip {
         return Ok(s);
     }
-    let vips: Vec<IpAddr> = cfg.virtual_ipaddress.iter().map(|c| c.0.addr).collect();
+    let vips: Vec<IpAddr> = cfg.virtual_ipaddress.iter().map(|c| c.addr).collect();
     let found = if cfg.is_ipv6() {
         ifi.addrs
             .iter()
@@ -245,15 +241,24 @@ fn primary_ip(cfg: &InstanceConfig, ifi: &net::IfInfo) -> anyhow::Result<IpAddr>
     })
 }
 
+/// The version on the wire (`config` accepts only 2 and 3).
+fn wire_version(cfg: &VrrpInstance) -> packet::Version {
+    if cfg.version == 2 {
+        packet::Version::V2
+    } else {
+        packet::Version::V3
+    }
+}
+
 struct Runner {
-    cfg: InstanceConfig,
+    cfg: VrrpInstance,
     inst: fsm::Instance,
     sock: VrrpSocket,
     announcer: Option<Announcer>,
     ifindex: u32,
     link_up: bool,
     shared: Arc<Shared>,
-    timers: BTreeMap<TimerKey, Instant>,
+    timers: BTreeMap<Timer, Instant>,
     /// Second gratuitous burst after `garp_master_delay`.
     garp_again: Option<Instant>,
     /// Periodic re-announcement (`garp_master_refresh`).
@@ -263,24 +268,6 @@ struct Runner {
     tracks_open: bool,
     fault: bool,
     seen_transitions: u64,
-}
-
-/// `Timer` ordered, so the timer map iterates deterministically.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKey {
-    MasterDown,
-    Adver,
-    PreemptDelay,
-}
-
-impl From<Timer> for TimerKey {
-    fn from(t: Timer) -> TimerKey {
-        match t {
-            Timer::MasterDown => TimerKey::MasterDown,
-            Timer::Adver => TimerKey::Adver,
-            Timer::PreemptDelay => TimerKey::PreemptDelay,
-        }
-    }
 }
 
 enum Wake {
@@ -354,7 +341,7 @@ impl Runner {
     async fn on_tick(&mut self) {
         let now = Instant::now();
         // Fire expired protocol timers in a fixed order; each fires once per arming.
-        let due: Vec<TimerKey> = self
+        let due: Vec<Timer> = self
             .timers
             .iter()
             .filter(|(_, d)| **d <= now)
@@ -363,9 +350,9 @@ impl Runner {
         for k in due {
             self.timers.remove(&k);
             let ev = match k {
-                TimerKey::MasterDown => Event::MasterDownTimer,
-                TimerKey::Adver => Event::AdverTimer,
-                TimerKey::PreemptDelay => Event::PreemptDelayExpired,
+                Timer::MasterDown => Event::MasterDownTimer,
+                Timer::Adver => Event::AdverTimer,
+                Timer::PreemptDelay => Event::PreemptDelayExpired,
             };
             self.apply(ev).await;
         }
@@ -377,7 +364,7 @@ impl Runner {
             && d <= now
         {
             self.announce_once();
-            self.garp_refresh = self.cfg.garp_master_refresh.map(|r| now + r.0);
+            self.garp_refresh = self.cfg.garp_master_refresh.map(|r| now + r);
         }
         if self.link_check <= now {
             self.link_check = now + LINK_POLL;
@@ -428,7 +415,7 @@ impl Runner {
 
     async fn on_packet(&mut self, info: packet::IpInfo, payload: &[u8]) {
         let local = packet::Local {
-            version: self.cfg.wire_version(),
+            version: wire_version(&self.cfg),
             vrid: self.cfg.virtual_router_id,
             adver_int_cs: self.cfg.adver_int_cs(),
             auth: self.auth(),
@@ -484,15 +471,15 @@ impl Runner {
             Action::RemoveVips => self.set_vips(false),
             Action::SendGratuitous => {
                 self.announce_burst();
-                let delay = self.cfg.garp_master_delay.0;
+                let delay = self.cfg.garp_master_delay;
                 self.garp_again = (!delay.is_zero()).then(|| Instant::now() + delay);
-                self.garp_refresh = self.cfg.garp_master_refresh.map(|r| Instant::now() + r.0);
+                self.garp_refresh = self.cfg.garp_master_refresh.map(|r| Instant::now() + r);
             }
             Action::StartTimer { timer, after } => {
-                self.timers.insert(timer.into(), Instant::now() + after);
+                self.timers.insert(timer, Instant::now() + after);
             }
             Action::StopTimer(timer) => {
-                self.timers.remove(&timer.into());
+                self.timers.remove(&timer);
             }
             Action::Notify(state) => self.notify(state),
         }
@@ -500,16 +487,11 @@ impl Runner {
 
     async fn send_advert(&mut self, priority: u8) {
         let pkt = Packet {
-            version: self.cfg.wire_version(),
+            version: wire_version(&self.cfg),
             vrid: self.cfg.virtual_router_id,
             priority,
             adver_int_cs: self.cfg.adver_int_cs(),
-            addrs: self
-                .cfg
-                .virtual_ipaddress
-                .iter()
-                .map(|c| c.0.addr)
-                .collect(),
+            addrs: self.cfg.virtual_ipaddress.iter().map(|c| c.addr).collect(),
             auth: self.auth(),
         };
         let src = self.inst.params.primary_ip;
@@ -538,7 +520,7 @@ impl Runner {
 
     fn set_vips(&self, present: bool) {
         for c in &self.cfg.virtual_ipaddress {
-            if let Err(e) = net::set_address(self.ifindex, c.0, present) {
+            if let Err(e) = net::set_address(self.ifindex, *c, present) {
                 let verb = if present { "adding" } else { "removing" };
                 tracing::error!(instance = %self.cfg.name, "{verb} VIP {c} on {}: {e}", self.cfg.interface);
             }
@@ -555,40 +537,22 @@ impl Runner {
     fn announce_once(&self) {
         let Some(a) = &self.announcer else { return };
         for c in &self.cfg.virtual_ipaddress {
-            if let Err(e) = a.announce(c.0.addr) {
+            if let Err(e) = a.announce(c.addr) {
                 tracing::debug!(instance = %self.cfg.name, "announcing {c}: {e}");
             }
         }
     }
 
     fn notify(&self, state: State) {
+        tracing::info!(instance = %self.cfg.name, ?state, priority = self.inst.priority, "vrrp state change");
         let cmd = match state {
             State::Master => &self.cfg.notify_master,
             State::Backup => &self.cfg.notify_backup,
             State::Fault => &self.cfg.notify_fault,
             State::Initialize => &None,
         };
-        tracing::info!(instance = %self.cfg.name, ?state, priority = self.inst.priority, "vrrp state change");
-        let Some(cmd) = cmd.clone() else { return };
-        let name = self.cfg.name.clone();
-        match tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .spawn()
-        {
-            // Reap it in the background; a slow hook must not stall the protocol.
-            Ok(mut child) => {
-                tokio::spawn(async move {
-                    match child.wait().await {
-                        Ok(s) if !s.success() => {
-                            tracing::warn!(instance = %name, "notify command {cmd:?} exited with {s}")
-                        }
-                        Err(e) => tracing::warn!(instance = %name, "notify command {cmd:?}: {e}"),
-                        _ => {}
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(instance = %name, "notify command {cmd:?}: {e}"),
+        if let Some(cmd) = cmd {
+            notify::run(&self.cfg.name, cmd);
         }
     }
 

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 
 use super::packet::{self, IpInfo, PROTO, TTL};
+use crate::config::Cidr;
 
 /// One interface as seen by getifaddrs: what the edge needs about the link.
 #[derive(Clone, Debug, Default)]
@@ -411,13 +412,6 @@ fn send_v6(
     }
 }
 
-/// An interface address with its prefix length (a VIP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AddrPrefix {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
 const NLMSG_HDRLEN: usize = 16;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -426,7 +420,7 @@ const IFA_F_NODAD: u32 = 0x02;
 
 /// Adds or removes an interface address over rtnetlink. Adding an address that is present and
 /// removing one that is absent both succeed: callers state the wanted end state.
-pub fn set_address(ifindex: u32, a: AddrPrefix, present: bool) -> io::Result<()> {
+pub fn set_address(ifindex: u32, a: Cidr, present: bool) -> io::Result<()> {
     let fd = socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
     let raw = fd.as_raw_fd();
     let mut msg = Vec::with_capacity(64);

@@ -37,10 +37,10 @@ const HAPROXY_DEFAULT: Timing = Timing {
 impl Timing {
     fn to_raw(self) -> raw::Health {
         raw::Health {
-            interval: fmt_duration(self.interval),
-            fastinter: fmt_duration(self.fastinter),
-            downinter: fmt_duration(self.downinter),
-            timeout: fmt_duration(self.timeout),
+            interval: fmt_duration(self.interval).into(),
+            fastinter: fmt_duration(self.fastinter).into(),
+            downinter: fmt_duration(self.downinter).into(),
+            timeout: fmt_duration(self.timeout).into(),
             fall: self.fall,
             rise: self.rise,
             observe_refusals: raw::Health::default().observe_refusals,

@@ -175,7 +175,7 @@ pub(super) fn flow_timeouts(
     }
 
     if let Some(t) = largest(&connects, "handshake", defaults.handshake, src, sink) {
-        out.handshake = Some(duration_text(t.value));
+        out.handshake = Some(t.value.into());
         sink.notes.after(
             Place::Datapath,
             "timeouts.handshake",
@@ -192,7 +192,7 @@ pub(super) fn flow_timeouts(
         keys.sort();
         keys.dedup();
         let directives = keys.join(" / ");
-        out.established = Some(duration_text(t.value));
+        out.established = Some(t.value.into());
         sink.notes.after(
             Place::Datapath,
             "timeouts.established",

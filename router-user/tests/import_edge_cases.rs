@@ -404,3 +404,30 @@ fn cli_bare_use_backend_does_not_panic() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// keepalived values the config types cannot hold (an address that is not one) are warned
+/// about at their line and left out, instead of being written for check-config to reject.
+#[test]
+fn keepalived_values_that_are_not_addresses_are_warned_at_their_line() {
+    let k = "vrrp_instance V {\n interface eth0\n virtual_router_id 9\n \
+             unicast_src_ip nope\n unicast_peer {\n 10.0.0.2\n bad\n }\n \
+             notify_fault /bin/f x\n notify_master /bin/m\n \
+             virtual_ipaddress {\n 10.0.0.1\n }\n}\n";
+    let out = run(SEED_RW, Some(k));
+    let at = |line: usize, text: &str| {
+        out.warnings
+            .iter()
+            .any(|w| w.line == line && w.message.contains(text))
+    };
+    assert!(
+        at(4, "`unicast_src_ip nope`: not an IP address"),
+        "{:#?}",
+        out.warnings
+    );
+    assert!(at(7, "unicast_peer \"bad\" is not an IP address"));
+    assert!(!warned(&out, "does not pass `pgrouter check-config`"));
+    let v = &parsed(&out).vrrp[0];
+    assert_eq!(v.unicast_peer.len(), 1);
+    assert_eq!(v.notify_master.as_deref(), Some("/bin/m"));
+    assert_eq!(v.notify_fault.as_deref(), Some("/bin/f x"));
+}

@@ -62,6 +62,12 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     ("edge_tunnel", "edge/tunnel.haproxy.cfg", None),
     ("edge_two_timeouts", "edge/two_timeouts.haproxy.cfg", None),
     ("edge_tls", "edge/tls.haproxy.cfg", None),
+    // Added after the refactor to toml_edit (its output was not pinned before).
+    (
+        "edge_vrrp_values",
+        "edge/seed_rw.haproxy.cfg",
+        Some("edge/vrrp_values.keepalived.conf"),
+    ),
 ];
 
 fn dir() -> PathBuf {

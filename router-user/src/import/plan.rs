@@ -6,64 +6,14 @@ use crate::config::raw;
 use super::{Place, Warning};
 
 /// The translation, ready to render.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Plan {
-    /// The config pgrouter will read. Its `vrrp` list stays empty: keepalived instances are in
-    /// [`Plan::vrrp`] until the VRRP schema moves into `config` (issue 14).
+    /// The config pgrouter will read, `[[vrrp]]` from keepalived's `vrrp_instance`s included.
     pub config: raw::File,
-    /// `[[vrrp]]`, one per keepalived `vrrp_instance`.
-    pub vrrp: Vec<VrrpPlan>,
     /// Comments about what was written (where it came from, why it has this value).
     pub notes: Notes,
     /// Directives that have no meaning for an L4 NAT, listed once (not warnings).
     pub dropped: Vec<String>,
-}
-
-impl Plan {
-    /// An empty translation: pgrouter's defaults, no cluster.
-    pub fn new() -> Self {
-        Self {
-            config: raw::File {
-                datapath: raw::Datapath::default(),
-                control: raw::Control::default(),
-                cluster: Vec::new(),
-                vrrp: Vec::new(),
-            },
-            vrrp: Vec::new(),
-            notes: Notes::default(),
-            dropped: Vec::new(),
-        }
-    }
-}
-
-impl Default for Plan {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// One keepalived `vrrp_instance` as `[[vrrp]]` keys (written as text by `render`).
-#[derive(Clone, Debug, Default)]
-pub struct VrrpPlan {
-    pub name: String,
-    pub interface: String,
-    pub version: u8,
-    pub virtual_router_id: u8,
-    pub priority: u8,
-    pub advert_int: String,
-    pub state: Option<String>,
-    pub nopreempt: bool,
-    pub preempt_delay: Option<String>,
-    pub auth_pass: Option<String>,
-    pub vips: Vec<String>,
-    pub unicast_src_ip: Option<String>,
-    pub unicast_peer: Vec<String>,
-    pub garp_master_delay: Option<String>,
-    pub garp_master_repeat: Option<u32>,
-    pub garp_master_refresh: Option<String>,
-    pub notify: Vec<(&'static str, String)>,
-    pub tracks: Vec<(String, i32)>,
-    pub source: Vec<String>,
 }
 
 /// Comments the translation attaches to what it wrote. A key is a dotted path inside the

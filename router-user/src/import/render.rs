@@ -3,12 +3,13 @@
 //! that need no decision left out, and comments attached to the items — what a table is,
 //! where an item came from ([`Notes`]), and every warning next to what it concerns.
 use serde::Serialize;
-use toml_edit::{ArrayOfTables, Item, Table, Value};
+use toml_edit::{Item, Table, Value};
 
-use super::plan::{Notes, Plan, VrrpPlan};
+use super::plan::{Notes, Plan};
 use super::{Place, Source, Warning};
 use crate::config::raw;
 use crate::config::units::DurationText;
+use crate::config::vrrp::RawInstance;
 
 /// Key order of each table; keys not listed follow in the order serde writes them.
 const DATAPATH_KEYS: &[&str] = &["interfaces", "mode", "pin_path", "snat_ports"];
@@ -24,6 +25,25 @@ const LISTENER_KEYS: &[&str] = &[
     "on_marked_down",
 ];
 
+const VRRP_KEYS: &[&str] = &[
+    "name",
+    "interface",
+    "state",
+    "virtual_router_id",
+    "priority",
+    "advert_int",
+    "version",
+    "auth_pass",
+    "nopreempt",
+    "preempt_delay",
+    "virtual_ipaddress",
+    "unicast_src_ip",
+    "unicast_peer",
+    "garp_master_delay",
+    "garp_master_repeat",
+    "garp_master_refresh",
+];
+
 /// The whole output: header, `[datapath]`, `[control]`, clusters, VRRP instances.
 pub fn render(
     plan: &Plan,
@@ -37,7 +57,6 @@ pub fn render(
         expand(item);
     }
     let root = doc.as_table_mut();
-    root.remove("vrrp");
     let w = Warnings(warnings);
     let notes = &plan.notes;
 
@@ -58,12 +77,15 @@ pub fn render(
             cluster(c, ci, &w, notes)?;
         }
     }
-    if !plan.vrrp.is_empty() {
-        let mut list = ArrayOfTables::new();
-        for (vi, v) in plan.vrrp.iter().enumerate() {
-            list.push(vrrp(v, vi, &w));
+    match root.get_mut("vrrp") {
+        Some(Item::ArrayOfTables(list)) => {
+            for (vi, v) in list.iter_mut().enumerate() {
+                vrrp(v, vi, &w, notes)?;
+            }
         }
-        root.insert("vrrp", Item::ArrayOfTables(list));
+        _ => {
+            root.remove("vrrp");
+        }
     }
     Ok(doc.to_string())
 }
@@ -259,82 +281,47 @@ fn listener(l: &mut Table, at: &Place, notes: &Notes) -> Result<(), String> {
     Ok(())
 }
 
-/// `[[vrrp]]` from keepalived's instance (text keys until the VRRP schema is in `config`).
-fn vrrp(v: &VrrpPlan, vi: usize, w: &Warnings<'_>) -> Table {
-    let mut t = Table::new();
+/// `[[vrrp]]`: keepalived's keys in keepalived's order, the version explained.
+fn vrrp(v: &mut Table, vi: usize, w: &Warnings<'_>, notes: &Notes) -> Result<(), String> {
+    let at = Place::Vrrp(vi);
     let mut prefix = String::from("\n");
-    for s in &v.source {
-        prefix.push_str(&format!("# {s}\n"));
+    for line in notes.above_at(&at) {
+        prefix.push_str(&format!("# {line}\n"));
     }
-    prefix.push_str(&w.at(&Place::Vrrp(vi)));
-    t.decor_mut().set_prefix(prefix);
-    let s = |x: &str| toml_edit::value(x);
-    t.insert("name", s(&v.name));
-    t.insert("interface", s(&v.interface));
-    if let Some(x) = &v.state {
-        t.insert("state", s(x));
-    }
-    t.insert(
-        "virtual_router_id",
-        toml_edit::value(i64::from(v.virtual_router_id)),
-    );
-    t.insert("priority", toml_edit::value(i64::from(v.priority)));
-    t.insert("advert_int", s(&v.advert_int));
-    t.insert("version", toml_edit::value(i64::from(v.version)));
+    prefix.push_str(&w.at(&at));
+    v.decor_mut().set_prefix(prefix);
+    drop_defaults(
+        v,
+        &RawInstance::default(),
+        &[
+            "nopreempt",
+            "unicast_peer",
+            "garp_master_delay",
+            "garp_master_repeat",
+        ],
+    )?;
+    order(v, VRRP_KEYS);
+    let version = v.get("version").and_then(Item::as_integer);
     after(
-        &mut t,
+        v,
         "version",
         24,
-        if v.version == 2 {
+        if version == Some(2) {
             "keepalived's default for IPv4 (vrrp_version); peers must agree"
         } else {
             "VRRPv3 (RFC 5798)"
         },
     );
-    if let Some(x) = &v.auth_pass {
-        t.insert("auth_pass", s(x));
-    }
-    if v.nopreempt {
-        t.insert("nopreempt", toml_edit::value(true));
-    }
-    if let Some(x) = &v.preempt_delay {
-        t.insert("preempt_delay", s(x));
-    }
-    t.insert("virtual_ipaddress", toml_edit::value(strings(&v.vips)));
-    if let Some(x) = &v.unicast_src_ip {
-        t.insert("unicast_src_ip", s(x));
-    }
-    if !v.unicast_peer.is_empty() {
-        t.insert("unicast_peer", toml_edit::value(strings(&v.unicast_peer)));
-    }
-    if let Some(x) = &v.garp_master_delay {
-        t.insert("garp_master_delay", s(x));
-    }
-    if let Some(n) = v.garp_master_repeat {
-        t.insert("garp_master_repeat", toml_edit::value(i64::from(n)));
-    }
-    if let Some(x) = &v.garp_master_refresh {
-        t.insert("garp_master_refresh", s(x));
-    }
-    for (k, cmd) in &v.notify {
-        t.insert(k, s(cmd));
-    }
-    if !v.tracks.is_empty() {
-        let mut tracks = ArrayOfTables::new();
-        for (name, weight) in &v.tracks {
-            let mut tr = Table::new();
-            tr.decor_mut().set_prefix("\n");
-            tr.insert("name", s(name));
-            tr.insert("weight", toml_edit::value(i64::from(*weight)));
-            tracks.push(tr);
+    if let Some(Item::ArrayOfTables(tracks)) = v.get_mut("track") {
+        for t in tracks.iter_mut() {
+            t.decor_mut().set_prefix("\n");
+            // `fatal` defaults to false (`#[serde(default)]`).
+            if t.get("fatal").and_then(Item::as_bool) == Some(false) {
+                t.remove("fatal");
+            }
         }
-        t.insert("track", Item::ArrayOfTables(tracks));
     }
-    t
-}
-
-fn strings(list: &[String]) -> toml_edit::Array {
-    list.iter().map(String::as_str).collect()
+    Ok(())
 }
 
 /// Serde writes nested structs as inline tables; the file has `[table]`s and `[[arrays]]`.

@@ -18,7 +18,9 @@ use std::time::Duration;
 use super::haproxy::{self, SectionKind};
 use super::keepalived;
 use super::plan::{Plan, Sink};
+use super::vrrp_plan::PATRONI_TRACKS;
 use super::{Place, Source};
+use crate::config::vrrp::RawTrack;
 use crate::config::{Checks, raw};
 
 mod health;
@@ -80,13 +82,13 @@ pub(crate) fn plan(
     }
 
     // keepalived first: its VIPs resolve `bind *:PORT`.
-    let mut plan = Plan::new();
+    let mut plan = Plan::default();
     let mut vips: Vec<(String, IpAddr)> = Vec::new();
     if let Some(k) = ksrc {
         let kfile = keepalived::parse(k.text);
         super::vrrp_plan::vrrp_plans(k, &kfile, &mut plan, sink);
-        for v in &plan.vrrp {
-            for a in &v.vips {
+        for v in &plan.config.vrrp {
+            for a in &v.virtual_ipaddress {
                 let ip = a.split('/').next().unwrap_or_default();
                 if let Ok(ip) = ip.parse::<IpAddr>() {
                     vips.push((v.name.clone(), ip));
@@ -175,16 +177,19 @@ pub(crate) fn plan(
     // keepalived's scripts became pgrouter's tracks: `patroni:` stands for one track per
     // cluster (the VIP should leave a host that reaches no Patroni API of a cluster it serves).
     let cnames: Vec<String> = plan.config.cluster.iter().map(|c| c.name.clone()).collect();
-    for v in &mut plan.vrrp {
+    for v in &mut plan.config.vrrp {
         let mut tracks = Vec::new();
-        for (name, weight) in std::mem::take(&mut v.tracks) {
-            if name == "patroni:" {
-                tracks.extend(cnames.iter().map(|c| (format!("patroni:{c}"), weight)));
+        for t in std::mem::take(&mut v.track) {
+            if t.name == PATRONI_TRACKS {
+                tracks.extend(cnames.iter().map(|c| RawTrack {
+                    name: format!("{PATRONI_TRACKS}{c}"),
+                    ..t.clone()
+                }));
             } else {
-                tracks.push((name, weight));
+                tracks.push(t);
             }
         }
-        v.tracks = tracks;
+        v.track = tracks;
     }
     if plan.config.cluster.iter().all(|c| c.listener.is_empty()) {
         return Err(format!("{}: no listener could be translated", hsrc.path));

@@ -345,3 +345,89 @@ fn two_clusters_are_both_tracked() {
         .count();
     assert_eq!(n, 1, "{:#?}", out.warnings);
 }
+
+/// Issue 16: a frontend with a bare `use_backend` or `acl` line made `pgrouter import` panic.
+/// Every directive pgrouter reads that is cut short is now a warning naming its line, and the
+/// rest of the file is still translated.
+#[test]
+fn directives_without_their_arguments_are_warned_not_a_panic() {
+    let h = "frontend f\n bind 10.0.0.1:5000\n use_backend\n acl\n acl x\n default_backend b\n \
+             balance\n maxconn\n timeout\n bind\n server\n server a\n\
+             backend b\n option httpchk\n default_backend\n server a 10.0.0.11:5432 check port 8008\n";
+    let out = run(h, None);
+    let at = |line: usize, text: &str| {
+        out.warnings
+            .iter()
+            .any(|w| w.line == line && w.message == format!("{text}; ignored"))
+    };
+    assert!(
+        at(3, "`use_backend` without a backend name"),
+        "{:#?}",
+        out.warnings
+    );
+    assert!(at(4, "`acl` without a name and a criterion"));
+    assert!(at(5, "`acl x` without a name and a criterion"));
+    assert!(at(7, "`balance` without an algorithm"));
+    assert!(at(8, "`maxconn` without a number"));
+    assert!(at(9, "`timeout` without a name and a time"));
+    assert!(at(10, "`bind` without an address"));
+    assert!(at(11, "`server` without a name and an address"));
+    assert!(at(12, "`server a` without a name and an address"));
+    assert!(at(15, "`default_backend` without a backend name"));
+    let cfg = parsed(&out);
+    assert_eq!(cfg.clusters[0].listeners[0].port, 5000);
+    assert_eq!(cfg.clusters[0].nodes.len(), 1);
+}
+
+/// The same through the CLI, as the issue reported it: a warning on stderr, exit 0.
+#[test]
+fn cli_bare_use_backend_does_not_panic() {
+    let dir = std::env::temp_dir().join(format!("pgrouter-import-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let h = dir.join("haproxy.cfg");
+    std::fs::write(
+        &h,
+        "frontend f\n bind 10.0.0.1:5000\n use_backend\n default_backend b\n\
+         backend b\n option httpchk\n server a 10.0.0.11:5432 check port 8008\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = pgrouter()
+        .args(["import", "--haproxy"])
+        .arg(&h)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("haproxy.cfg:3: `use_backend` without a backend name; ignored"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// keepalived values the config types cannot hold (an address that is not one) are warned
+/// about at their line and left out, instead of being written for check-config to reject.
+#[test]
+fn keepalived_values_that_are_not_addresses_are_warned_at_their_line() {
+    let k = "vrrp_instance V {\n interface eth0\n virtual_router_id 9\n \
+             unicast_src_ip nope\n unicast_peer {\n 10.0.0.2\n bad\n }\n \
+             notify_fault /bin/f x\n notify_master /bin/m\n \
+             virtual_ipaddress {\n 10.0.0.1\n }\n}\n";
+    let out = run(SEED_RW, Some(k));
+    let at = |line: usize, text: &str| {
+        out.warnings
+            .iter()
+            .any(|w| w.line == line && w.message.contains(text))
+    };
+    assert!(
+        at(4, "`unicast_src_ip nope`: not an IP address"),
+        "{:#?}",
+        out.warnings
+    );
+    assert!(at(7, "unicast_peer \"bad\" is not an IP address"));
+    assert!(!warned(&out, "does not pass `pgrouter check-config`"));
+    let v = &parsed(&out).vrrp[0];
+    assert_eq!(v.unicast_peer.len(), 1);
+    assert_eq!(v.notify_master.as_deref(), Some("/bin/m"));
+    assert_eq!(v.notify_fault.as_deref(), Some("/bin/f x"));
+}

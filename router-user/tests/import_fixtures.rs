@@ -206,7 +206,7 @@ fn patroni_example_frontend_backend() {
     assert_eq!(c.listeners.len(), 1);
     let l = &c.listeners[0];
     assert_eq!((l.port, l.kind), (5000, ListenerKind::Primary));
-    assert_eq!(l.vip, ip(import::translate::PLACEHOLDER_VIP));
+    assert_eq!(l.vip, IpAddr::V4(import::translate::PLACEHOLDER_VIP));
     assert!(has_warning(&out, "replace the placeholder 192.0.2.1"));
     assert_eq!(l.maxconn, 100);
     assert_eq!(l.on_marked_down, OnMarkedDown::Keep, "HAProxy's default");
@@ -380,7 +380,7 @@ fn guide_single_host_without_keepalived() {
         .iter()
         .map(|l| (l.port, l.kind, l.vip, l.maxconn))
         .collect();
-    let ph = ip(import::translate::PLACEHOLDER_VIP);
+    let ph = IpAddr::V4(import::translate::PLACEHOLDER_VIP);
     assert_eq!(
         ls,
         vec![

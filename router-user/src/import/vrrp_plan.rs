@@ -1,15 +1,19 @@
 //! keepalived `vrrp_instance` → `[[vrrp]]`: the same keys where pgrouter has them, a warning
 //! for every other one, and keepalived's `track_script`s replaced by pgrouter's own tracks
-//! (`xdp-attached`, `patroni:<cluster>`). Pure, like the rest of the translation.
+//! (`xdp-attached`, `patroni:<cluster>`). Writes `config::vrrp::RawInstance`, the schema
+//! `config` reads. Pure, like the rest of the translation.
 use std::net::IpAddr;
 use std::time::Duration;
 
 use super::keepalived;
+use super::plan::{Plan, Sink};
 use super::translate::{
-    PATRONI_TRACK_WEIGHT, PLACEHOLDER_SRC, PLACEHOLDER_VIP, Plan, Sink, VrrpPlan, fmt_duration,
-    sanitize,
+    PATRONI_TRACK_WEIGHT, PLACEHOLDER_SRC, PLACEHOLDER_VIP, fmt_duration, sanitize,
 };
 use super::{Place, Source};
+use crate::config::StateHint;
+use crate::config::units::DurationText;
+use crate::config::vrrp::{RawInstance, RawTrack};
 
 /// keepalived `vrrp_instance`s → `[[vrrp]]` plans. Scripts become pgrouter's own tracks.
 pub(super) fn vrrp_plans(
@@ -61,22 +65,21 @@ pub(super) fn vrrp_plans(
                 continue;
             }
         }
-        let vi = plan.vrrp.len();
+        let vi = plan.config.vrrp.len();
         let place = Place::Vrrp(vi);
-        let mut v = VrrpPlan {
+        let mut v = RawInstance {
             name: sanitize(item.arg(1).unwrap_or("VI")),
-            line: item.line,
-            version: 2,
-            priority: 100,
-            advert_int: "1s".into(),
-            ..VrrpPlan::default()
+            ..RawInstance::default()
         };
-        v.source.push(format!(
-            "keepalived `vrrp_instance {}` ({}:{})",
-            item.arg(1).unwrap_or_default(),
-            k.path,
-            item.line
-        ));
+        sink.notes.above(
+            place.clone(),
+            format!(
+                "keepalived `vrrp_instance {}` ({}:{})",
+                item.arg(1).unwrap_or_default(),
+                k.path,
+                item.line
+            ),
+        );
         let mut version: Option<u8> = global_version.map(|(_, n)| n);
         let mut auth: Option<(usize, String, Option<String>)> = None;
         let mut track_scripts: Vec<(usize, String, Option<i32>)> = Vec::new();
@@ -93,7 +96,8 @@ pub(super) fn vrrp_plans(
             match c.key() {
                 "interface" => v.interface = a1.to_owned(),
                 "state" => match a1 {
-                    "MASTER" | "BACKUP" => v.state = Some(a1.to_owned()),
+                    "MASTER" => v.state = Some(StateHint::Master),
+                    "BACKUP" => v.state = Some(StateHint::Backup),
                     _ => bad(sink, "MASTER or BACKUP"),
                 },
                 "virtual_router_id" => match a1.parse::<u8>() {
@@ -105,7 +109,7 @@ pub(super) fn vrrp_plans(
                     _ => bad(sink, "1..=255"),
                 },
                 "advert_int" => match a1.parse::<f64>() {
-                    Ok(x) if x > 0.0 => v.advert_int = fmt_duration(Duration::from_micros((x * 1e6).round() as u64)),
+                    Ok(x) if x > 0.0 => v.advert_int = seconds(x),
                     _ => bad(sink, "a number of seconds"),
                 },
                 "version" => match a1.parse::<u8>() {
@@ -115,7 +119,7 @@ pub(super) fn vrrp_plans(
                 "nopreempt" => v.nopreempt = true,
                 "preempt" => v.nopreempt = false,
                 "preempt_delay" => match a1.parse::<f64>() {
-                    Ok(x) if x >= 0.0 => v.preempt_delay = Some(fmt_duration(Duration::from_micros((x * 1e6).round() as u64))),
+                    Ok(x) if x >= 0.0 => v.preempt_delay = Some(seconds(x)),
                     _ => bad(sink, "a number of seconds"),
                 },
                 "authentication" => {
@@ -160,13 +164,22 @@ pub(super) fn vrrp_plans(
                                 }
                             }
                         }
-                        v.vips.push(addr.to_owned());
+                        v.virtual_ipaddress.push(addr.to_owned());
                     }
                 }
-                "unicast_src_ip" => v.unicast_src_ip = Some(a1.to_owned()),
+                "unicast_src_ip" => match a1.parse::<IpAddr>() {
+                    Ok(ip) => v.unicast_src_ip = Some(ip),
+                    Err(_) => bad(sink, "an IP address"),
+                },
                 "unicast_peer" => {
                     for a in c.block.iter().flatten() {
-                        v.unicast_peer.push(a.key().to_owned());
+                        match a.key().parse::<IpAddr>() {
+                            Ok(ip) => v.unicast_peer.push(ip),
+                            Err(_) => {
+                                sink.warn(k.path, a.line, place.clone(), format!("unicast_peer {:?} is not an IP address; left out", a.key()));
+                                continue;
+                            }
+                        }
                         if a.words.len() > 1 {
                             sink.warn(k.path, a.line, place.clone(), format!("unicast_peer {}: `{}` is not translated", a.key(), a.words[1..].join(" ")));
                         }
@@ -181,12 +194,18 @@ pub(super) fn vrrp_plans(
                         track_scripts.push((a.line, a.key().to_owned(), w));
                     }
                 }
-                "garp_master_delay" => v.garp_master_delay = a1.parse::<f64>().ok().map(|x| fmt_duration(Duration::from_micros((x * 1e6).round() as u64))),
-                "garp_master_repeat" => v.garp_master_repeat = a1.parse().ok(),
-                "garp_master_refresh" => v.garp_master_refresh = a1.parse::<f64>().ok().filter(|x| *x > 0.0).map(|x| fmt_duration(Duration::from_micros((x * 1e6).round() as u64))),
-                "notify_master" => v.notify.push(("notify_master", c.words[1..].join(" "))),
-                "notify_backup" => v.notify.push(("notify_backup", c.words[1..].join(" "))),
-                "notify_fault" => v.notify.push(("notify_fault", c.words[1..].join(" "))),
+                "garp_master_delay" => match a1.parse::<f64>() {
+                    Ok(x) if x >= 0.0 => v.garp_master_delay = seconds(x),
+                    _ => bad(sink, "a number of seconds"),
+                },
+                "garp_master_repeat" => match a1.parse() {
+                    Ok(n) => v.garp_master_repeat = n,
+                    Err(_) => bad(sink, "a count"),
+                },
+                "garp_master_refresh" => v.garp_master_refresh = a1.parse::<f64>().ok().filter(|x| *x > 0.0).map(seconds),
+                "notify_master" => v.notify_master = Some(c.words[1..].join(" ")),
+                "notify_backup" => v.notify_backup = Some(c.words[1..].join(" ")),
+                "notify_fault" => v.notify_fault = Some(c.words[1..].join(" ")),
                 "track_interface" => sink.warn(k.path, c.line, place.clone(),
                     "track_interface: pgrouter watches only the instance's own interface carrier (FAULT when it is down); other interfaces are not tracked"),
                 "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => sink.warn(k.path, c.line, place.clone(), format!(
@@ -215,17 +234,17 @@ pub(super) fn vrrp_plans(
             );
             v.virtual_router_id = 51;
         }
-        if v.vips.is_empty() {
+        if v.virtual_ipaddress.is_empty() {
             sink.warn(
                 k.path,
                 item.line,
                 place.clone(),
                 format!("no virtual_ipaddress; replace the placeholder {PLACEHOLDER_VIP}"),
             );
-            v.vips.push(PLACEHOLDER_VIP.into());
+            v.virtual_ipaddress.push(PLACEHOLDER_VIP.to_string());
         }
         let v6 = v
-            .vips
+            .virtual_ipaddress
             .first()
             .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
             .is_some_and(|ip| ip.is_ipv6());
@@ -252,7 +271,7 @@ pub(super) fn vrrp_plans(
                 "unicast_peer without unicast_src_ip: keepalived uses the interface's address, pgrouter needs it written down; replace the placeholder {PLACEHOLDER_SRC}"));
             v.unicast_src_ip = Some(PLACEHOLDER_SRC.into());
         }
-        if v.priority == 255 && v.state.as_deref() == Some("BACKUP") {
+        if v.priority == 255 && v.state == Some(StateHint::Backup) {
             sink.warn(k.path, item.line, place.clone(), "priority 255 makes this host the address owner (MASTER at once), whatever `state BACKUP` says");
         }
         // Scripts: pgrouter tracks the data path and Patroni itself.
@@ -274,27 +293,26 @@ pub(super) fn vrrp_plans(
                 sink.warn(k.path, *line, place.clone(), format!(
                     "track_script {name} is not run either; pgrouter's two built-in tracks replace every script"));
             }
-            v.tracks.push(("xdp-attached".into(), weight));
+            v.track.push(track(XDP_TRACK, weight));
             let pw = if weight == 0 {
                 PATRONI_TRACK_WEIGHT
             } else {
                 weight
             };
-            v.tracks.push(("patroni:".into(), pw));
+            v.track.push(track(PATRONI_TRACKS, pw));
         } else {
-            v.source.push(
-                "no track_script: pgrouter still tracks its data path (FAULT while the XDP program is not attached) and Patroni (lower priority while this host reaches no node's Patroni API)"
-                    .into(),
+            sink.notes.above(place.clone(),
+                "no track_script: pgrouter still tracks its data path (FAULT while the XDP program is not attached) and Patroni (lower priority while this host reaches no node's Patroni API)",
             );
-            v.tracks.push(("xdp-attached".into(), 0));
-            v.tracks.push(("patroni:".into(), PATRONI_TRACK_WEIGHT));
+            v.track.push(track(XDP_TRACK, 0));
+            v.track.push(track(PATRONI_TRACKS, PATRONI_TRACK_WEIGHT));
         }
-        if !plan.interfaces.contains(&v.interface) {
-            plan.interfaces.push(v.interface.clone());
+        if !plan.config.datapath.interfaces.contains(&v.interface) {
+            plan.config.datapath.interfaces.push(v.interface.clone());
         }
-        plan.vrrp.push(v);
+        plan.config.vrrp.push(v);
     }
-    if plan.vrrp.is_empty() {
+    if plan.config.vrrp.is_empty() {
         sink.warn(
             k.path,
             1,
@@ -302,4 +320,23 @@ pub(super) fn vrrp_plans(
             "no vrrp_instance found; no [[vrrp]] written",
         );
     }
+}
+
+/// pgrouter's data-path track (FAULT while the XDP program is not attached).
+const XDP_TRACK: &str = "xdp-attached";
+/// Stands for `patroni:<cluster>`, one per translated cluster; `translate::plan` expands it
+/// once the clusters are known.
+pub(super) const PATRONI_TRACKS: &str = "patroni:";
+
+fn track(name: &str, weight: i32) -> RawTrack {
+    RawTrack {
+        name: name.to_owned(),
+        weight,
+        fatal: false,
+    }
+}
+
+/// keepalived's seconds (`0.5`) as a duration the config reads (`500ms`).
+fn seconds(x: f64) -> DurationText {
+    fmt_duration(Duration::from_micros((x * 1e6).round() as u64)).into()
 }

@@ -12,7 +12,9 @@
 //! A value of 0 is HAProxy's "no limit"; pgrouter needs one, so the default stays.
 use std::time::Duration;
 
-use super::{Directive, Place, Proxy, Route, Sink, Source, haproxy};
+use super::haproxy::{self, Directive};
+use super::{Place, Proxy, Route, Sink, Source};
+use crate::config::raw;
 use crate::config::units::duration_text;
 
 /// The `timeout` keys this module reads.
@@ -59,22 +61,6 @@ pub(super) fn record(list: &mut Vec<Timeout>, d: &Directive, src: &Source<'_>, s
             format!("timeout {key}: {e}"),
         ),
     }
-}
-
-/// Where a translated timeout comes from (for the comment next to it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimeoutFrom {
-    pub value: Duration,
-    /// `timeout connect 4s` or `timeout client 30m / timeout server 30m`.
-    pub directives: String,
-    pub line: usize,
-}
-
-/// `[datapath.timeouts]` keys the source sets; `None` leaves pgrouter's default.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FlowTimeoutsPlan {
-    pub handshake: Option<TimeoutFrom>,
-    pub established: Option<TimeoutFrom>,
 }
 
 fn find(p: &Proxy, key: &str) -> Option<Timeout> {
@@ -135,7 +121,8 @@ pub(super) fn flow_timeouts(
     routes: &[Route],
     src: &Source<'_>,
     sink: &mut Sink,
-) -> FlowTimeoutsPlan {
+    out: &mut raw::Timeouts,
+) {
     let defaults = crate::config::FlowTimeouts::default();
     let mut connects = Vec::new();
     let mut idles = Vec::new();
@@ -187,13 +174,15 @@ pub(super) fn flow_timeouts(
         );
     }
 
-    let handshake =
-        largest(&connects, "handshake", defaults.handshake, src, sink).map(|t| TimeoutFrom {
-            value: t.value,
-            directives: text(&t),
-            line: t.line,
-        });
-    let established = largest(&idles, "established", defaults.established, src, sink).map(|t| {
+    if let Some(t) = largest(&connects, "handshake", defaults.handshake, src, sink) {
+        out.handshake = Some(t.value.into());
+        sink.notes.after(
+            Place::Datapath,
+            "timeouts.handshake",
+            format!("{} ({}:{})", text(&t), src.path, t.line),
+        );
+    }
+    if let Some(t) = largest(&idles, "established", defaults.established, src, sink) {
         // Name every directive that had this value, e.g. both client and server 30m.
         let mut keys: Vec<String> = idles
             .iter()
@@ -202,30 +191,25 @@ pub(super) fn flow_timeouts(
             .collect();
         keys.sort();
         keys.dedup();
-        TimeoutFrom {
-            value: t.value,
-            directives: keys.join(" / "),
-            line: t.line,
-        }
-    });
-    if let Some(e) = &established
-        && e.value < defaults.established
-    {
-        sink.warn(
-            src.path,
-            e.line,
+        let directives = keys.join(" / ");
+        out.established = Some(t.value.into());
+        sink.notes.after(
             Place::Datapath,
-            format!(
-                "`{}`: pgrouter keeps HAProxy's idle limit as written (established = \"{}\"), so idle sessions (poolers, an open psql) are cut after {}; RFC 5382 asks a NAT for at least 2h4m, pgrouter's default: delete the `established` line to use it",
-                e.directives,
-                duration_text(e.value),
-                duration_text(e.value)
-            ),
+            "timeouts.established",
+            format!("{directives} ({}:{})", src.path, t.line),
         );
-    }
-    FlowTimeoutsPlan {
-        handshake,
-        established,
+        if t.value < defaults.established {
+            sink.warn(
+                src.path,
+                t.line,
+                Place::Datapath,
+                format!(
+                    "`{directives}`: pgrouter keeps HAProxy's idle limit as written (established = \"{}\"), so idle sessions (poolers, an open psql) are cut after {}; RFC 5382 asks a NAT for at least 2h4m, pgrouter's default: delete the `established` line to use it",
+                    duration_text(t.value),
+                    duration_text(t.value)
+                ),
+            );
+        }
     }
 }
 

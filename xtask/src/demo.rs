@@ -8,7 +8,7 @@ pub mod edges;
 pub mod prober;
 pub mod scenario;
 
-use crate::lab::cluster::{Lab, Timing, VIP};
+use crate::lab::{Lab, Timing, VIP};
 use anyhow::{Context, Result, bail};
 use prober::{Clock, Prober};
 use scenario::{Env, Outcome, Router};
@@ -184,7 +184,7 @@ fn with_lab<T>(keep: bool, f: impl FnOnce(&Lab) -> Result<T>) -> Result<T> {
         // Keep the routers' logs: `lab down` removes the lab dir.
         let keep_dir = edges::workspace().join("target/demo-logs");
         if std::fs::create_dir_all(&keep_dir).is_ok() {
-            for e in crate::lab::cluster::EDGES {
+            for e in crate::lab::EDGES {
                 for n in [edges::proc_name(e), format!("haproxy-{e}")] {
                     let _ = std::fs::copy(
                         lab.dir.join(format!("{n}.log")),

@@ -1,18 +1,37 @@
 //! `cargo xtask lab …`: a Patroni/etcd/PostgreSQL 15 lab in network
 //! namespaces on one bridge (198.18.0.0/24). See docs/lab.md.
 //!
-//! Every action is also a method on [`cluster::Lab`], so scenario tests can either
-//! run `cargo xtask lab <action>` or call the API.
+//! Every action is also a method on [`Lab`], so scenario tests can either
+//! run `cargo xtask lab <action>` or call the API. One module per concern, each an
+//! `impl Lab` block where it acts on the lab:
+//! - `topology`: bridge, namespaces, addresses, the VIP;
+//! - `handle`: the `Lab` type, its paths and timing; `up` and `status`;
+//! - `procs`: daemons started with pidfiles and logs, commands in a namespace;
+//! - `patroni`: etcd and Patroni (configs, processes, REST API, planned actions);
+//! - `psql`: SQL from the client namespace;
+//! - `faults`: crashes, replication lag, DCS outage, link down;
+//! - `cleanup`: `down`, also run before `up`;
+//! - `baseline`: HAProxy + Keepalived, the setup pgrouter replaces;
+//! - `install`: packages; `util`: commands, namespaces, HTTP, pidfiles.
 pub mod baseline;
-pub mod cluster;
+mod cleanup;
+mod faults;
+mod handle;
 pub mod install;
+pub mod patroni;
+mod procs;
+mod psql;
+pub mod topology;
 pub mod util;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
-pub use self::cluster::{Lab, Timing};
+pub use self::handle::{Lab, Timing};
+pub use self::topology::{
+    CLIENT_NS, EDGES, Host, PG_BIN, PG_NODES, SUPERUSER, SUPERUSER_PASSWORD, VIP, host,
+};
 
 #[derive(Args)]
 pub struct LabArgs {

@@ -10,7 +10,7 @@ use super::pgbench::{
     self, HAPROXY_ADDR, Params, Sample, Session, counter_deltas, parse_pgbench, pgbench_out,
     proc_net_counter, s, status_json,
 };
-use crate::lab::cluster::{CLIENT_NS, SUPERUSER, VIP};
+use crate::lab::{CLIENT_NS, SUPERUSER, VIP};
 
 /// pgrouter's SNAT range in this run: 2,000 ports, so ~90 connections/s for ten minutes
 /// cycle it about 25 times (the issue saw the old data path degrade after 10,000–12,000

@@ -27,8 +27,8 @@ use super::{
     },
 };
 use crate::lab::{
-    cluster::{CLIENT_NS, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP},
     util::in_netns,
+    {CLIENT_NS, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP},
 };
 
 /// Spoofed sources: 198.18.0.150–198.18.0.249, inside the lab's /24, owned by no lab host

@@ -20,8 +20,8 @@ use anyhow::{Context as _, bail};
 use super::hairpin;
 use crate::lab::{
     Lab,
-    cluster::{CLIENT_NS, Host, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP, host},
     util::wait_for,
+    {CLIENT_NS, Host, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP, host},
 };
 
 /// Serialises whole lab sessions between engineers/tools (not only single lab actions).

@@ -2,7 +2,7 @@
 //! a bpffs per edge under /run, start/stop through `Lab::spawn`, `pgrouter status --json`.
 //! Also the seed's HAProxy (lab/haproxy.cfg.tmpl) on one edge for side-by-side measurements.
 use crate::lab::Lab;
-use crate::lab::cluster::{EDGES, VIP, host};
+use crate::lab::{EDGES, VIP, host};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ pub fn render_config(edge: &str, mode: &str) -> Result<String> {
     let prio = if edge == "edge1" { 150 } else { 100 };
     let d = dir(edge);
     let mut nodes = String::new();
-    for n in crate::lab::cluster::PG_NODES {
+    for n in crate::lab::PG_NODES {
         nodes.push_str(&format!(
             "[[cluster.node]]\nname = \"{n}\"\nhost = \"{}\"\n\n",
             host(n)?.addr

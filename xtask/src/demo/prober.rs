@@ -4,7 +4,7 @@
 //! every 50 ms). Threads join the client's network namespace with setns; threads they spawn
 //! inherit it. Each probe records how its connection attempt ended ([`Failure`]) and how long
 //! the connect took, so a scenario can tell a held SYN from a refusal or a hang.
-use crate::lab::cluster::{CLIENT_NS, PG_NODES, host};
+use crate::lab::{CLIENT_NS, PG_NODES, host};
 use anyhow::{Context, Result, bail};
 use std::fs::File;
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 use super::edges::{self, EmptySetCounters};
 use super::prober::{self, Attempts, Kind, Probe, Prober, Target};
 use crate::lab::Lab;
-use crate::lab::cluster::VIP;
+use crate::lab::VIP;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -283,7 +283,7 @@ impl Env {
     pub fn restore(&self) {
         println!("demo: restoring the lab after a failed scenario");
         let _ = self.lab.unlag(None);
-        for e in crate::lab::cluster::EDGES {
+        for e in crate::lab::EDGES {
             let _ = self.lab.link(e, true);
         }
         let _ = self.lab.start_stopped(true);
@@ -959,7 +959,7 @@ impl Sessions {
         let handle = std::thread::spawn(move || {
             let mut clients = vec![];
             let setup = (|| -> Result<()> {
-                let path = format!("/run/netns/{}", crate::lab::cluster::CLIENT_NS);
+                let path = format!("/run/netns/{}", crate::lab::CLIENT_NS);
                 let f = std::fs::File::open(&path)?;
                 // SAFETY: plain syscall on a valid fd; affects only this thread.
                 if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }
@@ -1026,12 +1026,12 @@ fn pgbench_init(lab: &Lab) -> Result<()> {
         return Ok(());
     }
     let mut c = crate::lab::util::ns_cmd(
-        crate::lab::cluster::CLIENT_NS,
+        crate::lab::CLIENT_NS,
         [
             PGBENCH, "-i", "-q", "-s", "5", "-h", VIP, "-p", "5000", "-U", "postgres", "postgres",
         ],
     );
-    c.env("PGPASSWORD", crate::lab::cluster::SUPERUSER_PASSWORD);
+    c.env("PGPASSWORD", crate::lab::SUPERUSER_PASSWORD);
     crate::lab::util::run(&mut c).context("pgbench -i -s 5 through the VIP")?;
     Ok(())
 }
@@ -1059,13 +1059,13 @@ impl Pgbench {
         use std::io::BufRead;
         use std::process::Stdio;
         let mut c = crate::lab::util::ns_cmd(
-            crate::lab::cluster::CLIENT_NS,
+            crate::lab::CLIENT_NS,
             [
                 PGBENCH, "-h", VIP, "-p", "5000", "-U", "postgres", "-S", "-c", "4", "-j", "2",
                 "-T", "20", "-P", "1", "postgres",
             ],
         );
-        c.env("PGPASSWORD", crate::lab::cluster::SUPERUSER_PASSWORD)
+        c.env("PGPASSWORD", crate::lab::SUPERUSER_PASSWORD)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

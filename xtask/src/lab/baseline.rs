@@ -1,8 +1,8 @@
 //! The setup pgrouter replaces, runnable in the lab for side-by-side demos and
 //! benchmarks: HAProxy + Keepalived on edge1/edge2 (configs from the seed
 //! article, adapted to the lab: lab/haproxy.cfg.tmpl, lab/keepalived.conf.tmpl).
-use super::cluster::{EDGES, Lab, VIP, host};
 use super::util::{cmd, run, wait_for};
+use super::{EDGES, Lab, VIP, host};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

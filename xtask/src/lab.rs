@@ -12,12 +12,14 @@
 //! - `faults`: crashes, replication lag, DCS outage, link down;
 //! - `cleanup`: `down`, also run before `up`;
 //! - `baseline`: HAProxy + Keepalived, the setup pgrouter replaces;
+//! - `lock`: the session and action locks;
 //! - `install`: packages; `util`: commands, namespaces, HTTP, pidfiles.
 pub mod baseline;
 mod cleanup;
 mod faults;
 mod handle;
 pub mod install;
+pub mod lock;
 pub mod patroni;
 mod procs;
 mod psql;
@@ -171,7 +173,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         | Action::WaitHealthy { .. }
         | Action::Psql { .. }
         | Action::Exec { .. } => None,
-        _ => Some(util::lock("lab", Duration::from_secs(600))?),
+        _ => Some(lock::action_lock("lab", Duration::from_secs(600))?),
     };
     match action {
         Action::Up {

@@ -9,7 +9,6 @@
 use std::{
     fmt::Write as _,
     fs,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -24,8 +23,6 @@ use crate::lab::{
     {CLIENT_NS, Host, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP, host},
 };
 
-/// Serialises whole lab sessions between engineers/tools (not only single lab actions).
-pub const SESSION_LOCK: &str = "/run/pgrouter-lab-session.lock";
 /// Config, pins, control socket of the benchmark's pgrouter and HAProxy.
 const RUN_DIR: &str = "/run/pgrouter-bench";
 pub(super) const HAPROXY_ADDR: &str = "198.18.0.22";
@@ -345,29 +342,6 @@ impl Report {
             let _ = writeln!(md, "Note: {n}\n");
         }
         md
-    }
-}
-
-/// Holds `SESSION_LOCK` (flock, exclusive) until dropped.
-pub struct SessionLock(#[allow(dead_code)] fs::File);
-
-impl SessionLock {
-    pub fn acquire() -> anyhow::Result<Self> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(SESSION_LOCK)
-            .with_context(|| format!("open {SESSION_LOCK}"))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            println!("bench: waiting for the lab session lock {SESSION_LOCK}");
-            // SAFETY: as above.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("flock {SESSION_LOCK}: {}", std::io::Error::last_os_error());
-            }
-        }
-        Ok(SessionLock(f))
     }
 }
 
@@ -1135,7 +1109,7 @@ pub(super) fn session<T>(
     }
     println!("bench: pgrouter = {}", pgrouter_bin().display());
 
-    let _lock = SessionLock::acquire()?;
+    let _lock = crate::lab::lock::session_lock()?;
     let lab = Lab::default();
     let dir = PathBuf::from(RUN_DIR);
     let t = Instant::now();

@@ -109,7 +109,6 @@ impl Lab {
         self.node_dir(node).join("patroni.yml")
     }
 
-
     /// True if the lab is fully up: etcd and three Patronis running, a leader
     /// and two streaming replicas, all replay un-frozen, nothing `spawn`ed
     /// still running, VIP free.

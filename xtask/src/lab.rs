@@ -11,11 +11,14 @@
 //! - `psql`: SQL from the client namespace;
 //! - `faults`: crashes, replication lag, DCS outage, link down;
 //! - `cleanup`: `down`, also run before `up`;
+//! - `edge`: pgrouter and HAProxy on the edge hosts (one HAProxy template), bpffs mounts,
+//!   the veth peer's XDP_PASS program; shared by `baseline`, the demo and the bench;
 //! - `baseline`: HAProxy + Keepalived, the setup pgrouter replaces;
 //! - `lock`: the session and action locks;
 //! - `install`: packages; `util`: commands, namespaces, HTTP, pidfiles.
 pub mod baseline;
 mod cleanup;
+pub mod edge;
 mod faults;
 mod handle;
 pub mod install;
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 pub use self::handle::{Lab, Timing};
 pub use self::topology::{
-    CLIENT_NS, EDGES, Host, PG_BIN, PG_NODES, SUPERUSER, SUPERUSER_PASSWORD, VIP, host,
+    CLIENT_NS, EDGES, HOSTS, Host, PG_BIN, PG_NODES, SUPERUSER, SUPERUSER_PASSWORD, VIP, host,
 };
 
 #[derive(Args)]

@@ -1,6 +1,6 @@
 //! pgbench through the three paths a client can take to the Patroni primary, in one lab, in
 //! one run: directly (`leader:5432`), through HAProxy with the seed's configuration
-//! (`lab/haproxy.cfg.tmpl`, on edge2, `198.18.0.22:5000`) and through pgrouter (XDP on edge1,
+//! (`lab/haproxy.cfg.tmpl`, on edge2, `<edge2>:5000`) and through pgrouter (XDP on edge1,
 //! `VIP:5000`) — plus the hairpin floor (`hairpin.rs`): direct, but over pgrouter's extra hop
 //! with no router logic, which bounds what any edge-host router can reach in this lab.
 //! Select-only (`pgbench -S`), with persistent connections and with a new connection per
@@ -18,15 +18,14 @@ use anyhow::{Context as _, bail};
 
 use super::hairpin;
 use crate::lab::{
-    Lab,
-    util::wait_for,
-    {CLIENT_NS, Host, PG_BIN, SUPERUSER, SUPERUSER_PASSWORD, VIP, host},
+    CLIENT_NS, HOSTS, Host, Lab, PG_BIN, PG_NODES, SUPERUSER, SUPERUSER_PASSWORD, VIP, edge, host,
+    topology::host_named, util::wait_for,
 };
 
 /// Config, pins, control socket of the benchmark's pgrouter and HAProxy.
 const RUN_DIR: &str = "/run/pgrouter-bench";
-pub(super) const HAPROXY_ADDR: &str = "198.18.0.22";
-const HAPROXY_TMPL: &str = include_str!("../../../lab/haproxy.cfg.tmpl");
+/// HAProxy binds `*:5000` on edge2: clients reach it at edge2's own address.
+pub(super) const HAPROXY_ADDR: &str = host_named("edge2").addr;
 const PGROUTER_PROC: &str = "pgrouter-bench";
 pub(super) const HAPROXY_PROC: &str = "haproxy-bench";
 
@@ -486,14 +485,11 @@ pub(super) const DATAPATH_DEFAULT: &str = "snat_ports = \"40000-59999\"";
 
 fn pgrouter_config(dir: &Path, xdp_mode: &str, datapath: &str) -> String {
     let mut nodes = String::new();
-    for (name, ip) in [
-        ("pg1", "198.18.0.11"),
-        ("pg2", "198.18.0.12"),
-        ("pg3", "198.18.0.13"),
-    ] {
+    for h in HOSTS.iter().filter(|h| PG_NODES.contains(&h.name)) {
         let _ = write!(
             nodes,
-            "[[cluster.node]]\nname = \"{name}\"\nhost = \"{ip}\"\n\n"
+            "[[cluster.node]]\nname = \"{}\"\nhost = \"{}\"\n\n",
+            h.name, h.addr
         );
     }
     format!(
@@ -537,7 +533,7 @@ maxconn = 100
 fn pgrouter_bin() -> PathBuf {
     match std::env::var_os("PGR_BENCH_PGROUTER") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pgrouter"),
+        None => edge::pgrouter_bin(),
     }
 }
 
@@ -674,16 +670,7 @@ impl Pgr<'_> {
         if mode == "native" {
             self.peer = Some(PeerXdpPass::attach("pgrlab-edge1")?);
         }
-        self.lab.spawn(
-            "edge1",
-            PGROUTER_PROC,
-            &[
-                bin.display().to_string(),
-                s("run"),
-                s("-c"),
-                cfg.display().to_string(),
-            ],
-        )?;
+        edge::start_pgrouter(self.lab, "edge1", PGROUTER_PROC, &bin, &cfg)?;
         wait_primary(
             self.lab,
             "pgrouter VIP:5000 to reach the primary",
@@ -707,19 +694,13 @@ impl Pgr<'_> {
     }
 }
 
-/// HAProxy with the seed's config on edge2 (binds *:5000, so 198.18.0.22:5000); waits until
+/// HAProxy with the seed's config on edge2 (binds *:5000, so HAPROXY_ADDR:5000); waits until
 /// its checks have marked the replicas down.
 fn start_haproxy(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
-    let hcfg = dir.join("haproxy.cfg");
-    fs::write(&hcfg, HAPROXY_TMPL)?;
-    lab.spawn(
-        "edge2",
-        HAPROXY_PROC,
-        &[s("haproxy"), s("-db"), s("-f"), hcfg.display().to_string()],
-    )?;
+    edge::start_haproxy(lab, "edge2", HAPROXY_PROC, dir)?;
     wait_primary(
         lab,
-        "HAProxy 198.18.0.22:5000 to reach the primary",
+        &format!("HAProxy {HAPROXY_ADDR}:5000 to reach the primary"),
         HAPROXY_ADDR,
         5000,
         6,
@@ -806,20 +787,7 @@ fn prepare<'a>(
 ) -> anyhow::Result<Session<'a>> {
     let leader = lab.leader()?;
     // pgrouter on edge1, VIP added by hand (no VRRP in this benchmark).
-    let pins = dir.join("bpf");
-    fs::create_dir_all(&pins)?;
-    // bpffs in the root mount namespace: `ip netns exec` gives pgrouter a private one.
-    let mounted = fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&pins.display().to_string()));
-    if !mounted {
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&pins)
-            .status()?;
-        anyhow::ensure!(st.success(), "mount bpffs on {}", pins.display());
-    }
+    edge::mount_bpffs(&dir.join("bpf"))?;
     let code = lab.exec(
         "edge1",
         &[
@@ -1059,7 +1027,7 @@ fn xdp_mode(dir: &Path) -> String {
 fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
     let mut errs = Vec::new();
     // Keep the proxies' logs for a post-mortem (the lab dir goes with `lab down`).
-    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let keep = edge::workspace().join("target/bench");
     let _ = fs::create_dir_all(&keep);
     for name in [HAPROXY_PROC, PGROUTER_PROC] {
         let _ = fs::copy(
@@ -1073,14 +1041,7 @@ fn teardown(lab: &Lab, dir: &Path) -> Vec<String> {
         }
     }
     detach(lab, &dir.join("pgrouter.toml"));
-    let pins = dir.join("bpf");
-    if fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&pins.display().to_string()))
-    {
-        let _ = Command::new("umount").arg(&pins).status();
-    }
+    edge::unmount_bpffs(&dir.join("bpf"));
     if let Err(e) = lab.down() {
         errs.push(format!("lab down: {e:#}"));
     }
@@ -1101,11 +1062,7 @@ pub(super) fn session<T>(
     f: impl FnOnce(&mut Session) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     if std::env::var_os("PGR_BENCH_PGROUTER").is_none() {
-        let st = Command::new("cargo")
-            .args(["build", "--release", "-p", "router-user", "--bins"])
-            .status()
-            .context("cargo build")?;
-        anyhow::ensure!(st.success(), "cargo build --release -p router-user failed");
+        edge::build_release()?;
     }
     println!("bench: pgrouter = {}", pgrouter_bin().display());
 

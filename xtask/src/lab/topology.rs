@@ -82,6 +82,34 @@ pub const HOSTS: [Host; 7] = [
 pub const PG_NODES: [&str; 3] = ["pg1", "pg2", "pg3"];
 pub const EDGES: [&str; 2] = ["edge1", "edge2"];
 
+/// The host named `name`, for constants (`host_named("edge2").addr`); an unknown name fails
+/// the build.
+pub const fn host_named(name: &str) -> Host {
+    let mut i = 0;
+    while i < HOSTS.len() {
+        if same(HOSTS[i].name.as_bytes(), name.as_bytes()) {
+            return HOSTS[i];
+        }
+        i += 1;
+    }
+    panic!("unknown lab host");
+}
+
+/// `a == b` for a `const fn` (slice equality is not const).
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 pub fn host(name: &str) -> Result<Host> {
     HOSTS
         .iter()
@@ -252,5 +280,6 @@ mod tests {
         assert_eq!(host("pg1").unwrap().mac(), "02:00:c6:12:00:0b");
         assert_eq!(host("client").unwrap().mac(), "02:00:c6:12:00:1e");
         assert!(BRIDGE.len() <= 15);
+        assert_eq!(host_named("edge2").addr, "198.18.0.22");
     }
 }

@@ -53,7 +53,7 @@ fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: boo
     let mut peers = vec![];
     if mode == "native" {
         for e in pgrouter_edges {
-            peers.push(crate::bench::pgbench::PeerXdpPass::attach(&format!(
+            peers.push(crate::lab::peer_xdp::PeerXdpPass::attach(&format!(
                 "pgrlab-{e}"
             ))?);
         }

@@ -12,7 +12,8 @@
 //! - `faults`: crashes, replication lag, DCS outage, link down;
 //! - `cleanup`: `down`, also run before `up`;
 //! - `edge`: pgrouter and HAProxy on the edge hosts (one HAProxy template), bpffs mounts,
-//!   the veth peer's XDP_PASS program; shared by `baseline`, the demo and the bench;
+//!   shared by `baseline`, the demo and the bench; `peer_xdp`: pgrouter's `xdp_pass` on a
+//!   native-mode edge's veth peer;
 //! - `baseline`: HAProxy + Keepalived, the setup pgrouter replaces;
 //! - `lock`: the session and action locks;
 //! - `install`: packages; `util`: commands, namespaces, HTTP, pidfiles.
@@ -24,6 +25,7 @@ mod handle;
 pub mod install;
 pub mod lock;
 pub mod patroni;
+pub mod peer_xdp;
 mod procs;
 mod psql;
 pub mod topology;

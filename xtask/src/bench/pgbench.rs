@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 use super::hairpin;
 use crate::lab::{
     CLIENT_NS, HOSTS, Host, Lab, PG_BIN, PG_NODES, SUPERUSER, SUPERUSER_PASSWORD, VIP, edge, host,
-    topology::host_named, util::wait_for,
+    peer_xdp::PeerXdpPass, topology::host_named, util::wait_for,
 };
 
 /// Config, pins, control socket of the benchmark's pgrouter and HAProxy.
@@ -76,7 +76,7 @@ pub enum Target {
     /// extra hop, without pgrouter (`hairpin.rs`).
     Hairpin,
     Haproxy,
-    /// Native XDP (plus an XDP_PASS program on the veth peer, see [`PeerXdpPass`]).
+    /// Native XDP (plus an XDP_PASS program on the veth peer, see `crate::lab::peer_xdp`).
     Pgrouter,
     PgrouterGeneric,
 }
@@ -341,36 +341,6 @@ impl Report {
             let _ = writeln!(md, "Note: {n}\n");
         }
         md
-    }
-}
-
-/// An XDP program returning XDP_PASS, attached in driver mode to a root-side veth peer for
-/// as long as this value lives (a BPF link, detached when its fd closes).
-///
-/// Why: frames a native XDP program sends with XDP_TX on a veth go to the peer's NAPI ring.
-/// With only GRO enabling that NAPI (the lab's set-up), they sat there until the peer's
-/// next NAPI run, in the lab about once a second (measured: 1–4 pgbench transactions per
-/// second through pgrouter). With an XDP program on the peer they are processed at once —
-/// as on a real NIC, where the wire has no such queue. Raw `bpf(2)`: two instructions, no
-/// object file, no dependency.
-pub struct PeerXdpPass {
-    _link: std::os::fd::OwnedFd,
-    _prog: std::os::fd::OwnedFd,
-}
-
-impl PeerXdpPass {
-    pub fn attach(ifname: &str) -> anyhow::Result<Self> {
-        // r0 = XDP_PASS; exit
-        let insns = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
-            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-        ];
-        let prog = hairpin::load("bench_xdp", &insns)?;
-        let link = hairpin::attach(&prog, None, ifname, hairpin::XDP_FLAGS_DRV_MODE)?;
-        Ok(PeerXdpPass {
-            _link: link,
-            _prog: prog,
-        })
     }
 }
 

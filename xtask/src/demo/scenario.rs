@@ -57,7 +57,7 @@ pub struct Env {
     /// listeners ([`OnEmptyProbe`]).
     pub on_empty_probes: bool,
     /// XDP_PASS programs on the edges' bridge-side veth peers (native mode only).
-    pub _peers: Vec<crate::bench::pgbench::PeerXdpPass>,
+    pub _peers: Vec<crate::lab::peer_xdp::PeerXdpPass>,
 }
 
 /// What one router showed during a scenario.

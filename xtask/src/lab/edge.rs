@@ -1,7 +1,7 @@
 //! The routers on the lab's edge hosts, one place for the baseline, the demo and the bench:
 //! the release `pgrouter` and how it is started, the seed's HAProxy (one template,
-//! lab/haproxy.cfg.tmpl, checked with `haproxy -c` before it runs), bpffs mounts for
-//! pgrouter's pins, and the XDP_PASS program a native-mode edge needs on its veth peer.
+//! lab/haproxy.cfg.tmpl, checked with `haproxy -c` before it runs) and bpffs mounts for
+//! pgrouter's pins. The veth peer's XDP_PASS program is in `peer_xdp`.
 use super::Lab;
 use super::util::{cmd, run};
 use anyhow::{Context, Result};

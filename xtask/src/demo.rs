@@ -2,7 +2,7 @@
 //! `cargo xtask scenarios`: the same scenarios with assertions (CI);
 //! [`bench_failover`]: failover outages of pgrouter and the seed's HAProxy side by side.
 //!
-//! Every entry point takes the lab session lock (`/run/pgrouter-lab-session.lock`) before it
+//! Every entry point takes the lab session lock (`crate::lab::lock`) before it
 //! touches the lab: the lab is a singleton shared with the benchmarks.
 pub mod edges;
 pub mod prober;

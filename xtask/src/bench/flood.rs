@@ -21,10 +21,9 @@ use anyhow::{Context as _, bail};
 
 use super::{
     churn::{Progress, parse_progress},
-    pgbench::{
-        self, HAPROXY_ADDR, Params, Session, counter_deltas, parse_pgbench, proc_net_counter,
-        status_json,
-    },
+    hairpin::proc_net_counter,
+    pgbench::{Params, counter_deltas, parse_pgbench, status_json},
+    session::{self, DATAPATH_DEFAULT, HAPROXY_ADDR, Session},
 };
 use crate::lab::{
     util::in_netns,
@@ -457,7 +456,7 @@ pub struct FloodReport {
 pub fn run() -> anyhow::Result<FloodReport> {
     let p = Params::from_env()?;
     let fp = FloodParams::from_env()?;
-    pgbench::session(&p, pgbench::DATAPATH_DEFAULT, |sess| {
+    session::session(&p, DATAPATH_DEFAULT, |sess| {
         let mut rep = FloodReport {
             params: Some(fp.clone()),
             leader: format!("{} {}", sess.leader.0, sess.leader.1),

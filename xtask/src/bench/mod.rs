@@ -6,6 +6,8 @@ pub mod gc;
 pub mod hairpin;
 pub mod micro;
 pub mod pgbench;
+pub mod report;
+pub mod session;
 pub mod svg;
 
 use std::{
@@ -250,7 +252,7 @@ pub fn run() -> anyhow::Result<()> {
         machine()
     );
     md.push_str(&section(MICRO, &micro, MicroReport::markdown));
-    md.push_str(&section(PGBENCH, &pg, pgbench::Report::markdown));
+    md.push_str(&section(PGBENCH, &pg, report::Report::markdown));
     md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
     md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
     md.push_str(&section(GC, &gc, gc::markdown));

@@ -9,6 +9,7 @@ pub mod pgbench;
 pub mod report;
 pub mod session;
 pub mod svg;
+pub mod timeline;
 
 use std::{
     fmt::Write as _,
@@ -79,7 +80,7 @@ pub fn failover_md(outages: Option<&str>, since_unix_ms: u64) -> String {
                         let _ = writeln!(
                             md,
                             "### {scenario}\n\n![{scenario}]({path})\n\nStarted {}{}.\n",
-                            svg::utc(t0),
+                            timeline::utc(t0),
                             if t0 < since_unix_ms {
                                 " — from an earlier run of the failover scenarios, not this one"
                             } else {
@@ -177,7 +178,7 @@ fn only(sections: &[(&str, String)]) -> anyhow::Result<()> {
                 "{}\n_This section: `PGR_BENCH_ONLY` run of {} on {}, commit {}, not the whole bench's run._\n",
                 md.trim_end(),
                 std::env::var("PGR_BENCH_ONLY").unwrap_or_default(),
-                svg::utc(now),
+                timeline::utc(now),
                 commit,
             );
             doc = replace_section(&doc, heading, &dated);

@@ -9,6 +9,7 @@ pub mod pgbench;
 pub mod report;
 pub mod session;
 pub mod svg;
+pub mod syn_flood;
 pub mod timeline;
 
 use std::{

@@ -2,23 +2,19 @@
 //! `cargo xtask scenarios`: the same scenarios with assertions (CI);
 //! [`bench_failover`]: failover outages of pgrouter and the seed's HAProxy side by side.
 //!
-//! Every entry point takes the lab session lock (`/run/pgrouter-lab-session.lock`) before it
+//! Every entry point takes the lab session lock (`crate::lab::lock`) before it
 //! touches the lab: the lab is a singleton shared with the benchmarks.
 pub mod edges;
 pub mod prober;
 pub mod scenario;
 
-use crate::lab::cluster::{Lab, Timing, VIP};
+use crate::lab::{Lab, Timing, VIP};
 use anyhow::{Context, Result, bail};
 use prober::{Clock, Prober};
 use scenario::{Env, Outcome, Router};
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-pub const SESSION_LOCK: &str = "/run/pgrouter-lab-session.lock";
 
 #[derive(clap::Args, Debug, Default)]
 pub struct DemoArgs {
@@ -46,66 +42,6 @@ pub struct ScenarioArgs {
     pub filter: Option<String>,
 }
 
-/// Holds the lab session lock until dropped.
-pub struct SessionLock(#[allow(dead_code)] Option<File>);
-
-/// Takes the lab session lock (waits up to 40 minutes). With `PGRLAB_SESSION_LOCKED=1` the
-/// caller already holds it (e.g. `flock … cargo xtask scenarios` in a script).
-pub fn session_lock() -> Result<SessionLock> {
-    if std::env::var("PGRLAB_SESSION_LOCKED").is_ok_and(|v| v == "1") {
-        return Ok(SessionLock(None));
-    }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(SESSION_LOCK)
-        .with_context(|| format!("open {SESSION_LOCK}"))?;
-    if held_by_this_process(&f) {
-        // e.g. `cargo xtask bench` holding it for pgbench and calling `bench_failover`.
-        return Ok(SessionLock(None));
-    }
-    let t = Instant::now();
-    let mut said = false;
-    loop {
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            if said {
-                println!("demo: got the lab session lock after {:.0?}", t.elapsed());
-            }
-            return Ok(SessionLock(Some(f)));
-        }
-        if !said {
-            println!("demo: the lab is in use; waiting for {SESSION_LOCK}");
-            said = true;
-        }
-        if t.elapsed() > Duration::from_secs(2400) {
-            bail!("{SESSION_LOCK} still locked after 40 minutes");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// True if this process already holds an exclusive flock on `f`'s file (another open file
-/// description of it; /proc/locks names the holder's PID and the inode).
-fn held_by_this_process(f: &File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(ino) = f.metadata().map(|m| m.ino()) else {
-        return false;
-    };
-    let pid = std::process::id().to_string();
-    std::fs::read_to_string("/proc/locks").is_ok_and(|locks| {
-        locks.lines().any(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            w.len() > 5
-                && w[1] == "FLOCK"
-                && w[3] == "WRITE"
-                && w[4] == pid
-                && w[5].rsplit(':').next() == Some(ino.to_string().as_str())
-        })
-    })
-}
-
 /// Brings the lab up, starts pgrouter on `pgrouter_edges` (VRRP; the first one becomes
 /// master), optionally the seed's HAProxy on edge2's own address, and the probers. Without
 /// HAProxy the switchover also measures new connections per `on_empty` mode (the failover
@@ -117,7 +53,7 @@ fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: boo
     let mut peers = vec![];
     if mode == "native" {
         for e in pgrouter_edges {
-            peers.push(crate::bench::pgbench::PeerXdpPass::attach(&format!(
+            peers.push(crate::lab::peer_xdp::PeerXdpPass::attach(&format!(
                 "pgrlab-{e}"
             ))?);
         }
@@ -170,7 +106,7 @@ fn bring_up(lab: &Lab, pgrouter_edges: &[&'static str], haproxy: bool, slow: boo
 /// Runs `f` with the session lock and a fresh lab; tears the lab down afterwards (also on
 /// error) unless `keep`.
 fn with_lab<T>(keep: bool, f: impl FnOnce(&Lab) -> Result<T>) -> Result<T> {
-    let _lock = session_lock()?;
+    let _lock = crate::lab::lock::session_lock()?;
     let lab = Lab::new(Timing::from_env()?);
     edges::cleanup();
     let r = f(&lab);
@@ -184,7 +120,7 @@ fn with_lab<T>(keep: bool, f: impl FnOnce(&Lab) -> Result<T>) -> Result<T> {
         // Keep the routers' logs: `lab down` removes the lab dir.
         let keep_dir = edges::workspace().join("target/demo-logs");
         if std::fs::create_dir_all(&keep_dir).is_ok() {
-            for e in crate::lab::cluster::EDGES {
+            for e in crate::lab::EDGES {
                 for n in [edges::proc_name(e), format!("haproxy-{e}")] {
                     let _ = std::fs::copy(
                         lab.dir.join(format!("{n}.log")),
@@ -510,20 +446,6 @@ pub fn markdown(results: &[FailoverResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_lock_this_process_holds_is_recognised() {
-        let path = std::env::temp_dir().join(format!("pgr-demo-lock-{}", std::process::id()));
-        let a = File::create(&path).unwrap();
-        let b = File::open(&path).unwrap();
-        assert!(!held_by_this_process(&b));
-        // SAFETY: flock on an fd we own.
-        assert_eq!(unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX) }, 0);
-        assert!(held_by_this_process(&b));
-        drop(a);
-        assert!(!held_by_this_process(&b));
-        let _ = std::fs::remove_file(&path);
-    }
 
     #[test]
     fn markdown_has_a_row_per_router() {

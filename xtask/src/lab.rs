@@ -1,18 +1,44 @@
 //! `cargo xtask lab …`: a Patroni/etcd/PostgreSQL 15 lab in network
 //! namespaces on one bridge (198.18.0.0/24). See docs/lab.md.
 //!
-//! Every action is also a method on [`cluster::Lab`], so scenario tests can either
-//! run `cargo xtask lab <action>` or call the API.
+//! Every action is also a method on [`Lab`], so scenario tests can either
+//! run `cargo xtask lab <action>` or call the API. One module per concern, each an
+//! `impl Lab` block where it acts on the lab:
+//! - `topology`: bridge, namespaces, addresses, the VIP;
+//! - `handle`: the `Lab` type, its paths and timing; `up` and `status`;
+//! - `procs`: daemons started with pidfiles and logs, commands in a namespace;
+//! - `patroni`: etcd and Patroni (configs, processes, REST API, planned actions);
+//! - `psql`: SQL from the client namespace;
+//! - `faults`: crashes, replication lag, DCS outage, link down;
+//! - `cleanup`: `down`, also run before `up`;
+//! - `edge`: pgrouter and HAProxy on the edge hosts (one HAProxy template), bpffs mounts,
+//!   shared by `baseline`, the demo and the bench; `peer_xdp`: pgrouter's `xdp_pass` on a
+//!   native-mode edge's veth peer;
+//! - `baseline`: HAProxy + Keepalived, the setup pgrouter replaces;
+//! - `lock`: the session and action locks;
+//! - `install`: packages; `util`: commands, namespaces, HTTP, pidfiles.
 pub mod baseline;
-pub mod cluster;
+mod cleanup;
+pub mod edge;
+mod faults;
+mod handle;
 pub mod install;
+pub mod lock;
+pub mod patroni;
+pub mod peer_xdp;
+mod procs;
+mod psql;
+pub mod topology;
 pub mod util;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
-pub use self::cluster::{Lab, Timing};
+pub use self::handle::{Lab, Timing};
+pub use self::topology::{
+    CLIENT_NS, EDGES, HOSTS, Host, PG_BIN, PG_NODES, SUPERUSER, SUPERUSER_PASSWORD, VIP, host,
+};
 
 #[derive(Args)]
 pub struct LabArgs {
@@ -152,7 +178,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         | Action::WaitHealthy { .. }
         | Action::Psql { .. }
         | Action::Exec { .. } => None,
-        _ => Some(util::lock("lab", Duration::from_secs(600))?),
+        _ => Some(lock::action_lock("lab", Duration::from_secs(600))?),
     };
     match action {
         Action::Up {

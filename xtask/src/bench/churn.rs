@@ -6,11 +6,10 @@
 //! Method: docs/benchmarks.md.
 use std::{fmt::Write as _, time::Instant};
 
-use super::pgbench::{
-    self, HAPROXY_ADDR, Params, Sample, Session, counter_deltas, parse_pgbench, pgbench_out,
-    proc_net_counter, s, status_json,
-};
-use crate::lab::cluster::{CLIENT_NS, SUPERUSER, VIP};
+use super::hairpin::proc_net_counter;
+use super::pgbench::{Params, Sample, counter_deltas, parse_pgbench, pgbench_out, status_json};
+use super::session::{self, HAPROXY_ADDR, Session, s};
+use crate::lab::{CLIENT_NS, SUPERUSER, VIP};
 
 /// pgrouter's SNAT range in this run: 2,000 ports, so ~90 connections/s for ten minutes
 /// cycle it about 25 times (the issue saw the old data path degrade after 10,000–12,000
@@ -242,7 +241,7 @@ fn soak(
 pub fn run() -> anyhow::Result<ChurnReport> {
     let p = Params::from_env()?;
     let cp = ChurnParams::from_env(&p)?;
-    pgbench::session(&p, CHURN_DATAPATH, |sess| {
+    session::session(&p, CHURN_DATAPATH, |sess| {
         let mut rep = ChurnReport {
             params: Some(cp.clone()),
             leader: format!("{} {}", sess.leader.0, sess.leader.1),

@@ -9,7 +9,10 @@
 //! hops, no NAT, no conntrack, no lookups. pgrouter cannot be cheaper than this floor.
 //!
 //! Raw `bpf(2)` with instructions built here (no object file, no dependency): the addresses are
-//! immediates, so the program does nothing but compare and store.
+//! immediates, so the program does nothing but compare and store. [`HairpinRun`] sets one run
+//! up in the lab (program on edge2, neighbour entries) and checks edge2's stack saw nothing.
+use crate::lab::{Host, host};
+use std::process::Command;
 use std::{
     fs,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -24,7 +27,6 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
-pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
@@ -168,6 +170,104 @@ pub fn attach(
         .join()
         .map_err(|_| anyhow::anyhow!("attach thread panicked"))?
     })
+}
+
+/// The hairpin floor for one run (see `hairpin.rs`): the program on edge2's eth0 (generic
+/// XDP) and the client's and the leader's neighbour entries for each other pointing at
+/// edge2. Undone on drop. Checked: edge2's own IP stack must not see the traffic.
+pub(super) struct HairpinRun {
+    _link: std::os::fd::OwnedFd,
+    _prog: std::os::fd::OwnedFd,
+    /// (namespace, address) neighbour entries to remove again.
+    neigh: Vec<(String, String)>,
+    in_receives: u64,
+}
+
+/// A counter of a namespace's `/proc/net/snmp` or `/proc/net/netstat` (`file`), e.g.
+/// (`snmp`, `Ip:`, `InReceives`) or (`netstat`, `TcpExt:`, `TCPSynRetrans`).
+pub(super) fn proc_net_counter(
+    ns: &str,
+    file: &str,
+    prefix: &str,
+    name: &str,
+) -> anyhow::Result<u64> {
+    let path = format!("/proc/net/{file}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", &path])
+        .output()
+        .with_context(|| format!("reading {ns}'s {path}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        bail!("no {prefix} lines in {ns}'s {path}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no {prefix} {name} in {ns}'s {path}"))
+}
+
+/// `Ip: InReceives` of edge2's namespace: packets its IP stack took in.
+fn edge2_in_receives() -> anyhow::Result<u64> {
+    proc_net_counter("pgrlab-edge2", "snmp", "Ip:", "InReceives")
+}
+
+impl HairpinRun {
+    pub(super) fn start(leader: &str) -> anyhow::Result<Self> {
+        let edge = host("edge2")?;
+        let client = host("client")?;
+        let leader = host(leader)?;
+        let ip = |h: Host| -> anyhow::Result<[u8; 4]> {
+            Ok(h.addr.parse::<std::net::Ipv4Addr>()?.octets())
+        };
+        let routes = [
+            (ip(leader)?, parse_mac(&leader.mac())?),
+            (ip(client)?, parse_mac(&client.mac())?),
+        ];
+        let prog = load("bench_hairpin", &program(parse_mac(&edge.mac())?, &routes))?;
+        let link = attach(&prog, Some(&edge.ns()), "eth0", XDP_FLAGS_SKB_MODE)?;
+        let mut run = HairpinRun {
+            _link: link,
+            _prog: prog,
+            neigh: Vec::new(),
+            in_receives: edge2_in_receives()?,
+        };
+        for (at, to) in [(client, leader), (leader, client)] {
+            run.neigh.push((at.ns(), to.addr.to_string()));
+            let st = Command::new("ip")
+                .args(["-n", &at.ns(), "neigh", "replace", to.addr, "lladdr"])
+                .arg(edge.mac())
+                .args(["nud", "permanent", "dev", "eth0"])
+                .status()?;
+            anyhow::ensure!(st.success(), "ip -n {} neigh replace {}", at.ns(), to.addr);
+        }
+        Ok(run)
+    }
+
+    /// Fails when edge2's IP stack took in a share of the run's packets: then the kernel,
+    /// not the hairpin, carried them and the row would not be the floor.
+    pub(super) fn check(&self, txns: u64) -> anyhow::Result<()> {
+        let seen = edge2_in_receives()?.saturating_sub(self.in_receives);
+        // Carried by the kernel, a transaction is at least two packets (ten or more with
+        // `-C`); the allowance is for edge2's own traffic (HAProxy's checks).
+        anyhow::ensure!(
+            seen < 200 + txns / 2,
+            "hairpin run: edge2's IP stack took in {seen} packets for {txns} transactions"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for HairpinRun {
+    fn drop(&mut self) {
+        for (ns, addr) in &self.neigh {
+            let _ = Command::new("ip")
+                .args(["-n", ns, "neigh", "del", addr, "dev", "eth0"])
+                .status();
+        }
+    }
 }
 
 #[cfg(test)]

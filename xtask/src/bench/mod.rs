@@ -6,7 +6,11 @@ pub mod gc;
 pub mod hairpin;
 pub mod micro;
 pub mod pgbench;
+pub mod report;
+pub mod session;
 pub mod svg;
+pub mod syn_flood;
+pub mod timeline;
 
 use std::{
     fmt::Write as _,
@@ -77,7 +81,7 @@ pub fn failover_md(outages: Option<&str>, since_unix_ms: u64) -> String {
                         let _ = writeln!(
                             md,
                             "### {scenario}\n\n![{scenario}]({path})\n\nStarted {}{}.\n",
-                            svg::utc(t0),
+                            timeline::utc(t0),
                             if t0 < since_unix_ms {
                                 " — from an earlier run of the failover scenarios, not this one"
                             } else {
@@ -175,7 +179,7 @@ fn only(sections: &[(&str, String)]) -> anyhow::Result<()> {
                 "{}\n_This section: `PGR_BENCH_ONLY` run of {} on {}, commit {}, not the whole bench's run._\n",
                 md.trim_end(),
                 std::env::var("PGR_BENCH_ONLY").unwrap_or_default(),
-                svg::utc(now),
+                timeline::utc(now),
                 commit,
             );
             doc = replace_section(&doc, heading, &dated);
@@ -250,7 +254,7 @@ pub fn run() -> anyhow::Result<()> {
         machine()
     );
     md.push_str(&section(MICRO, &micro, MicroReport::markdown));
-    md.push_str(&section(PGBENCH, &pg, pgbench::Report::markdown));
+    md.push_str(&section(PGBENCH, &pg, report::Report::markdown));
     md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
     md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
     md.push_str(&section(GC, &gc, gc::markdown));

@@ -1,9 +1,12 @@
 //! pgrouter on the lab's edge hosts: generated configs (data path, Patroni checks, VRRP),
 //! a bpffs per edge under /run, start/stop through `Lab::spawn`, `pgrouter status --json`.
 //! Also the seed's HAProxy (lab/haproxy.cfg.tmpl) on one edge for side-by-side measurements.
+//! Binaries, starters and mounts come from the lab's edge module (`crate::lab::edge`).
 use crate::lab::Lab;
-use crate::lab::cluster::{EDGES, VIP, host};
-use anyhow::{Context, Result, bail};
+pub use crate::lab::edge::{build_release, pgrouter_bin, workspace};
+use crate::lab::edge::{mount_bpffs, unmount_bpffs};
+use crate::lab::{EDGES, VIP, host};
+use anyhow::{Result, bail};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,44 +23,6 @@ pub const WRITE_LISTENER: &str = "PG1";
 /// modes side by side (docs/demo.md).
 pub const REJECT_LISTENER: &str = "PG1_reject";
 pub const REJECT_PORT: u16 = 5010;
-const HAPROXY_TMPL: &str = include_str!("../../../lab/haproxy.cfg.tmpl");
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-pub fn pgrouter_bin() -> PathBuf {
-    workspace().join("target/release/pgrouter")
-}
-
-/// `cargo build --release -p router-user --bins` (a no-op when up to date).
-pub fn build_release() -> Result<()> {
-    if std::env::var("PGRLAB_SKIP_BUILD").is_ok_and(|v| v == "1") && pgrouter_bin().exists() {
-        println!(
-            "demo: PGRLAB_SKIP_BUILD=1: using {}",
-            pgrouter_bin().display()
-        );
-        return Ok(());
-    }
-    let t = Instant::now();
-    let ok = Command::new("cargo")
-        .args(["build", "--release", "-p", "router-user", "--bins"])
-        .current_dir(workspace())
-        .status()
-        .context("cargo build")?
-        .success();
-    anyhow::ensure!(ok, "cargo build --release -p router-user failed");
-    println!(
-        "demo: release pgrouter ready ({:.1?}): {}",
-        t.elapsed(),
-        pgrouter_bin().display()
-    );
-    Ok(())
-}
-
 pub fn dir(edge: &str) -> PathBuf {
     Path::new(RUN_DIR).join(edge)
 }
@@ -83,7 +48,7 @@ pub fn render_config(edge: &str, mode: &str) -> Result<String> {
     let prio = if edge == "edge1" { 150 } else { 100 };
     let d = dir(edge);
     let mut nodes = String::new();
-    for n in crate::lab::cluster::PG_NODES {
+    for n in crate::lab::PG_NODES {
         nodes.push_str(&format!(
             "[[cluster.node]]\nname = \"{n}\"\nhost = \"{}\"\n\n",
             host(n)?.addr
@@ -149,56 +114,34 @@ track = [{{ name = "xdp-attached" }}, {{ name = "patroni:{CLUSTER}", weight = -6
     ))
 }
 
-fn is_mountpoint(p: &Path) -> bool {
-    let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = p.to_string_lossy();
-    m.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(p.as_ref()))
-}
-
 /// Unmounts every edge's bpffs (dropping pinned maps and links) and removes RUN_DIR.
 pub fn cleanup() {
     for e in EDGES {
-        let b = dir(e).join("bpf");
-        if is_mountpoint(&b) {
-            let _ = Command::new("umount").arg("-l").arg(&b).status();
-        }
+        unmount_bpffs(&dir(e).join("bpf"));
     }
     let _ = std::fs::remove_dir_all(RUN_DIR);
 }
 
-/// Fresh directory, bpffs and config for `edge`. The bpffs is mounted in the root mount
-/// namespace: `ip netns exec` gives pgrouter a private mount namespace where /sys is
-/// remounted, so pins under /sys/fs/bpf would vanish when it exits.
+/// Fresh directory, bpffs (see [`mount_bpffs`]) and config for `edge`.
 pub fn prepare(edge: &str, mode: &str) -> Result<()> {
     let d = dir(edge);
     let b = d.join("bpf");
-    if is_mountpoint(&b) {
-        let _ = Command::new("umount").arg("-l").arg(&b).status();
-    }
+    unmount_bpffs(&b);
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&b).with_context(|| format!("mkdir {}", b.display()))?;
-    let ok = Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&b)
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "mount -t bpf {}", b.display());
+    mount_bpffs(&b)?;
     std::fs::write(config_path(edge), render_config(edge, mode)?)?;
     Ok(())
 }
 
 /// Starts pgrouter on `edge` (config from `prepare`). Returns the PID.
 pub fn start(lab: &Lab, edge: &str) -> Result<i32> {
-    let argv = vec![
-        pgrouter_bin().display().to_string(),
-        "run".into(),
-        "-c".into(),
-        config_path(edge).display().to_string(),
-    ];
-    lab.spawn(edge, &proc_name(edge), &argv)
+    crate::lab::edge::start_pgrouter(
+        lab,
+        edge,
+        &proc_name(edge),
+        &pgrouter_bin(),
+        &config_path(edge),
+    )
 }
 
 pub fn kill(lab: &Lab, edge: &str, sig: i32) -> Result<bool> {
@@ -342,27 +285,7 @@ pub fn xdp_mode() -> String {
 /// without Keepalived: it serves on the edge's own address, so pgrouter can own the VIP on
 /// the other edge at the same time. Returns the address clients use.
 pub fn start_haproxy(lab: &Lab, edge: &str) -> Result<String> {
-    crate::lab::install::ensure_packages(&["haproxy"])?;
-    let d = dir(edge);
-    std::fs::create_dir_all(&d)?;
-    let cfg = d.join("haproxy.cfg");
-    std::fs::write(&cfg, HAPROXY_TMPL)?;
-    let ok = Command::new("haproxy")
-        .args(["-c", "-q", "-f"])
-        .arg(&cfg)
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "haproxy rejected lab/haproxy.cfg.tmpl");
-    lab.spawn(
-        edge,
-        &format!("haproxy-{edge}"),
-        &[
-            "haproxy".into(),
-            "-db".into(),
-            "-f".into(),
-            cfg.display().to_string(),
-        ],
-    )?;
+    crate::lab::edge::start_haproxy(lab, edge, &format!("haproxy-{edge}"), &dir(edge))?;
     Ok(host(edge)?.addr.to_string())
 }
 

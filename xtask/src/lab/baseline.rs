@@ -1,15 +1,15 @@
 //! The setup pgrouter replaces, runnable in the lab for side-by-side demos and
 //! benchmarks: HAProxy + Keepalived on edge1/edge2 (configs from the seed
 //! article, adapted to the lab: lab/haproxy.cfg.tmpl, lab/keepalived.conf.tmpl).
-use super::cluster::{EDGES, Lab, VIP, host};
-use super::util::{cmd, run, wait_for};
+//! HAProxy is started by the lab's edge module, like the demo's and the bench's.
+use super::util::wait_for;
+use super::{EDGES, Lab, VIP, host};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const HAPROXY_TMPL: &str = include_str!("../../../lab/haproxy.cfg.tmpl");
 const KEEPALIVED_TMPL: &str = include_str!("../../../lab/keepalived.conf.tmpl");
 
 impl Lab {
@@ -58,13 +58,6 @@ impl Lab {
             let d = self.edge_dir(edge);
             fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
             fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
-            let hcfg = d.join("haproxy.cfg");
-            fs::write(&hcfg, HAPROXY_TMPL)?;
-            run(&mut cmd(
-                "haproxy",
-                ["-c", "-q", "-f", &hcfg.to_string_lossy()],
-            ))
-            .context("haproxy rejected lab/haproxy.cfg.tmpl")?;
             let pidfile = self.dir.join(format!("run/haproxy-{edge}.pid"));
             let check = d.join("chk-haproxy.sh");
             fs::write(
@@ -80,13 +73,9 @@ impl Lab {
             fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
             let kcfg = d.join("keepalived.conf");
             fs::write(&kcfg, self.render_keepalived(edge)?)?;
+            super::edge::start_haproxy(self, edge, &format!("haproxy-{edge}"), &d)?;
             let s = |v: &str| v.to_string();
             let p = |f: &str| d.join(f).to_string_lossy().into_owned();
-            self.spawn(
-                edge,
-                &format!("haproxy-{edge}"),
-                &[s("haproxy"), s("-db"), s("-f"), p("haproxy.cfg")],
-            )?;
             self.spawn(
                 edge,
                 &format!("keepalived-{edge}"),
@@ -180,13 +169,5 @@ mod tests {
         assert!(b.contains("unicast_src_ip 198.18.0.22") && b.contains("        198.18.0.21\n"));
         assert!(a.contains("198.18.0.100/24 dev eth0"));
         assert!(a.contains("/var/lib/pgrouter-lab/edge1/chk-haproxy.sh"));
-    }
-
-    #[test]
-    fn haproxy_config_routes_like_the_seed() {
-        assert!(HAPROXY_TMPL.contains("bind *:5000") && HAPROXY_TMPL.contains("bind *:5001"));
-        assert!(HAPROXY_TMPL.contains("use_backend PG1_ro_leader if { nbsrv(PG1_ro) eq 0 }"));
-        assert!(HAPROXY_TMPL.contains("option httpchk GET /replica?lag=10MB"));
-        assert_eq!(HAPROXY_TMPL.matches("check port 8008").count(), 9);
     }
 }

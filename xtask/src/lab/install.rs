@@ -1,6 +1,6 @@
 //! Installs what the lab needs, only when missing (Debian packages, Patroni
 //! virtualenv), and keeps Debian's auto-created `15/main` cluster out of the way.
-use super::cluster::{PG_BIN, VENV};
+use super::topology::{PG_BIN, VENV};
 use super::util::{cmd, run, run_quiet, show};
 use anyhow::{Context, Result, bail};
 use std::fs;

@@ -241,31 +241,3 @@ pub fn ns_sysctl(ns: &str, key: &str, val: &str) -> Result<()> {
         fs::write(&path, val).with_context(|| format!("write {path} in {ns}"))
     })
 }
-
-/// Exclusive lab lock (`/run/pgrouter-lab.lock`), so two lab actions never
-/// interleave (e.g. parallel tests). Held until the returned file is dropped.
-pub fn lock(what: &str, timeout: Duration) -> Result<fs::File> {
-    let path = "/run/pgrouter-lab.lock";
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {path}"))?;
-    let start = Instant::now();
-    let mut said = false;
-    loop {
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
-        }
-        if !said {
-            println!("lab: {what}: waiting for another lab action to finish ({path})");
-            said = true;
-        }
-        if start.elapsed() > timeout {
-            bail!("lab: {what}: {path} still locked after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}

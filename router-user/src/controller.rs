@@ -527,11 +527,11 @@ impl Daemon {
             &self.maps,
             &self.attached,
             self.vrrp.iter().map(|h| h.status()).collect(),
-            (
-                self.gc.last.as_ref(),
-                &self.gc.counters,
-                dataplane::host::monotonic_ns(),
-            ),
+            status::GcView {
+                cycle: self.gc.last.as_ref(),
+                totals: &self.gc.counters,
+                now_ns: dataplane::host::monotonic_ns(),
+            },
             self.started.elapsed(),
             self.last_error.clone(),
         );

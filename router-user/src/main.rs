@@ -103,8 +103,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print!("{out}");
             } else {
-                let v: serde_json::Value = serde_json::from_str(&out).context("daemon answer")?;
-                print!("{}", status::render(&v));
+                let st: status::Status = serde_json::from_str(&out).context(
+                    "the daemon's answer is not this pgrouter's status (was it upgraded \
+                     without a restart? `--json` prints it as it is)",
+                )?;
+                print!("{}", status::render(&st));
             }
             Ok(())
         }

@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use serde::de::{self, Deserializer, Visitor};
 use tokio::sync::watch;
 
-pub use instance::{Counters, InstanceHandle, InstanceStatus, spawn};
+pub use instance::{InstanceHandle, InstanceStatus, spawn};
 
 /// Track results the controller publishes: name → healthy. Names pgrouter uses:
 /// `xdp-attached` (the XDP program is attached on this host) and `patroni:<cluster>` (this host

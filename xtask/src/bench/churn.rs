@@ -8,7 +8,7 @@ use std::{fmt::Write as _, time::Instant};
 
 use super::pgbench::{
     self, HAPROXY_ADDR, Params, Sample, Session, counter_deltas, parse_pgbench, pgbench_out,
-    proc_net_counter, s, status_json,
+    pgrouter_status, proc_net_counter, s,
 };
 use crate::lab::cluster::{CLIENT_NS, SUPERUSER, VIP};
 
@@ -167,7 +167,7 @@ fn soak(
 ) -> anyhow::Result<ChurnRun> {
     let retrans = || proc_net_counter(CLIENT_NS, "netstat", "TcpExt:", "TCPSynRetrans");
     let r0 = retrans()?;
-    let st0 = status_json(&sess.dir);
+    let st0 = pgrouter_status(&sess.dir);
     let node = primary_tcp(&sess.leader.0);
     let t = Instant::now();
     println!(
@@ -207,7 +207,7 @@ fn soak(
         syn_retrans: retrans()?.saturating_sub(r0),
         counters: {
             let mut c = if target == "pgrouter" {
-                counter_deltas(&st0, &status_json(&sess.dir), "PG1")
+                counter_deltas(&st0, &pgrouter_status(&sess.dir), "pg/PG1")
             } else {
                 Vec::new()
             };

@@ -22,8 +22,8 @@ use anyhow::{Context as _, bail};
 use super::{
     churn::{Progress, parse_progress},
     pgbench::{
-        self, HAPROXY_ADDR, Params, Session, counter_deltas, parse_pgbench, proc_net_counter,
-        status_json,
+        self, HAPROXY_ADDR, Params, Session, counter_deltas, parse_pgbench, pgrouter_status,
+        proc_net_counter,
     },
 };
 use crate::lab::{
@@ -328,7 +328,7 @@ fn flood_one(
     } else {
         "edge2".to_string()
     };
-    let (st0, k0) = (status_json(&sess.dir), syn_counters(&answers));
+    let (st0, k0) = (pgrouter_status(&sess.dir), syn_counters(&answers));
     let log = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/bench")
         .join(format!("flood-{}.log", target.to_lowercase()));
@@ -384,7 +384,7 @@ fn flood_one(
         let st = st?;
         let probes = probes.map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
         let mut counters = if pgr {
-            counter_deltas(&st0, &status_json(&sess.dir), "PG1")
+            counter_deltas(&st0, &pgrouter_status(&sess.dir), "pg/PG1")
         } else {
             Vec::new()
         };

@@ -40,7 +40,7 @@ use crate::{
     },
     health::{self, ClusterHandle, ClusterSnapshot},
     metrics,
-    model::DesiredListener,
+    model::{BackendKey, DesiredListener},
     sdnotify,
     status::{self, Status},
     vrrp::{self, InstanceHandle, Tracks},
@@ -322,11 +322,8 @@ impl Daemon {
         for c in &self.clusters {
             for l in c.in_force().listeners {
                 for b in &l.backends {
-                    let Some(id) = self
-                        .applied
-                        .backend_ids
-                        .get(&(l.name.clone(), b.node.clone()))
-                    else {
+                    let key = BackendKey::new(l.key.clone(), b.node.clone());
+                    let Some(id) = self.applied.backend_ids.get(&key) else {
                         continue;
                     };
                     let n = self.maps.backend_stats(*id).refused;
@@ -390,7 +387,7 @@ impl Daemon {
                 .filter(|b| b.state == crate::model::BackendState::Active)
                 .map(|b| b.node.as_str())
                 .collect();
-            info!(listener = %l.name, active = ?active, "published set");
+            info!(listener = %l.key, active = ?active, "published set");
         }
         self.applied = next;
         let down: BTreeSet<u32> = delta.newly_shutdown.iter().copied().collect();

@@ -444,7 +444,7 @@ fn backend_name(applied: &Applied, id: u32) -> (String, String) {
         .backend_ids
         .iter()
         .find(|(_, v)| **v == id)
-        .map(|((l, n), _)| (l.clone(), n.clone()))
+        .map(|(k, _)| (k.listener.to_string(), k.node.clone()))
         .unwrap_or_else(|| ("?".into(), format!("backend {id}")))
 }
 

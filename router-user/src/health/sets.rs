@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::verdict::{CheckKind, Verdict};
 use crate::config::{Cluster, Fallback, ListenerKind, OnMarkedDown};
-use crate::model::{BackendState, DesiredBackend, DesiredListener};
+use crate::model::{BackendState, DesiredBackend, DesiredListener, ListenerKey};
 
 /// What the set rules need to know about one node (same order as `cluster.nodes`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -213,7 +213,7 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
             fallback_active,
         });
         listeners.push(DesiredListener {
-            name: format!("{}/{}", cluster.name, l.name),
+            key: ListenerKey::new(&cluster.name, &l.name),
             vip: l.vip,
             port: l.port,
             balance: l.balance,

@@ -9,6 +9,7 @@ use crate::{
         gc::{CycleReport, GcCounters},
     },
     health::ClusterSnapshot,
+    model::BackendKey,
 };
 
 use super::{BackendStatus, DatapathStatus, GcStatus, InstanceStatus, ListenerStatus, Status};
@@ -41,7 +42,7 @@ pub fn collect(
     let mut listeners = Vec::new();
     for snap in snaps {
         for (l, set) in snap.listeners.iter().zip(snap.status.listeners.iter()) {
-            let sid = applied.service_ids.get(&l.name).copied();
+            let sid = applied.service_ids.get(&l.key).copied();
             let svc = sid.map(|id| maps.service_stats(id)).unwrap_or_default();
             let generation = sid
                 .and_then(|id| applied.sets.get(&id))
@@ -52,7 +53,7 @@ pub fn collect(
                 .map(|b| {
                     let bid = applied
                         .backend_ids
-                        .get(&(l.name.clone(), b.node.clone()))
+                        .get(&BackendKey::new(l.key.clone(), b.node.clone()))
                         .copied();
                     let st = bid.map(|id| maps.backend_stats(id)).unwrap_or_default();
                     BackendStatus {
@@ -78,7 +79,7 @@ pub fn collect(
                 })
                 .collect();
             listeners.push(ListenerStatus {
-                name: l.name.clone(),
+                name: l.key.to_string(),
                 vip: l.vip,
                 port: l.port,
                 fallback_active: set.fallback_active,

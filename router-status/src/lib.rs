@@ -25,6 +25,13 @@ pub use cluster::{
 };
 pub use vrrp::{InstanceStatus, VrrpCounters, VrrpState};
 
+/// The control socket's answer to anything but `status` (`reload`, an unknown request).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub ok: bool,
+    pub message: String,
+}
+
 /// Everything `pgrouter status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {

@@ -115,3 +115,13 @@ fn enums_are_named_as_before() {
         assert_eq!(json(&s), format!("\"{}\"", s.as_str()));
     }
 }
+
+/// `pgrouter reload`'s answer keeps its two fields.
+#[test]
+fn the_control_answer_reads_as_before() {
+    let a: Answer =
+        serde_json::from_str(r#"{"message": "reloaded /etc/pgrouter.toml", "ok": true}"#)
+            .expect("reads");
+    assert!(a.ok);
+    assert_eq!(a.message, "reloaded /etc/pgrouter.toml");
+}

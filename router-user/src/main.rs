@@ -113,13 +113,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Reload { socket } => {
             let out = control::request(&socket, "reload").await?;
-            let v: serde_json::Value = serde_json::from_str(&out).context("daemon answer")?;
-            let msg = v["message"].as_str().unwrap_or("");
-            if v["ok"].as_bool() == Some(true) {
-                println!("{msg}");
+            let a: status::Answer = serde_json::from_str(&out).context("daemon answer")?;
+            if a.ok {
+                println!("{}", a.message);
                 Ok(())
             } else {
-                anyhow::bail!("reload refused; the running configuration stays:\n{msg}")
+                anyhow::bail!(
+                    "reload refused; the running configuration stays:\n{}",
+                    a.message
+                )
             }
         }
         Cmd::Detach { config } => {

@@ -40,7 +40,7 @@ use crate::{
     },
     health::{self, ClusterHandle, ClusterSnapshot},
     metrics,
-    model::{BackendKey, DesiredListener},
+    model::DesiredListener,
     sdnotify,
     status::{self, Status},
     vrrp::{self, InstanceHandle, Tracks},
@@ -319,22 +319,20 @@ impl Daemon {
         {
             return;
         }
-        for c in &self.clusters {
-            for l in c.in_force().listeners {
-                for b in &l.backends {
-                    let key = BackendKey::new(l.key.clone(), b.node.clone());
-                    let Some(id) = self.applied.backend_ids.get(&key) else {
-                        continue;
-                    };
-                    let n = self.maps.backend_stats(*id).refused;
-                    // The first reading of an id (start, adoption, new listener) is a baseline.
-                    match self.refused_seen.insert(*id, n) {
-                        Some(prev) if n > prev => {}
-                        _ => continue,
-                    }
-                    if let Some(idx) = c.cfg.nodes.iter().position(|x| x.name == b.node) {
-                        c.handle.refused(idx);
-                    }
+        for (key, id) in &self.applied.backend_ids {
+            let n = self.maps.backend_stats(*id).refused;
+            // The first reading of an id (start, adoption, new listener) is a baseline.
+            match self.refused_seen.insert(*id, n) {
+                Some(prev) if n > prev => {}
+                _ => continue,
+            }
+            for c in self
+                .clusters
+                .iter()
+                .filter(|c| c.cfg.name == key.listener.cluster)
+            {
+                if let Some(idx) = c.cfg.nodes.iter().position(|x| x.name == key.node) {
+                    c.handle.refused(idx);
                 }
             }
         }

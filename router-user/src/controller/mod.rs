@@ -1,8 +1,8 @@
 //! The daemon: wires configuration, health tasks, the data path, VRRP, the control socket and
 //! metrics. Health decides sets (pure), `dataplane::plan` decides map writes (pure), the flow
 //! GC's policy lives in `dataplane::gc`; this loop moves events between them. Its own two
-//! decisions are pure functions in [`policy`]: when a reloaded cluster has warmed up (then
-//! [`Daemon::promote_warmed`] retires the old health task, an explicit step of `sync`), and
+//! decisions are pure functions in `policy`: when a reloaded cluster has warmed up (then
+//! `Daemon::promote_warmed` retires the old health task, an explicit step of `sync`), and
 //! what the VRRP tracks say. Getters (`snapshots`, `desired`) only read.
 //!
 //! ```text

@@ -1,4 +1,5 @@
-//! The local control socket: one request line (`status` or `reload`), one answer, then close.
+//! The local control socket: one request line (`status` or `reload`), one answer, then close:
+//! a [`Status`](crate::status::Status) or an [`Answer`], as JSON.
 //! Unix-socket permissions (root only) are the access control.
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::controller::Request;
+use crate::{controller::Request, status::Answer};
 
 /// Listens on `path` (replacing a stale socket left by a killed daemon).
 pub fn serve(
@@ -51,15 +52,16 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>) -> anyhow::
         "reload" => {
             let (tx, rx) = oneshot::channel();
             requests.send(Request::Reload(tx)).await?;
-            match rx.await? {
-                Ok(m) => serde_json::json!({ "ok": true, "message": m }).to_string(),
-                Err(e) => serde_json::json!({ "ok": false, "message": e }).to_string(),
-            }
+            let answer = match rx.await? {
+                Ok(message) => Answer { ok: true, message },
+                Err(message) => Answer { ok: false, message },
+            };
+            serde_json::to_string(&answer)?
         }
-        other => {
-            serde_json::json!({ "ok": false, "message": format!("unknown request {other:?}") })
-                .to_string()
-        }
+        other => serde_json::to_string(&Answer {
+            ok: false,
+            message: format!("unknown request {other:?}"),
+        })?,
     };
     w.write_all(answer.as_bytes()).await?;
     w.write_all(b"\n").await?;

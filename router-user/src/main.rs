@@ -102,20 +102,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print!("{out}");
             } else {
-                let v: serde_json::Value = serde_json::from_str(&out).context("daemon answer")?;
-                print!("{}", status::render(&v));
+                let st: status::Status = serde_json::from_str(&out).context(
+                    "the daemon's answer is not this pgrouter's status (was it upgraded \
+                     without a restart? `--json` prints it as it is)",
+                )?;
+                print!("{}", status::render(&st));
             }
             Ok(())
         }
         Cmd::Reload { socket } => {
             let out = control::request(&socket, "reload").await?;
-            let v: serde_json::Value = serde_json::from_str(&out).context("daemon answer")?;
-            let msg = v["message"].as_str().unwrap_or("");
-            if v["ok"].as_bool() == Some(true) {
-                println!("{msg}");
+            let a: status::Answer = serde_json::from_str(&out).context("daemon answer")?;
+            if a.ok {
+                println!("{}", a.message);
                 Ok(())
             } else {
-                anyhow::bail!("reload refused; the running configuration stays:\n{msg}")
+                anyhow::bail!(
+                    "reload refused; the running configuration stays:\n{}",
+                    a.message
+                )
             }
         }
         Cmd::Detach { config } => {

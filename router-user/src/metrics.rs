@@ -8,13 +8,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
 };
 
-use crate::status::Status;
+use crate::status::{Status, VrrpState};
 
 pub async fn serve(addr: SocketAddr, status: Arc<Mutex<Status>>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
@@ -48,10 +47,6 @@ pub async fn serve(addr: SocketAddr, status: Arc<Mutex<Status>>) -> anyhow::Resu
 
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0)
 }
 
 /// Renders every metric family.
@@ -115,41 +110,37 @@ pub fn render(st: &Status) -> String {
         "# TYPE pgrouter_check_up gauge\n# TYPE pgrouter_check_latency_seconds gauge\n# TYPE pgrouter_checks_total counter\n# TYPE pgrouter_checks_failed_total counter\n# TYPE pgrouter_set_changes_total counter\n# TYPE pgrouter_split_brain gauge"
     );
     for c in &st.clusters {
-        let cl = esc(c["cluster"].as_str().unwrap_or(""));
+        let cl = esc(&c.cluster);
         let _ = writeln!(
             o,
             "pgrouter_checks_total{{cluster=\"{cl}\"}} {}",
-            num(&c["counters"]["checks_total"])
+            c.counters.checks_total
         );
         let _ = writeln!(
             o,
             "pgrouter_checks_failed_total{{cluster=\"{cl}\"}} {}",
-            num(&c["counters"]["checks_failed"])
+            c.counters.checks_failed
         );
         let _ = writeln!(
             o,
             "pgrouter_set_changes_total{{cluster=\"{cl}\"}} {}",
-            num(&c["counters"]["set_changes"])
+            c.counters.set_changes
         );
         let _ = writeln!(
             o,
             "pgrouter_split_brain{{cluster=\"{cl}\"}} {}",
-            u8::from(c["split_brain"].as_bool() == Some(true))
+            u8::from(c.split_brain)
         );
-        for n in c["nodes"].as_array().into_iter().flatten() {
-            let node = esc(n["name"].as_str().unwrap_or(""));
-            for ch in n["checks"].as_array().into_iter().flatten() {
-                let check = esc(ch["check"].as_str().unwrap_or(""));
+        for n in &c.nodes {
+            let node = esc(&n.name);
+            for ch in &n.checks {
+                let check = esc(&ch.check);
                 let l = format!("cluster=\"{cl}\",node=\"{node}\",check=\"{check}\"");
-                let _ = writeln!(
-                    o,
-                    "pgrouter_check_up{{{l}}} {}",
-                    u8::from(ch["up"].as_bool() == Some(true))
-                );
+                let _ = writeln!(o, "pgrouter_check_up{{{l}}} {}", u8::from(ch.up));
                 let _ = writeln!(
                     o,
                     "pgrouter_check_latency_seconds{{{l}}} {}",
-                    num(&ch["last"]["latency_ms"]) / 1000.0
+                    ch.last.as_ref().map_or(0.0, |l| l.latency_ms) / 1000.0
                 );
             }
         }
@@ -221,21 +212,21 @@ pub fn render(st: &Status) -> String {
         "# TYPE pgrouter_vrrp_master gauge\n# TYPE pgrouter_vrrp_transitions_total counter\n# TYPE pgrouter_vrrp_two_masters_seen_total counter"
     );
     for v in &st.vrrp {
-        let name = esc(v["name"].as_str().unwrap_or(""));
+        let name = esc(&v.name);
         let _ = writeln!(
             o,
             "pgrouter_vrrp_master{{instance=\"{name}\"}} {}",
-            u8::from(v["state"].as_str() == Some("Master"))
+            u8::from(v.state == VrrpState::Master)
         );
         let _ = writeln!(
             o,
             "pgrouter_vrrp_transitions_total{{instance=\"{name}\"}} {}",
-            num(&v["counters"]["transitions"])
+            v.counters.transitions
         );
         let _ = writeln!(
             o,
             "pgrouter_vrrp_two_masters_seen_total{{instance=\"{name}\"}} {}",
-            num(&v["counters"]["two_masters_seen"])
+            v.counters.two_masters_seen
         );
     }
     o

@@ -1,6 +1,6 @@
 //! The contract between the health layer and the data-path writer: what each listener should
 //! serve right now. The health layer produces it; `dataplane::plan` turns it into map updates.
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
 
 /// How a listener spreads new connections over its set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -28,6 +28,53 @@ pub enum BackendState {
     Shutdown,
 }
 
+/// Which listener: its cluster and its name there. Shown (logs, status, errors) as
+/// `cluster/listener`; never parsed back.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerKey {
+    pub cluster: String,
+    pub listener: String,
+}
+
+impl ListenerKey {
+    pub fn new(cluster: impl Into<String>, listener: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            listener: listener.into(),
+        }
+    }
+}
+
+impl fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.listener)
+    }
+}
+
+impl serde::Serialize for ListenerKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One node as one listener's backend: what a backend entry's id stands for, stable across
+/// reloads.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub listener: ListenerKey,
+    /// Node name from the config.
+    pub node: String,
+}
+
+impl BackendKey {
+    pub fn new(listener: ListenerKey, node: impl Into<String>) -> Self {
+        Self {
+            listener,
+            node: node.into(),
+        }
+    }
+}
+
 /// One node as a listener's backend.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DesiredBackend {
@@ -44,8 +91,8 @@ pub struct DesiredBackend {
 /// One listener (VIP:port) and what it should serve.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DesiredListener {
-    /// `cluster/listener`, stable across reloads.
-    pub name: String,
+    /// Which listener, stable across reloads.
+    pub key: ListenerKey,
     pub vip: IpAddr,
     pub port: u16,
     pub balance: Balance,

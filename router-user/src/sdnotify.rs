@@ -33,12 +33,6 @@ pub fn notify_stopping() {
     notify_or_log("STOPPING=1");
 }
 
-/// One line for `systemctl status` ("2 listeners, VRRP MASTER on eth0", …).
-pub fn notify_status(status: &str) {
-    let one_line: String = status.chars().filter(|c| *c != '\n').collect();
-    notify_or_log(&format!("STATUS={one_line}"));
-}
-
 fn notify_or_log(state: &str) {
     if let Err(e) = notify(state) {
         tracing::warn!("sd_notify {:?}: {e}", state.lines().next().unwrap_or(""));

@@ -91,7 +91,7 @@ fn members(s: &ClusterSnapshot, listener: &str) -> Vec<String> {
 fn state(s: &ClusterSnapshot, listener: &str, node: &str) -> Option<BackendState> {
     s.listeners
         .iter()
-        .find(|l| l.name == format!("pg1/{listener}"))?
+        .find(|l| l.key.to_string() == format!("pg1/{listener}"))?
         .backends
         .iter()
         .find(|b| b.node == node)

@@ -88,13 +88,25 @@ pub fn pgrouter_bin() -> std::path::PathBuf {
     bin
 }
 
-/// The running daemon's `pgrouter status --json`, or `None` while it does not answer.
-pub fn status_json(socket: &str) -> Option<serde_json::Value> {
+/// The running daemon's status (`pgrouter status --json` read into the status contract's
+/// types), or `None` while it does not answer. An answer that does not read as a `Status` is
+/// a bug, not a daemon still starting: it panics with the answer.
+pub fn status(socket: &str) -> Option<pgrouter::status::Status> {
     let out = std::process::Command::new(pgrouter_bin())
         .args(["status", "--json", "--socket", socket])
         .output()
         .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+    if !out.status.success() || out.stdout.is_empty() {
+        return None;
+    }
+    match serde_json::from_slice(&out.stdout) {
+        Ok(st) => Some(st),
+        Err(e) => panic!(
+            "pgrouter status --json does not read as a Status: {e}
+{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    }
 }
 
 /// Mounts a bpffs on `dir` from the test's (host's) mount namespace. `ip netns exec` gives the

@@ -24,7 +24,7 @@ use pgrouter::{
     dataplane::{
         Applied, Datapath, LoadOptions, Maps, gc::request_bytes, host::monotonic_ns, plan, sweep,
     },
-    model::{BackendState, Balance, DesiredBackend, DesiredListener},
+    model::{BackendKey, BackendState, Balance, DesiredBackend, DesiredListener, ListenerKey},
 };
 use router_ebpf::{
     FAMILY_IPV4, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, Flow, FlowKey, GC_F_FORCE,
@@ -248,7 +248,7 @@ impl K {
     }
 
     fn bid(&self, listener: &str, node: &str) -> u32 {
-        self.applied.backend_ids[&(listener.into(), node.into())]
+        self.applied.backend_ids[&BackendKey::new(lkey(listener), node)]
     }
 
     /// The write listener's entry for node A (the primary in [`standard`]).
@@ -339,9 +339,15 @@ fn backend(name: &str, ip: Ipv4Addr, state: BackendState, maxconn: u32) -> Desir
     }
 }
 
+/// `"pg/PG1"` → cluster `pg`, listener `PG1` (test shorthand).
+fn lkey(name: &str) -> ListenerKey {
+    let (cluster, listener) = name.split_once('/').unwrap_or(("pg", name));
+    ListenerKey::new(cluster, listener)
+}
+
 fn listener(name: &str, port: u16, backends: Vec<DesiredBackend>) -> DesiredListener {
     DesiredListener {
-        name: name.into(),
+        key: lkey(name),
         vip: IpAddr::V4(VIP),
         port,
         balance: Balance::RoundRobin,
@@ -777,7 +783,7 @@ fn withdrawn_backend_resets_both_ends_and_forgets_the_flow() {
     l[0].backends[0].state = Shutdown;
     l[0].backends[1].state = Active;
     k.publish(&l);
-    let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
+    let bid = k.applied.backend_ids[&BackendKey::new(lkey("pg/PG1"), "a")];
     // Client speaks on the old flow → RST to the client.
     let data = Tcp::new((CLIENT, 51002), (VIP, 5000))
         .ack(9001)
@@ -862,7 +868,7 @@ fn maxconn_drops_syns_beyond_the_limit_and_frees_slots_on_close() {
     let (v, _) = k.run(&client_syn(51012, 5000).build(&[]));
     assert_eq!(v, XDP_DROP, "third SYN is over maxconn");
     assert_eq!(k.conns(bid), 2);
-    let sid = k.applied.service_ids["pg/PG1"];
+    let sid = k.applied.service_ids[&lkey("pg/PG1")];
     assert_eq!(k.maps.service_stats(sid).drop_maxconn, 1);
     assert_eq!(k.maps.backend_stats(bid).drop_maxconn, 1);
     // Close one flow: the client's FIN, the node's ACK of it with its own FIN, the client's
@@ -892,7 +898,7 @@ fn a_syn_dropped_after_its_backend_was_chosen_gives_the_slot_back() {
     // One SNAT port: the first flow keeps the client's port 40000, the next SYN finds none.
     k.publish_with(&l, (40000, 40000));
     let bid = k.primary();
-    let sid = k.applied.service_ids["pg/PG1"];
+    let sid = k.applied.service_ids[&lkey("pg/PG1")];
     let first = handshake(&mut k, (CLIENT, 40000), 5000);
     let (v, _) = k.run(&client_syn(51030, 5000).build(&[]));
     assert_eq!(v, XDP_DROP, "no SNAT port left");
@@ -1077,7 +1083,7 @@ fn racing_ends_of_one_flow_give_its_slot_back_exactly_once() {
 #[test]
 fn a_backend_refusing_our_syn_is_counted_a_reset_after_an_answer_is_not() {
     let mut k = K::standard();
-    let bid = k.applied.backend_ids[&("pg/PG1".into(), "a".into())];
+    let bid = k.applied.backend_ids[&BackendKey::new(lkey("pg/PG1"), "a")];
     // Nothing listens: the backend answers the SYN with RST|ACK.
     let (node, snat) = open(&mut k, 51040, 5000);
     let refuse = Tcp::new((node, 5432), (VIP, snat))
@@ -1116,7 +1122,7 @@ fn empty_write_set_drops_syns_and_never_picks_a_non_primary() {
     k.publish(&l);
     let (v, _) = k.run(&client_syn(51020, 5000).build(&[]));
     assert_eq!(v, XDP_DROP);
-    let sid = k.applied.service_ids["pg/PG1"];
+    let sid = k.applied.service_ids[&lkey("pg/PG1")];
     assert_eq!(k.maps.service_stats(sid).drop_no_backend, 1);
     assert!(k.flows().is_empty());
 }
@@ -1426,7 +1432,7 @@ fn a_closed_flow_translates_late_segments_until_the_closed_timeout() {
 fn a_closed_flows_snat_port_is_reused_within_milliseconds() {
     let mut k = K::new();
     k.publish_with(&standard(), (40000, 40000));
-    let sid = k.applied.service_ids["pg/PG1"];
+    let sid = k.applied.service_ids[&lkey("pg/PG1")];
     let first = handshake(&mut k, (CLIENT, 52000), 5000);
     assert_eq!(first.snat, 40000);
     let next = syn_from((CLIENT2, 52001), 5000);
@@ -1771,7 +1777,7 @@ fn empty_write_set(hold_ms: u32) -> Vec<DesiredListener> {
 /// The data path answers the SYN from `sport` to the empty write listener with its own
 /// RST|ACK (seq 0, acknowledging the SYN: ISN + 1), counted `rst_no_backend`; no flow.
 fn assert_syn_refused(k: &mut K, sport: u16) {
-    let sid = k.applied.service_ids["pg/PG1"];
+    let sid = k.applied.service_ids[&lkey("pg/PG1")];
     let before = k.maps.service_stats(sid).rst_no_backend;
     let p = assert_reset(k, &client_syn(sport, 5000), "SYN to an empty set");
     assert!(p.tcp.ack && !p.tcp.syn, "RST|ACK: {p:?}");
@@ -1792,7 +1798,7 @@ fn a_syn_to_an_empty_set_is_held_until_the_hold_ends_then_reset() {
     // Empty for 5 s: an 8 s hold has 3 s left.
     let since = monotonic_ns() - 5 * SEC;
     k.publish_at(&empty_write_set(8_000), SNAT, since);
-    let sid = k.applied.service_ids["pg/PG1"];
+    let sid = k.applied.service_ids[&lkey("pg/PG1")];
     assert_eq!(verdict(&mut k, &client_syn(51700, 5000)), XDP_DROP, "held");
     assert_eq!(k.maps.counter(counter::DROP_SYN_HELD), 1);
     assert_eq!(k.maps.service_stats(sid).drop_no_backend, 1);
@@ -1825,7 +1831,7 @@ fn a_listener_rejecting_on_empty_resets_a_syn_at_once() {
 fn a_completion_finding_every_slot_taken_waits_for_a_free_one() {
     let mut k = K::new();
     k.publish(&primary_with_maxconn(1));
-    let (bid, sid) = (k.primary(), k.applied.service_ids["pg/PG1"]);
+    let (bid, sid) = (k.primary(), k.applied.service_ids[&lkey("pg/PG1")]);
     let first = half_open(&mut k, (CLIENT, 51900), 5000);
     let second = half_open(&mut k, (CLIENT, 51901), 5000);
     first.passes(&mut k, &first.client_seg(), "first completion");

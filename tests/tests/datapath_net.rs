@@ -104,11 +104,8 @@ fn setup(prefix: &str, mode: &str) -> Setup {
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let s2 = socket.clone();
     wait_for("pgrouter to publish sets", Duration::from_secs(20), || {
-        let v = tests::status_json(&s2)?;
-        let ready = v["listeners"]
-            .as_array()?
-            .iter()
-            .all(|l| l["generation"].as_u64().unwrap_or(0) > 0);
+        let v = tests::status(&s2)?;
+        let ready = v.listeners.iter().all(|l| l.generation > 0);
         ready.then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.log("pgrouter")));
@@ -347,7 +344,7 @@ fn killed_controller_keeps_sessions_and_restart_adopts_the_pinned_data_path() {
     wait_for(
         "restarted pgrouter to answer",
         Duration::from_secs(20),
-        || tests::status_json(&sock).map(|_| ()),
+        || tests::status(&sock).map(|_| ()),
     )
     .expect("restart answers");
     // If the sessions already failed, the holder is gone and its result says why.
@@ -407,8 +404,8 @@ fn new_map_layout_takes_over_the_link_and_says_so() {
         .expect("restart");
     let sock = s.socket.clone();
     wait_for("the new build to answer", Duration::from_secs(20), || {
-        let v = tests::status_json(&sock)?;
-        (v["listeners"][0]["generation"].as_u64()? > 0).then_some(())
+        let v = tests::status(&sock)?;
+        (v.listeners.first()?.generation > 0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.lab.log("pgrouter2")));
     let log = s.lab.log("pgrouter2");

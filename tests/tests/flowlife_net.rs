@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use pgrouter::status::{BackendState, BackendStatus, FlowsByState, ListenerStatus, Status};
 use tests::{
     frames, in_netns,
     netns::Lab,
@@ -187,14 +187,11 @@ fn setup(prefix: &str, o: Opts) -> Setup {
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let sock = socket.clone();
     wait_for("pgrouter to publish pg1", Duration::from_secs(20), || {
-        let v = tests::status_json(&sock)?;
-        let ls = v["listeners"].as_array()?;
+        let v = tests::status(&sock)?;
+        let ls = &v.listeners;
         let ready = !ls.is_empty()
             && ls.iter().all(|l| {
-                l["generation"].as_u64().unwrap_or(0) > 0
-                    && l["backends"]
-                        .as_array()
-                        .is_some_and(|b| b.iter().any(|b| b["state"] == "active"))
+                l.generation > 0 && l.backends.iter().any(|b| b.state == BackendState::Active)
             });
         ready.then_some(())
     })
@@ -215,10 +212,10 @@ fn setup(prefix: &str, o: Opts) -> Setup {
 }
 
 impl Setup {
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let s = self.socket.clone();
         wait_for("pgrouter status", Duration::from_secs(5), || {
-            tests::status_json(&s)
+            tests::status(&s)
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", self.lab.log("pgrouter")))
     }
@@ -235,63 +232,56 @@ impl Setup {
     /// Prints the listeners' data-path view and the global counters that are not zero.
     fn report(&self, test: &str) {
         let v = self.status();
-        for l in v["listeners"].as_array().into_iter().flatten() {
+        for l in &v.listeners {
             println!("{test}: listener {}", compact(l));
         }
-        let counters: Vec<String> = v["datapath"]["counters"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        let d = &v.datapath;
+        let counters: Vec<String> = d
+            .counters
+            .iter()
+            .filter(|(_, n)| **n > 0)
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         println!("{test}: counters {}", counters.join(" "));
-        let rest: Vec<String> = v["datapath"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| !matches!(k.as_str(), "counters" | "interfaces" | "pin_path"))
-            .map(|(k, x)| format!("{k}={}", compact(x)))
-            .collect();
-        println!("{test}: datapath {}", rest.join(" "));
+        println!(
+            "{test}: datapath tracked_entries={} handshake_entries={} handshake_capacity={} gc={}",
+            d.tracked_entries,
+            d.handshake_entries,
+            d.handshake_capacity,
+            compact(&d.gc)
+        );
     }
 }
 
 /// One line of JSON, for reports.
-fn compact(v: &Value) -> String {
+fn compact<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
 /// A global data-path counter by name (`router_ebpf::counter::NAMES`).
-fn counter(v: &Value, name: &str) -> u64 {
-    v["datapath"]["counters"][name].as_u64().unwrap_or(0)
+fn counter(v: &Status, name: &str) -> u64 {
+    v.datapath.counters.get(name).copied().unwrap_or(0)
 }
 
 /// Slots pg1 holds on listener `name` (`active_flows`: maxconn slots in use).
-fn slots(v: &Value, name: &str) -> Option<u64> {
-    pg1(v, name)?["active_flows"].as_u64()
+fn slots(v: &Status, name: &str) -> Option<u64> {
+    Some(u64::from(pg1(v, name)?.active_flows))
 }
 
 /// Listener `name`'s data-path status (`pg/<name>`).
-fn listener_status<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v["listeners"]
-        .as_array()?
-        .iter()
-        .find(|l| l["name"] == format!("pg/{name}"))
+fn listener_status<'a>(v: &'a Status, name: &str) -> Option<&'a ListenerStatus> {
+    v.listener(&format!("pg/{name}"))
 }
 
 /// pg1's backend entry on listener `name`.
-fn pg1<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    listener_status(v, name)?["backends"]
-        .as_array()?
-        .iter()
-        .find(|b| b["node"] == "pg1")
+fn pg1<'a>(v: &'a Status, name: &str) -> Option<&'a BackendStatus> {
+    listener_status(v, name)?.backend("pg1")
 }
 
-/// pg1's flows in `state` on listener `name` as status reports them (counted by the flow GC
-/// at its last full cycle, so up to a GC tick behind the tables).
-fn status_flows(v: &Value, name: &str, state: &str) -> Option<u64> {
-    pg1(v, name)?["flows"][state].as_u64()
+/// pg1's flows on listener `name` as status reports them (counted by the flow GC at its last
+/// full cycle, so up to a GC tick behind the tables).
+fn status_flows(v: &Status, name: &str) -> Option<FlowsByState> {
+    Some(pg1(v, name)?.flows)
 }
 
 fn vip(port: u16) -> SocketAddr {
@@ -613,7 +603,7 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
     assert!(
         counter(&v, "snat_reused") + counter(&v, "snat_scanned") > 0,
         "2000 flows over 200 ports without reusing one: {}",
-        compact(&v["datapath"]["counters"])
+        compact(&v.datapath.counters)
     );
     assert_eq!(
         counter(&v, "drop_syn"),
@@ -688,8 +678,8 @@ fn half_open_syns_take_no_slot_and_expire_after_the_handshake_timeout() {
         "status to show the half-open flows",
         GC_TICK + SLACK,
         || {
-            let v = tests::status_json(&sock)?;
-            (status_flows(&v, "PG1", "handshake")? == u64::from(HALF_OPEN)).then_some(())
+            let v = tests::status(&sock)?;
+            (status_flows(&v, "PG1")?.handshake == u64::from(HALF_OPEN)).then_some(())
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {:?}", pg1(&s.status(), "PG1")));
@@ -783,7 +773,7 @@ fn half_open_syns_take_no_slot_and_expire_after_the_handshake_timeout() {
     // left.
     wait_for("the real clients' slots", Duration::from_secs(5), || {
         let v = s.status();
-        (slots(&v, "PG1") == Some(0) && status_flows(&v, "PG1", "handshake") == Some(0))
+        (slots(&v, "PG1") == Some(0) && status_flows(&v, "PG1").map(|f| f.handshake) == Some(0))
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", pg1(&s.status(), "PG1")));
@@ -881,11 +871,9 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
     // Seen from outside: no open flow and no SNAT port in use on the listener.
     wait_for("status to show the flow gone", GC_TICK + SLACK, || {
         let v = s.status();
-        let open = ["handshake", "established", "closing"]
-            .iter()
-            .map(|st| status_flows(&v, "PG1", st))
-            .sum::<Option<u64>>()?;
-        let ports = listener_status(&v, "PG1")?["snat_ports_in_use"].as_u64()?;
+        let f = status_flows(&v, "PG1")?;
+        let open = f.handshake + f.established + f.closing;
+        let ports = listener_status(&v, "PG1")?.snat_ports_in_use;
         (open == 0 && ports == 0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", listener_status(&s.status(), "PG1")));
@@ -1107,15 +1095,8 @@ fn a_syn_flood_loses_no_held_session() {
 }
 
 /// Members of listener `name` as the cluster view reports them.
-fn members(v: &Value, name: &str) -> Option<usize> {
-    Some(
-        v["clusters"][0]["listeners"]
-            .as_array()?
-            .iter()
-            .find(|l| l["name"] == name)?["members"]
-            .as_array()?
-            .len(),
-    )
+fn members(v: &Status, name: &str) -> Option<usize> {
+    Some(v.clusters.first()?.set(name)?.members.len())
 }
 
 /// When the only node stops being primary, a SYN to the empty set is held (dropped
@@ -1143,7 +1124,7 @@ fn a_syn_to_an_empty_set_is_held_then_answered_with_a_rst() {
     set_patroni(&s.lab, "replica tl=1");
     let sock = s.socket.clone();
     wait_for("the primary set to empty", Duration::from_secs(5), || {
-        let v = tests::status_json(&sock)?;
+        let v = tests::status(&sock)?;
         (members(&v, "PG1")? == 0 && members(&v, "PG1_reject")? == 0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
@@ -1253,7 +1234,7 @@ fn a_syn_held_while_the_set_is_empty_connects_once_a_primary_returns() {
     set_patroni(&s.lab, "replica tl=1");
     let sock = s.socket.clone();
     wait_for("the primary set to empty", Duration::from_secs(5), || {
-        let v = tests::status_json(&sock)?;
+        let v = tests::status(&sock)?;
         (members(&v, "PG1")? == 0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
@@ -1343,7 +1324,7 @@ fn a_forged_rst_with_the_wrong_sequence_does_not_close_a_session() {
         "the data path to see the forged RSTs",
         Duration::from_secs(3),
         || {
-            let v = tests::status_json(&sock_path)?;
+            let v = tests::status(&sock_path)?;
             (counter(&v, "rst_not_exact") >= before + forged.len() as u64).then_some(())
         },
     )
@@ -1372,7 +1353,7 @@ fn a_forged_rst_with_the_wrong_sequence_does_not_close_a_session() {
     wait_for(
         "the exact RST to free the slot",
         Duration::from_secs(3),
-        || (slots(&tests::status_json(&sock_path)?, "PG1")? == 0).then_some(()),
+        || (slots(&tests::status(&sock_path)?, "PG1")? == 0).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}: the exact RST did not close the flow\n{}", s.log()));
     let after = c.write_all(b"x").and_then(|_| {

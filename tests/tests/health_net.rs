@@ -19,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use pgrouter::status::{
+    BackendState, BackendStatus, CheckStatus, ClusterStatus, ListenerStatus, NodeStatus, Status,
+    Verdict,
+};
 use tests::{in_netns, netns::Lab, wait_for};
 
 const VIP: &str = "198.18.0.100";
@@ -137,54 +140,47 @@ fn set_states(dir: &Path, states: &[(&str, &str)]) {
     }
 }
 
-fn status(socket: &str) -> Option<Value> {
-    tests::status_json(socket)
+fn status(socket: &str) -> Option<Status> {
+    tests::status(socket)
+}
+
+/// The (only) cluster's health view.
+fn cluster(v: &Status) -> &ClusterStatus {
+    v.clusters
+        .first()
+        .unwrap_or_else(|| panic!("no cluster in {v:?}"))
+}
+
+/// The cluster's chosen primary.
+fn primary(v: &Status) -> Option<&str> {
+    cluster(v).primary.as_deref()
 }
 
 /// Members of a listener's set (cluster view), e.g. `set_members(&v, "PG1_ro")`.
-fn set_members(v: &Value, listener: &str) -> Option<Vec<String>> {
-    let l = v["clusters"][0]["listeners"]
-        .as_array()?
-        .iter()
-        .find(|l| l["name"] == listener)?;
-    Some(
-        l["members"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m.as_str().map(str::to_owned))
-            .collect(),
-    )
+fn set_members(v: &Status, listener: &str) -> Option<Vec<String>> {
+    Some(cluster(v).set(listener)?.members.clone())
 }
 
 /// A data-path listener's status (`pg/PG1`).
-fn listener<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v["listeners"]
-        .as_array()?
-        .iter()
-        .find(|l| l["name"] == format!("pg/{name}"))
+fn listener<'a>(v: &'a Status, name: &str) -> Option<&'a ListenerStatus> {
+    v.listener(&format!("pg/{name}"))
 }
 
-fn node<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v["clusters"][0]["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["name"] == name)
+fn node<'a>(v: &'a Status, name: &str) -> Option<&'a NodeStatus> {
+    cluster(v).node(name)
+}
+
+/// Listener `listener`'s backend entry for `node` in a status document.
+fn backend<'a>(v: &'a Status, listener_name: &str, node_name: &str) -> Option<&'a BackendStatus> {
+    listener(v, listener_name)?.backend(node_name)
 }
 
 /// A node's check result by path prefix (`/primary`, `/replica`).
-/// Listener `listener`'s backend entry for `node` in a status document.
-fn backend<'a>(v: &'a Value, listener_name: &str, node_name: &str) -> Option<&'a Value> {
-    listener(v, listener_name)?["backends"]
-        .as_array()?
+fn check<'a>(v: &'a Status, node_name: &str, path: &str) -> Option<&'a CheckStatus> {
+    node(v, node_name)?
+        .checks
         .iter()
-        .find(|b| b["node"] == node_name)
-}
-
-fn check<'a>(v: &'a Value, node_name: &str, path: &str) -> Option<&'a Value> {
-    node(v, node_name)?["checks"]
-        .as_array()?
-        .iter()
-        .find(|c| c["check"].as_str().is_some_and(|c| c.starts_with(path)))
+        .find(|c| c.check.starts_with(path))
 }
 
 fn setup(prefix: &str, o: Opts) -> Setup {
@@ -258,12 +254,9 @@ fn setup(prefix: &str, o: Opts) -> Setup {
         Duration::from_secs(20),
         || {
             let v = status(&socket)?;
-            let published = v["listeners"]
-                .as_array()?
-                .iter()
-                .all(|l| l["generation"].as_u64().unwrap_or(0) > 0);
+            let published = v.listeners.iter().all(|l| l.generation > 0);
             let ok = published
-                && v["clusters"][0]["primary"] == "pg1"
+                && primary(&v) == Some("pg1")
                 && set_members(&v, "PG1_ro")? == ["pg2", "pg3"];
             ok.then_some(())
         },
@@ -320,7 +313,7 @@ impl Setup {
         .expect("checks stopped");
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         status(&self.socket).unwrap_or_else(|| panic!("status\n{}", self.lab.log("pgrouter")))
     }
 
@@ -329,8 +322,8 @@ impl Setup {
         &self,
         what: &str,
         timeout: Duration,
-        f: impl Fn(&Value) -> bool,
-    ) -> (Value, Instant) {
+        f: impl Fn(&Status) -> bool,
+    ) -> (Status, Instant) {
         wait_for(what, timeout, || {
             let v = status(&self.socket)?;
             f(&v).then(|| (v, Instant::now()))
@@ -629,8 +622,8 @@ fn writes_follow_a_switchover_within_fastinter_plus_a_check() {
         );
         assert!(reset.is_ok(), "{old}'s held session: {reset:?}");
         let v = s.status();
-        assert_eq!(v["clusters"][0]["primary"], new);
-        assert_eq!(v["clusters"][0]["split_brain"], false);
+        assert_eq!(primary(&v), Some(new));
+        assert!(!cluster(&v).split_brain);
         results.push((old, new, took));
     }
     drop(p);
@@ -680,10 +673,7 @@ fn reads_fall_back_to_the_primary_and_return() {
         summary(&after, first_primary.end)
     );
     let v = s.status();
-    assert_eq!(
-        listener(&v, "PG1_ro").expect("PG1_ro")["fallback_active"],
-        true
-    );
+    assert!(listener(&v, "PG1_ro").expect("PG1_ro").fallback_active);
 
     // A read session on the primary, then pg2 comes back.
     let (mut held, on) = s.session(5001);
@@ -714,12 +704,9 @@ fn reads_fall_back_to_the_primary_and_return() {
         summary(&recs, first_back.end)
     );
     let v = s.status();
-    assert_eq!(
-        listener(&v, "PG1_ro").expect("PG1_ro")["fallback_active"],
-        false
-    );
+    assert!(!listener(&v, "PG1_ro").expect("PG1_ro").fallback_active);
     let pg1 = backend(&v, "PG1_ro", "pg1").expect("pg1 backend");
-    assert_eq!(pg1["state"], "drain", "{pg1}");
+    assert_eq!(pg1.state, BackendState::Drain, "{pg1:?}");
     assert_eq!(
         alive(&mut held),
         Ok(()),
@@ -752,12 +739,16 @@ fn lagging_replica_leaves_the_read_set() {
     });
     let took = seen - lag;
     let c = check(&v, "pg3", "/replica").expect("pg3 replica check");
-    assert_eq!(c["check"], format!("/replica?lag={LAG_LIMIT}"));
-    assert_eq!(c["up"], false, "{c}");
-    assert_eq!(c["last"]["http_status"], 503, "{c}");
+    assert_eq!(c.check, format!("/replica?lag={LAG_LIMIT}"));
+    assert!(!c.up, "{c:?}");
     assert_eq!(
-        node(&v, "pg3").expect("pg3")["lag_bytes"],
-        2 * LAG_LIMIT,
+        c.last.as_ref().and_then(|l| l.http_status),
+        Some(503),
+        "{c:?}"
+    );
+    assert_eq!(
+        node(&v, "pg3").expect("pg3").lag_bytes,
+        Some(2 * LAG_LIMIT),
         "informational lag"
     );
     // The map write follows the status within the same controller loop; poll the data path.
@@ -802,7 +793,7 @@ fn marked_down_primary_sessions_are_reset() {
         },
     );
     s.wait_status("PG1_keep published", Duration::from_secs(5), |v| {
-        listener(v, "PG1_keep").is_some_and(|l| l["generation"].as_u64() > Some(0))
+        listener(v, "PG1_keep").is_some_and(|l| l.generation > 0)
     });
     let (mut shut, a) = s.session(5000);
     let (mut keep, b) = s.session(5002);
@@ -822,10 +813,10 @@ fn marked_down_primary_sessions_are_reset() {
     assert!(reset <= limit, "reset after {} ms", ms(reset));
     let v = s.status();
     let c = check(&v, "pg1", "/primary").expect("check");
-    assert_eq!(c["verdict"], "down", "{c}");
-    assert_eq!(v["clusters"][0]["primary"], Value::Null);
+    assert_eq!(c.verdict, Verdict::Down, "{c:?}");
+    assert_eq!(primary(&v), None);
     let kb = backend(&v, "PG1_keep", "pg1").expect("pg1");
-    assert_eq!(kb["state"], "drain", "{kb}");
+    assert_eq!(kb.state, BackendState::Drain, "{kb:?}");
     assert_eq!(alive(&mut keep), Ok(()), "on_marked_down = keep");
     // And no new writes anywhere while no node passes the primary check.
     let w = s.names(5000, 3);
@@ -839,9 +830,7 @@ fn split_brain_never_writes_to_two_nodes() {
     let s = setup("pgrh5", Opts::default());
     let (mut held, on) = s.session(5000);
     assert_eq!(on, "pg1");
-    let gen_before = listener(&s.status(), "PG1").expect("PG1")["generation"]
-        .as_u64()
-        .expect("generation");
+    let gen_before = listener(&s.status(), "PG1").expect("PG1").generation;
     let p = Prober::start(&s.client, 5000);
     let warm = Instant::now();
     p.wait_served_by("pg1", warm, Duration::from_secs(5));
@@ -850,11 +839,11 @@ fn split_brain_never_writes_to_two_nodes() {
     s.set("pg2", "primary tl=1");
     // Split seen by the health task *and* the emptied set written to the maps (generation).
     let (v, blocked) = s.wait_status("split brain", Duration::from_secs(5), |v| {
-        v["clusters"][0]["split_brain"] == true
-            && v["clusters"][0]["writes_blocked"] == true
-            && listener(v, "PG1").is_some_and(|l| l["generation"].as_u64() > Some(gen_before))
+        cluster(v).split_brain
+            && cluster(v).writes_blocked
+            && listener(v, "PG1").is_some_and(|l| l.generation > gen_before)
     });
-    assert_eq!(v["clusters"][0]["primary"], Value::Null);
+    assert_eq!(primary(&v), None);
     assert_eq!(set_members(&v, "PG1").expect("PG1"), Vec::<String>::new());
     p.wait_count_after(blocked, 10, Duration::from_secs(10));
     // The undecided side's sessions are kept (drain): it may be the real primary.
@@ -907,13 +896,11 @@ fn split_brain_never_writes_to_two_nodes() {
         "pg1's session after losing on timeline: {reset:?}"
     );
     let v = s.status();
-    let c = &v["clusters"][0];
-    assert_eq!(c["split_brain"], true, "both still pass /primary");
-    assert_eq!(c["writes_blocked"], false);
-    assert_eq!(c["primary"], "pg2");
-    let d = listener(&v, "PG1").expect("PG1")["drop_no_backend"]
-        .as_u64()
-        .unwrap_or(0);
+    let c = cluster(&v);
+    assert!(c.split_brain, "both still pass /primary");
+    assert!(!c.writes_blocked);
+    assert_eq!(c.primary.as_deref(), Some("pg2"));
+    let d = listener(&v, "PG1").expect("PG1").drop_no_backend;
     assert!(d > 0, "blocked SYNs are counted as drop_no_backend");
 }
 
@@ -942,11 +929,7 @@ fn status_and_metrics_report_the_cluster() {
     // Every check judged (pg1's `/replica` needs `fall` failures before it is down).
     s.wait_status("every check judged", Duration::from_secs(5), |v| {
         NODES.iter().all(|(n, _)| {
-            node(v, n).is_some_and(|n| {
-                n["checks"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().all(|c| c["verdict"] != "unknown"))
-            })
+            node(v, n).is_some_and(|n| n.checks.iter().all(|c| c.verdict != Verdict::Unknown))
         })
     });
     let out = std::process::Command::new(tests::pgrouter_bin())
@@ -976,16 +959,17 @@ fn status_and_metrics_report_the_cluster() {
     }
     let v = s.status();
     for (name, _) in NODES {
-        let n = node(&v, name).unwrap_or_else(|| panic!("{name} in {v}"));
+        let n = node(&v, name).unwrap_or_else(|| panic!("{name} in {v:?}"));
         let primary = name == "pg1";
-        assert_eq!(n["role"], if primary { "primary" } else { "replica" });
-        assert_eq!(n["timeline"], 1);
+        let role = if primary { "primary" } else { "replica" };
+        assert_eq!(n.role.as_deref(), Some(role));
+        assert_eq!(n.timeline, Some(1));
         let p = check(&v, name, "/primary").expect("primary check");
         let r = check(&v, name, "/replica").expect("replica check");
-        assert_eq!(p["up"], primary, "{p}");
-        assert_eq!(r["up"], !primary, "{r}");
-        assert_eq!(p["last"]["http_status"], if primary { 200 } else { 503 });
-        assert!(p["last"]["latency_ms"].as_f64().is_some(), "{p}");
+        assert_eq!(p.up, primary, "{p:?}");
+        assert_eq!(r.up, !primary, "{r:?}");
+        let last = p.last.as_ref().unwrap_or_else(|| panic!("{p:?}"));
+        assert_eq!(last.http_status, Some(if primary { 200 } else { 503 }));
     }
 
     // Three held write sessions and two reads.
@@ -1052,7 +1036,7 @@ fn status_and_metrics_report_the_cluster() {
         .expect("status");
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(table.contains("FALLBACK"), "{table}");
-    assert_eq!(listener(&v, "PG1_ro").expect("ro")["fallback_active"], true);
+    assert!(listener(&v, "PG1_ro").expect("ro").fallback_active);
 
     // A write session the client closes leaves the gauge.
     sessions.truncate(2);
@@ -1140,34 +1124,34 @@ fn starting_or_hanging_primary_leaves_the_write_set() {
         let reset = reset.join().expect("watcher");
         let v = s.status();
         let c = check(&v, "pg1", "/primary").expect("check").clone();
+        let last = c.last.clone().unwrap_or_else(|| panic!("{what}: {c:?}"));
         let writes = s.names(5000, 3);
         println!(
             "{what}: pg1's write session reset {:?} ms after the change (limit {} ms); last \
              check: {}",
             reset.as_ref().map(|d| ms(*d)),
             ms(limit),
-            c["last"]
+            serde_json::to_string(&last).unwrap_or_default()
         );
         let took = reset.unwrap_or_else(|e| panic!("{what}: {e}\n{}", s.lab.log("pgrouter")));
-        assert_eq!(c["verdict"], "down", "{what}: {c}");
-        assert_eq!(v["clusters"][0]["primary"], Value::Null, "{what}");
+        assert_eq!(c.verdict, Verdict::Down, "{what}: {c:?}");
+        assert_eq!(primary(&v), None, "{what}");
         assert!(
             writes.iter().all(|w| w.is_err()),
             "{what}: no writes anywhere: {writes:?}"
         );
         if state == "hang" {
-            assert!(
-                c["last"]["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.contains("timeout")),
-                "{c}"
-            );
+            assert!(last.detail.contains("timeout"), "{c:?}");
         } else {
             assert_eq!(
-                c["last"]["http_status"], 200,
-                "200 alone is not a primary: {c}"
+                last.http_status,
+                Some(200),
+                "200 alone is not a primary: {c:?}"
             );
-            assert_eq!(node(&v, "pg1").expect("pg1")["state"], "starting");
+            assert_eq!(
+                node(&v, "pg1").expect("pg1").state.as_deref(),
+                Some("starting")
+            );
         }
         results.push((what, took, limit));
         // Back to a running primary: writes return.
@@ -1272,7 +1256,7 @@ fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
         },
     );
     s.wait_status("PG1_keep published", Duration::from_secs(5), |v| {
-        listener(v, "PG1_keep").is_some_and(|l| l["generation"].as_u64() > Some(0))
+        listener(v, "PG1_keep").is_some_and(|l| l.generation > 0)
     });
     let mut results = Vec::new();
     // (what, old primary, new primary, states written together)
@@ -1306,7 +1290,7 @@ fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
         let control = control.join().expect("watcher");
         let (mut k, keep) = keep.join().expect("watcher");
         s.wait_status("the new primary", Duration::from_secs(5), |v| {
-            v["clusters"][0]["primary"] == new
+            primary(v) == Some(new)
         });
         // Not reset: can the client still write through it?
         let still = keep.is_err().then(|| alive(&mut k));
@@ -1384,9 +1368,9 @@ fn a_replica_refusing_connections_leaves_the_read_set_before_its_api_says_so() {
     );
     let v = s.status();
     let pg2 = check(&v, "pg2", "/replica").expect("pg2 /replica");
-    assert_eq!(pg2["up"], true, "Patroni's API still says pg2 is fine");
-    assert_eq!(node(&v, "pg2").expect("pg2")["refusing"], true, "{v}");
-    let refused = backend(&v, "PG1_ro", "pg2").map(|b| b["refused"].as_u64().unwrap_or(0));
+    assert!(pg2.up, "Patroni's API still says pg2 is fine");
+    assert!(node(&v, "pg2").expect("pg2").refusing, "{v:?}");
+    let refused = backend(&v, "PG1_ro", "pg2").map(|b| b.refused);
     assert!(
         refused >= Some(1),
         "pg2's refusals are counted: {refused:?}"

@@ -664,7 +664,8 @@ fn in_netns<T: Send + 'static>(
 /// `notify_master` runs.
 #[test]
 fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
-    use pgrouter::vrrp::{self, Tracks, fsm::State};
+    use pgrouter::status::VrrpState as State;
+    use pgrouter::vrrp::{self, Tracks};
     let mut net = Net::new("pgrv-tr-", 40)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());

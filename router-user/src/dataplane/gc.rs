@@ -398,23 +398,8 @@ pub fn request_bytes(r: &GcRequest) -> [u8; size_of::<GcRequest>()] {
     b
 }
 
-/// Cumulative figures since the controller started.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct GcCounters {
-    /// Flows ended by the collector, by the state they expired in (`FLOW_STATE_NAMES`).
-    pub expiries: BTreeMap<String, u64>,
-    /// Established-table flows `pgrouter_gc` reaped (expired ones and orphans).
-    pub reaped: u64,
-    /// Reply entries reaped whose forward entry was gone.
-    pub orphans: u64,
-    /// Reaps the kernel refused (alive by its clock, or claimed).
-    pub kept: u64,
-    pub drift_corrections: u64,
-    pub full_cycles: u64,
-    pub entries_walked: u64,
-    /// Failed syscalls (walks, deletes, program runs).
-    pub errors: u64,
-}
+/// Cumulative figures since the controller started: the status contract's type.
+pub use router_status::GcCounters;
 
 /// The latest full cycle, as status and metrics show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -459,7 +444,7 @@ fn backend_name(applied: &Applied, id: u32) -> (String, String) {
         .backend_ids
         .iter()
         .find(|(_, v)| **v == id)
-        .map(|((l, n), _)| (l.clone(), n.clone()))
+        .map(|(k, _)| (k.listener.to_string(), k.node.clone()))
         .unwrap_or_else(|| ("?".into(), format!("backend {id}")))
 }
 

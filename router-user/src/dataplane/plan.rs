@@ -11,7 +11,7 @@ use router_ebpf::{
     MAX_SET, PROTO_TCP, SVC_F_SHUTDOWN_SESSIONS, Service, ServiceKey,
 };
 
-use crate::model::{BackendState, Balance, DesiredListener};
+use crate::model::{BackendKey, BackendState, Balance, DesiredListener, ListenerKey};
 
 /// Errors that make a desired state impossible to publish; the running state stays.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,10 +32,10 @@ pub struct Applied {
     pub services: BTreeMap<ServiceKey, Service>,
     pub sets: BTreeMap<u32, BackendSet>,
     pub backends: BTreeMap<u32, Backend>,
-    /// Listener name → service id; kept across plans so ids (and counters) are stable.
-    pub service_ids: BTreeMap<String, u32>,
+    /// Listener → service id; kept across plans so ids (and counters) are stable.
+    pub service_ids: BTreeMap<ListenerKey, u32>,
     /// (listener, node) → backend id.
-    pub backend_ids: BTreeMap<(String, String), u32>,
+    pub backend_ids: BTreeMap<BackendKey, u32>,
 }
 
 /// Map writes in a safe order: backends first (so a published set never names an unwritten
@@ -115,7 +115,14 @@ pub fn plan(
         backend_ids: applied.backend_ids.clone(),
         ..Applied::default()
     };
-    let mut used_svc: BTreeSet<u32> = next.service_ids.values().copied().collect();
+    // Ids of services still in the maps (named, or left by an earlier run and claimed by no
+    // listener) are not given to a new listener in this plan.
+    let mut used_svc: BTreeSet<u32> = next
+        .service_ids
+        .values()
+        .copied()
+        .chain(applied.services.values().map(|s| s.id))
+        .collect();
     // Retired entries stay SHUTDOWN and are never reused: an idle flow still pointing at one
     // must not come back to life on another node.
     let mut used_be: BTreeSet<u32> = next
@@ -124,21 +131,21 @@ pub fn plan(
         .chain(applied.backends.keys())
         .copied()
         .collect();
-    let wanted: BTreeSet<&str> = desired.iter().map(|l| l.name.as_str()).collect();
+    let wanted: BTreeSet<&ListenerKey> = desired.iter().map(|l| &l.key).collect();
 
     for l in desired {
         if l.vip.is_ipv6() {
-            return Err(PlanError::Ipv6(l.name.clone()));
+            return Err(PlanError::Ipv6(l.key.to_string()));
         }
         if l.backends.len() > MAX_SET {
-            return Err(PlanError::TooManyNodes(l.name.clone()));
+            return Err(PlanError::TooManyNodes(l.key.to_string()));
         }
-        let id = match next.service_ids.get(&l.name) {
+        let id = match next.service_ids.get(&l.key) {
             Some(id) => *id,
             None => {
                 let id = alloc(&used_svc, MAX_SERVICES).ok_or(PlanError::TooManyServices)?;
                 used_svc.insert(id);
-                next.service_ids.insert(l.name.clone(), id);
+                next.service_ids.insert(l.key.clone(), id);
                 id
             }
         };
@@ -161,7 +168,7 @@ pub fn plan(
 
         let mut set = BackendSet::default();
         for b in &l.backends {
-            let k = (l.name.clone(), b.node.clone());
+            let k = BackendKey::new(l.key.clone(), b.node.clone());
             let bid = match next.backend_ids.get(&k) {
                 Some(id) => *id,
                 None => {
@@ -216,7 +223,7 @@ pub fn plan(
     for (k, bid) in &applied.backend_ids {
         let gone = !desired
             .iter()
-            .any(|l| l.name == k.0 && l.backends.iter().any(|b| b.node == k.1));
+            .any(|l| l.key == k.listener && l.backends.iter().any(|b| b.node == k.node));
         if gone {
             if let Some(old) = applied.backends.get(bid) {
                 next.backends.insert(
@@ -236,8 +243,7 @@ pub fn plan(
     for (id, b) in &applied.backends {
         next.backends.entry(*id).or_insert(*b);
     }
-    next.service_ids
-        .retain(|name, _| wanted.contains(name.as_str()));
+    next.service_ids.retain(|key, _| wanted.contains(key));
 
     let mut delta = MapDelta::default();
     for (id, b) in &next.backends {
@@ -288,7 +294,7 @@ impl Applied {
                 continue;
             };
             let sid = svc.id;
-            self.service_ids.insert(l.name.clone(), sid);
+            self.service_ids.insert(l.key.clone(), sid);
             for b in &l.backends {
                 let (addr, _) = addr_words(b.addr);
                 let found = self.backends.iter().find(|(id, e)| {
@@ -299,21 +305,12 @@ impl Applied {
                 });
                 if let Some((id, _)) = found {
                     self.backend_ids
-                        .insert((l.name.clone(), b.node.clone()), *id);
+                        .insert(BackendKey::new(l.key.clone(), b.node.clone()), *id);
                 }
             }
         }
-        // Services in the maps that no listener claims are named so the plan removes them.
-        let claimed: BTreeSet<u32> = self.service_ids.values().copied().collect();
-        let orphans: Vec<u32> = self
-            .services
-            .values()
-            .map(|s| s.id)
-            .filter(|id| !claimed.contains(id))
-            .collect();
-        for id in orphans {
-            self.service_ids.insert(format!("#orphan-{id}"), id);
-        }
+        // Services in the maps that no listener claims are removed by the next plan, which
+        // also keeps their ids from new listeners.
     }
 }
 
@@ -334,9 +331,11 @@ mod tests {
         }
     }
 
+    /// `"pg/w"` → cluster `pg`, listener `w` (test shorthand).
     fn listener(name: &str, port: u16, backends: Vec<DesiredBackend>) -> DesiredListener {
+        let (cluster, listener) = name.split_once('/').unwrap_or(("", name));
         DesiredListener {
-            name: name.into(),
+            key: ListenerKey::new(cluster, listener),
             vip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
             port,
             balance: Balance::RoundRobin,
@@ -367,10 +366,13 @@ mod tests {
         let (d, next) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
         assert_eq!(d.backends.len(), 4);
         assert_eq!(d.services.len(), 2);
-        let w = next.service_ids["pg/w"];
+        let w = next.service_ids[&ListenerKey::new("pg", "w")];
         let set = next.sets[&w];
         assert_eq!(set.count, 1);
-        assert_eq!(set.ids[0], next.backend_ids[&("pg/w".into(), "a".into())]);
+        assert_eq!(
+            set.ids[0],
+            next.backend_ids[&BackendKey::new(ListenerKey::new("pg", "w"), "a")]
+        );
         assert_eq!(set.generation, 1);
         // New backends start with a zeroed flow count.
         assert_eq!(d.reset_conns.len(), 3, "the shut-down entry needs no reset");
@@ -391,15 +393,15 @@ mod tests {
         l[0].backends[0].state = BackendState::Shutdown;
         l[0].backends[1].state = BackendState::Active;
         let (d, b) = plan(&l, &a, PORTS, NOW).unwrap();
-        let w = b.service_ids["pg/w"];
+        let w = b.service_ids[&ListenerKey::new("pg", "w")];
         assert_eq!(b.sets[&w].generation, 2);
         assert_eq!(
             b.sets[&w].ids[0],
-            b.backend_ids[&("pg/w".into(), "b".into())]
+            b.backend_ids[&BackendKey::new(ListenerKey::new("pg", "w"), "b")]
         );
-        let old = a.backend_ids[&("pg/w".into(), "a".into())];
+        let old = a.backend_ids[&BackendKey::new(ListenerKey::new("pg", "w"), "a")];
         assert_eq!(d.newly_shutdown, vec![old]);
-        let new = a.backend_ids[&("pg/w".into(), "b".into())];
+        let new = a.backend_ids[&BackendKey::new(ListenerKey::new("pg", "w"), "b")];
         assert_eq!(d.reset_conns, vec![new], "reactivated entry is zeroed");
         // Ids are stable.
         assert_eq!(a.backend_ids, b.backend_ids);
@@ -412,16 +414,16 @@ mod tests {
         let mut l = write_read();
         l[0].shutdown_sessions = false;
         let (_, a) = plan(&l, &Applied::default(), PORTS, NOW).unwrap();
-        let b = a.backend_ids[&("pg/w".into(), "b".into())];
+        let b = a.backend_ids[&BackendKey::new(ListenerKey::new("pg", "w"), "b")];
         assert_eq!(a.backends[&b].state, BACKEND_SHUTDOWN);
-        let drained = a.backend_ids[&("pg/r".into(), "a".into())];
+        let drained = a.backend_ids[&BackendKey::new(ListenerKey::new("pg", "r"), "a")];
         assert_eq!(a.backends[&drained].state, BACKEND_DRAIN);
     }
 
     #[test]
     fn removed_node_is_shut_down_and_its_id_never_reused() {
         let (_, a) = plan(&write_read(), &Applied::default(), PORTS, NOW).unwrap();
-        let old = a.backend_ids[&("pg/r".into(), "b".into())];
+        let old = a.backend_ids[&BackendKey::new(ListenerKey::new("pg", "r"), "b")];
         let mut l = write_read();
         l[1].backends.pop();
         let (d, b) = plan(&l, &a, PORTS, NOW).unwrap();
@@ -429,7 +431,7 @@ mod tests {
         assert!(d.newly_shutdown.contains(&old));
         l[1].backends.push(be("c", 13, BackendState::Active));
         let (_, c) = plan(&l, &b, PORTS, NOW).unwrap();
-        let new = c.backend_ids[&("pg/r".into(), "c".into())];
+        let new = c.backend_ids[&BackendKey::new(ListenerKey::new("pg", "r"), "c")];
         assert_ne!(new, old);
     }
 
@@ -446,7 +448,7 @@ mod tests {
             )]
         );
         assert_eq!(d.remove_sets.len(), 1);
-        assert!(!b.service_ids.contains_key("pg/r"));
+        assert!(!b.service_ids.contains_key(&ListenerKey::new("pg", "r")));
     }
 
     #[test]
@@ -474,7 +476,7 @@ mod tests {
     }
 
     fn write_set(a: &Applied) -> BackendSet {
-        a.sets[&a.service_ids["pg/w"]]
+        a.sets[&a.service_ids[&ListenerKey::new("pg", "w")]]
     }
 
     /// The kernel holds SYNs from the instant the set became empty.
@@ -502,7 +504,7 @@ mod tests {
         let (d, c) = plan(&l, &b, PORTS, NOW + 9_000).unwrap();
         assert_eq!(write_set(&c).empty_since_ns, NOW + 5);
         assert_eq!(write_set(&c).generation, write_set(&b).generation);
-        let w = c.service_ids["pg/w"];
+        let w = c.service_ids[&ListenerKey::new("pg", "w")];
         assert!(
             !d.sets.iter().any(|(id, _)| *id == w),
             "the unchanged empty set is not rewritten"
@@ -530,7 +532,7 @@ mod tests {
     #[test]
     fn an_empty_set_without_a_stamp_is_stamped_now() {
         let (_, mut a) = plan(&write_empty(), &Applied::default(), PORTS, NOW).unwrap();
-        let w = a.service_ids["pg/w"];
+        let w = a.service_ids[&ListenerKey::new("pg", "w")];
         if let Some(s) = a.sets.get_mut(&w) {
             s.empty_since_ns = 0;
         }
@@ -554,12 +556,12 @@ mod tests {
             .map(|i| be(&format!("n{i}"), i as u8 + 1, BackendState::Active))
             .collect();
         let err = plan(
-            &[listener("big", 5000, many)],
+            &[listener("pg/big", 5000, many)],
             &Applied::default(),
             PORTS,
             NOW,
         )
         .unwrap_err();
-        assert_eq!(err, PlanError::TooManyNodes("big".into()));
+        assert_eq!(err, PlanError::TooManyNodes("pg/big".into()));
     }
 }

@@ -16,21 +16,19 @@ pub mod sets;
 pub mod state;
 pub mod verdict;
 
-use std::net::IpAddr;
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Checks, StaticRole};
 use crate::model::DesiredListener;
-use sets::{ListenerSet, NodeView};
+use sets::NodeView;
 use state::ClusterState;
 use verdict::{CheckKind, Verdict};
 
 /// What a cluster's listeners should serve now, and why.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterSnapshot {
     /// One per configured listener, in config order. Compare with the previous value before
     /// writing maps: `status` changes on every check, `listeners` only when a set changes.
@@ -38,75 +36,11 @@ pub struct ClusterSnapshot {
     pub status: ClusterStatus,
 }
 
-/// Serializable cluster status for `pgrouter status` and the Prometheus export.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ClusterStatus {
-    pub cluster: String,
-    pub checks: Checks,
-    /// Node receiving writes, if any.
-    pub primary: Option<String>,
-    /// Two or more nodes pass the primary check.
-    pub split_brain: bool,
-    /// Split brain with equal/unknown timelines: no node gets new writes.
-    pub writes_blocked: bool,
-    pub nodes: Vec<NodeStatus>,
-    pub listeners: Vec<ListenerSet>,
-    pub counters: Counters,
-}
-
-/// One node as last seen.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    pub api_port: u16,
-    /// Patroni's `role` / `state` / `timeline` from the last readable answer.
-    pub role: Option<String>,
-    pub state: Option<String>,
-    pub timeline: Option<u64>,
-    pub replication_state: Option<String>,
-    /// Chosen primary's WAL position minus this node's replayed position (informational;
-    /// membership uses Patroni's own `?lag=` answer).
-    pub lag_bytes: Option<u64>,
-    /// Patroni last reported a non-primary role to the primary check.
-    pub demoted: bool,
-    /// Out of every set: its PostgreSQL refused a connection (see `ClusterState::refused`).
-    pub refusing: bool,
-    pub checks: Vec<CheckStatus>,
-}
-
-/// One check kind on one node.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CheckStatus {
-    /// Request path, e.g. `/replica?lag=10485760`.
-    pub check: String,
-    pub verdict: Verdict,
-    pub up: bool,
-    /// Consecutive successes / failures so far.
-    pub successes: u32,
-    pub failures: u32,
-    pub last: Option<LastCheck>,
-}
-
-/// The most recent result of one check.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LastCheck {
-    pub ok: bool,
-    pub http_status: Option<u16>,
-    pub latency_ms: f64,
-    /// Error text, or a short description of the answer.
-    pub detail: String,
-}
-
-/// Monotonic counters for Prometheus.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub checks_total: u64,
-    pub checks_failed: u64,
-    /// How often any listener's desired state changed.
-    pub set_changes: u64,
-}
+/// The status types are the JSON contract's (`router_status`): the health task builds them
+/// directly, so what `pgrouter status` shows is what it decided on.
+pub use router_status::{
+    CheckStatus, ClusterStatus, HealthCounters as Counters, LastCheck, NodeStatus,
+};
 
 /// A running cluster health task. Dropping the handle stops it too; once it has stopped,
 /// receivers' `changed()` returns an error.
@@ -273,7 +207,7 @@ pub fn static_snapshot(cfg: &config::Cluster) -> ClusterSnapshot {
         listeners: computed.listeners,
         status: ClusterStatus {
             cluster: cfg.name.clone(),
-            checks: cfg.checks,
+            checks: cfg.checks.into(),
             primary: computed.primary.chosen.map(|i| cfg.nodes[i].name.clone()),
             split_brain: false,
             writes_blocked: false,

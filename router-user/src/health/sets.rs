@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::verdict::{CheckKind, Verdict};
 use crate::config::{Cluster, Fallback, ListenerKind, OnMarkedDown};
-use crate::model::{BackendState, DesiredBackend, DesiredListener};
+use crate::model::{BackendState, DesiredBackend, DesiredListener, ListenerKey};
 
 /// What the set rules need to know about one node (same order as `cluster.nodes`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,16 +99,7 @@ pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
     }
 }
 
-/// One listener's set, for status output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ListenerSet {
-    pub name: String,
-    pub kind: ListenerKind,
-    /// Node names taking new connections.
-    pub members: Vec<String>,
-    /// A replica listener is serving the primary because no replica is up.
-    pub fallback_active: bool,
-}
+pub use router_status::ListenerSet;
 
 /// The result of [`compute`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,7 +205,7 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
             .collect();
         sets.push(ListenerSet {
             name: l.name.clone(),
-            kind: l.kind,
+            kind: l.kind.into(),
             members: members
                 .iter()
                 .map(|&i| cluster.nodes[i].name.clone())
@@ -222,7 +213,7 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
             fallback_active,
         });
         listeners.push(DesiredListener {
-            name: format!("{}/{}", cluster.name, l.name),
+            key: ListenerKey::new(&cluster.name, &l.name),
             vip: l.vip,
             port: l.port,
             balance: l.balance,

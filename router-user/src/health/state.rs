@@ -380,7 +380,7 @@ impl ClusterState {
             listeners: self.computed.listeners.clone(),
             status: ClusterStatus {
                 cluster: self.cfg.name.clone(),
-                checks: self.cfg.checks,
+                checks: self.cfg.checks.into(),
                 primary: p.chosen.map(|i| self.cfg.nodes[i].name.clone()),
                 split_brain: p.split_brain,
                 writes_blocked: p.undecided,

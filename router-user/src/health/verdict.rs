@@ -44,17 +44,8 @@ impl std::fmt::Display for CheckKind {
     }
 }
 
-/// A node's standing for one check kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Not yet `rise` successes nor `fall` failures since start: not selected, but not
-    /// "marked down" either (no session reset; sessions may predate a controller restart).
-    #[default]
-    Unknown,
-    Up,
-    Down,
-}
+/// A node's standing for one check kind; the status contract's type.
+pub use router_status::Verdict;
 
 /// A change of verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

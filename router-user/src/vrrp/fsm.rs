@@ -100,7 +100,7 @@ pub struct Params {
     pub primary_ip: IpAddr,
 }
 
-/// Counters the edge copies into atomics for the status/metrics.
+/// The machine's own counters; the edge publishes them in the instance's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub transitions: u64,

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,76 +36,35 @@ const REJECT_REASONS: &[&str] = &[
 /// How often the link's carrier is checked; a down link is a fault, as in keepalived.
 const LINK_POLL: Duration = Duration::from_millis(100);
 
-/// Counters for Prometheus, updated by the task, read by anyone.
-#[derive(Debug)]
-pub struct Counters {
-    pub transitions: AtomicU64,
-    /// This instance, as master, heard a master of equal or higher priority.
-    pub two_masters_seen: AtomicU64,
-    pub adverts_sent: AtomicU64,
-    pub adverts_received: AtomicU64,
-    pub send_errors: AtomicU64,
-    /// Fixed keys (the reasons above) so readers never need a lock.
-    pub adverts_rejected: BTreeMap<&'static str, AtomicU64>,
-}
+/// What `pgrouter status` shows for one instance: the status contract's type.
+pub use router_status::{InstanceStatus, VrrpCounters};
 
-impl Default for Counters {
-    fn default() -> Counters {
-        Counters {
-            transitions: AtomicU64::new(0),
-            two_masters_seen: AtomicU64::new(0),
-            adverts_sent: AtomicU64::new(0),
-            adverts_received: AtomicU64::new(0),
-            send_errors: AtomicU64::new(0),
-            adverts_rejected: REJECT_REASONS
-                .iter()
-                .map(|r| (*r, AtomicU64::new(0)))
-                .collect(),
-        }
-    }
-}
-
-impl Counters {
-    fn reject(&self, reason: &str) {
-        if let Some(c) = self.adverts_rejected.get(reason) {
-            c.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// Plain-value copy of [`Counters`] for JSON.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CountersSnapshot {
-    pub transitions: u64,
-    pub two_masters_seen: u64,
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub send_errors: u64,
-    pub adverts_rejected: BTreeMap<String, u64>,
-}
-
-/// What `pgrouter status` shows for one instance.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct InstanceStatus {
-    pub name: String,
-    pub interface: String,
-    pub virtual_router_id: u8,
-    pub version: u8,
-    pub state: State,
-    pub configured_priority: u8,
-    pub effective_priority: u8,
-    /// Current master as last heard (our own primary address when we are master).
-    pub master: Option<IpAddr>,
-    pub primary_ip: IpAddr,
-    pub vips: Vec<Cidr>,
-    pub last_transition_unix_ms: Option<u64>,
-    pub last_transition_reason: Option<String>,
-    pub counters: CountersSnapshot,
-}
-
+/// The instance's status, counters included (their only copy): written by the task, read by
+/// [`InstanceHandle::status`].
 struct Shared {
-    counters: Counters,
     status: Mutex<InstanceStatus>,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut InstanceStatus)) {
+        match self.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut VrrpCounters)) {
+        self.update(|s| f(&mut s.counters));
+    }
+
+    /// One rejected advert; `reason` is one of [`REJECT_REASONS`] (see `DecodeError::reason`).
+    fn reject(&self, reason: &str) {
+        self.count(|c| {
+            if let Some(n) = c.adverts_rejected.get_mut(reason) {
+                *n += 1;
+            }
+        });
+    }
 }
 
 /// A running instance. Dropping it stops the instance like [`InstanceHandle::shutdown`], but
@@ -119,24 +77,10 @@ pub struct InstanceHandle {
 
 impl InstanceHandle {
     pub fn status(&self) -> InstanceStatus {
-        let mut s = match self.shared.status.lock() {
+        match self.shared.status.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
-        };
-        let c = &self.shared.counters;
-        s.counters = CountersSnapshot {
-            transitions: c.transitions.load(Relaxed),
-            two_masters_seen: c.two_masters_seen.load(Relaxed),
-            adverts_sent: c.adverts_sent.load(Relaxed),
-            adverts_received: c.adverts_received.load(Relaxed),
-            send_errors: c.send_errors.load(Relaxed),
-            adverts_rejected: c
-                .adverts_rejected
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), v.load(Relaxed)))
-                .collect(),
-        };
-        s
+        }
     }
 
     /// Leaves the election: a master advertises priority 0 (the backup takes over after
@@ -176,18 +120,20 @@ pub fn spawn(cfg: VrrpInstance, tracks: watch::Receiver<Tracks>) -> anyhow::Resu
         interface: cfg.interface.clone(),
         virtual_router_id: cfg.virtual_router_id,
         version: cfg.version,
-        state: State::Initialize,
+        state: State::Initialize.into(),
         configured_priority: cfg.priority,
         effective_priority: cfg.priority,
         master: None,
         primary_ip: primary,
-        vips: cfg.virtual_ipaddress.clone(),
+        vips: cfg.virtual_ipaddress.iter().map(Cidr::to_string).collect(),
         last_transition_unix_ms: None,
         last_transition_reason: None,
-        counters: CountersSnapshot::default(),
+        counters: VrrpCounters {
+            adverts_rejected: REJECT_REASONS.iter().map(|r| (r.to_string(), 0)).collect(),
+            ..VrrpCounters::default()
+        },
     };
     let shared = Arc::new(Shared {
-        counters: Counters::default(),
         status: Mutex::new(status),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -428,7 +374,7 @@ impl Runner {
                 if info.src == self.inst.params.primary_ip {
                     return; // our own, looped back
                 }
-                self.shared.counters.adverts_received.fetch_add(1, Relaxed);
+                self.shared.count(|c| c.adverts_received += 1);
                 let ev = Event::AdvertReceived {
                     priority: p.priority,
                     max_adver_int_cs: p.adver_int_cs,
@@ -437,7 +383,7 @@ impl Runner {
                 self.apply(ev).await;
             }
             Err(e) => {
-                self.shared.counters.reject(e.reason());
+                self.shared.reject(e.reason());
                 if !matches!(e, packet::DecodeError::VridMismatch(_)) {
                     tracing::debug!(instance = %self.cfg.name, src = %info.src, "vrrp advert rejected: {e}");
                 }
@@ -508,10 +454,10 @@ impl Runner {
             let bytes = pkt.encode(src, dst);
             match self.sock.send(src, dst, &bytes).await {
                 Ok(()) => {
-                    self.shared.counters.adverts_sent.fetch_add(1, Relaxed);
+                    self.shared.count(|c| c.adverts_sent += 1);
                 }
                 Err(e) => {
-                    self.shared.counters.send_errors.fetch_add(1, Relaxed);
+                    self.shared.count(|c| c.send_errors += 1);
                     tracing::debug!(instance = %self.cfg.name, %dst, "vrrp send failed: {e}");
                 }
             }
@@ -557,24 +503,22 @@ impl Runner {
     }
 
     fn publish(&mut self) {
-        let c = &self.shared.counters;
-        c.transitions.store(self.inst.counters.transitions, Relaxed);
-        c.two_masters_seen
-            .store(self.inst.counters.two_masters, Relaxed);
-        let mut s = match self.shared.status.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        s.state = self.inst.state;
-        s.effective_priority = self.inst.priority;
-        s.master = self.inst.master;
-        if self.inst.counters.transitions != self.seen_transitions {
-            self.seen_transitions = self.inst.counters.transitions;
-            s.last_transition_unix_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .and_then(|d| u64::try_from(d.as_millis()).ok());
-            s.last_transition_reason = self.inst.last_change.as_ref().map(|(_, r)| r.clone());
-        }
+        let inst = &self.inst;
+        let changed = inst.counters.transitions != self.seen_transitions;
+        self.seen_transitions = inst.counters.transitions;
+        self.shared.update(|s| {
+            s.counters.transitions = inst.counters.transitions;
+            s.counters.two_masters_seen = inst.counters.two_masters;
+            s.state = inst.state.into();
+            s.effective_priority = inst.priority;
+            s.master = inst.master;
+            if changed {
+                s.last_transition_unix_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| u64::try_from(d.as_millis()).ok());
+                s.last_transition_reason = inst.last_change.as_ref().map(|(_, r)| r.clone());
+            }
+        });
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::config::VrrpInstance;
 
-pub use instance::{Counters, InstanceHandle, InstanceStatus, spawn};
+pub use instance::{InstanceHandle, InstanceStatus, spawn};
 
 /// Track results the controller publishes: name → healthy. Names pgrouter uses:
 /// `xdp-attached` (the XDP program is attached on this host) and `patroni:<cluster>` (this host

@@ -7,7 +7,7 @@
 use std::{fmt::Write as _, time::Instant};
 
 use super::hairpin::proc_net_counter;
-use super::pgbench::{Params, Sample, counter_deltas, parse_pgbench, pgbench_out, status_json};
+use super::pgbench::{Params, Sample, counter_deltas, parse_pgbench, pgbench_out, pgrouter_status};
 use super::session::{self, HAPROXY_ADDR, Session, s};
 use crate::lab::{CLIENT_NS, SUPERUSER, VIP};
 
@@ -166,7 +166,7 @@ fn soak(
 ) -> anyhow::Result<ChurnRun> {
     let retrans = || proc_net_counter(CLIENT_NS, "netstat", "TcpExt:", "TCPSynRetrans");
     let r0 = retrans()?;
-    let st0 = status_json(&sess.dir);
+    let st0 = pgrouter_status(&sess.dir);
     let node = primary_tcp(&sess.leader.0);
     let t = Instant::now();
     println!(
@@ -206,7 +206,7 @@ fn soak(
         syn_retrans: retrans()?.saturating_sub(r0),
         counters: {
             let mut c = if target == "pgrouter" {
-                counter_deltas(&st0, &status_json(&sess.dir), "PG1")
+                counter_deltas(&st0, &pgrouter_status(&sess.dir), "pg/PG1")
             } else {
                 Vec::new()
             };

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use super::{
     churn::{Progress, parse_progress},
     hairpin::proc_net_counter,
-    pgbench::{Params, counter_deltas, parse_pgbench, status_json},
+    pgbench::{Params, counter_deltas, parse_pgbench, pgrouter_status},
     session::{self, DATAPATH_DEFAULT, HAPROXY_ADDR, Session},
     syn_flood::{BATCH, FloodStats, SPOOF_COUNT, SPOOF_FIRST, flood},
 };
@@ -162,7 +162,7 @@ fn flood_one(
     } else {
         "edge2".to_string()
     };
-    let (st0, k0) = (status_json(&sess.dir), syn_counters(&answers));
+    let (st0, k0) = (pgrouter_status(&sess.dir), syn_counters(&answers));
     let log = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/bench")
         .join(format!("flood-{}.log", target.to_lowercase()));
@@ -218,7 +218,7 @@ fn flood_one(
         let st = st?;
         let probes = probes.map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
         let mut counters = if pgr {
-            counter_deltas(&st0, &status_json(&sess.dir), "PG1")
+            counter_deltas(&st0, &pgrouter_status(&sess.dir), "pg/PG1")
         } else {
             Vec::new()
         };

@@ -12,6 +12,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
+use router_status::Status;
 
 use super::hairpin::HairpinRun;
 use super::report::{Report, loadavg};
@@ -289,8 +290,9 @@ fn measure(sess: &mut Session, p: &Params) -> anyhow::Result<()> {
     sess.leader_note()
 }
 
-/// `pgrouter status --json` of the bench's pgrouter (Null when it does not answer).
-pub(super) fn status_json(dir: &Path) -> serde_json::Value {
+/// `pgrouter status --json` of the bench's pgrouter, read into its `Status` (empty when it
+/// does not answer).
+pub(super) fn pgrouter_status(dir: &Path) -> Status {
     Command::new(pgrouter_bin())
         .args(["status", "--json", "--socket"])
         .arg(dir.join("pgrouter.sock"))
@@ -334,24 +336,26 @@ pub(super) fn numeric_leaves(v: &serde_json::Value, path: &str, out: &mut Vec<(S
     }
 }
 
-/// What changed in pgrouter's counters between two `status --json` snapshots: the data
-/// path's global counters and listener `listener`'s fields (backends included), as
+/// What changed in pgrouter's counters between two status snapshots: the data path's global
+/// counters and listener `listener`'s fields (`cluster/listener`, backends included), as
 /// (name, after − before) for every field that moved.
 pub(super) fn counter_deltas(
-    before: &serde_json::Value,
-    after: &serde_json::Value,
+    before: &Status,
+    after: &Status,
     listener: &str,
 ) -> Vec<(String, f64)> {
-    let pick = |v: &serde_json::Value| {
-        let mut out = Vec::new();
-        if let Some(c) = v.get("datapath").and_then(|d| d.get("counters")) {
-            numeric_leaves(c, "", &mut out);
-        }
-        if let Some(l) = v.get("listeners").and_then(|l| l.as_array()).and_then(|a| {
-            a.iter()
-                .find(|l| l.get("name").and_then(|n| n.as_str()) == Some(listener))
-        }) {
-            numeric_leaves(l, listener, &mut out);
+    let pick = |v: &Status| {
+        let mut out: Vec<(String, f64)> = v
+            .datapath
+            .counters
+            .iter()
+            .map(|(k, n)| (k.clone(), *n as f64))
+            .collect();
+        if let Some(l) = v
+            .listener(listener)
+            .and_then(|l| serde_json::to_value(l).ok())
+        {
+            numeric_leaves(&l, listener, &mut out);
         }
         out
     };
@@ -371,27 +375,19 @@ pub(super) fn counter_deltas(
         .collect()
 }
 
-/// "native XDP on eth0" / "generic XDP on eth0" from `pgrouter status --json`.
+/// "native XDP on eth0" / "generic XDP on eth0" from pgrouter's status.
 pub(super) fn xdp_mode(dir: &Path) -> String {
-    let v = status_json(dir);
-    let find = |v: &serde_json::Value| -> Option<String> {
-        let ifs = v.get("interfaces")?.as_array()?;
-        let parts: Vec<String> = ifs
-            .iter()
-            .filter_map(|i| {
-                let a = i.as_array()?;
-                Some(format!(
-                    "{} XDP on {}",
-                    a.get(1)?.as_str()?,
-                    a.first()?.as_str()?
-                ))
-            })
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(", "))
-    };
-    find(&v)
-        .or_else(|| v.get("datapath").and_then(find))
-        .unwrap_or_else(|| "XDP".into())
+    let parts: Vec<String> = pgrouter_status(dir)
+        .datapath
+        .interfaces
+        .iter()
+        .map(|(name, mode)| format!("{mode} XDP on {name}"))
+        .collect();
+    if parts.is_empty() {
+        "XDP".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The whole comparison in its own lab session.

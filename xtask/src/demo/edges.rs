@@ -7,7 +7,7 @@ pub use crate::lab::edge::{build_release, pgrouter_bin, workspace};
 use crate::lab::edge::{mount_bpffs, unmount_bpffs};
 use crate::lab::{EDGES, VIP, host};
 use anyhow::{Result, bail};
-use serde_json::Value;
+use router_status::Status;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -148,13 +148,19 @@ pub fn kill(lab: &Lab, edge: &str, sig: i32) -> Result<bool> {
     lab.kill_proc(&proc_name(edge), sig)
 }
 
-/// `pgrouter status --json --socket …` of `edge`, if it answers.
-pub fn status(edge: &str) -> Option<Value> {
+/// `pgrouter status --json --socket …` of `edge`, if it answers (a `--json` answer that does
+/// not read as pgrouter's `Status` counts as no answer, and says so on stderr).
+pub fn status(edge: &str) -> Option<Status> {
     let out = Command::new(pgrouter_bin())
         .args(["status", "--json", "--socket", &socket(edge)])
         .output()
         .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+    if !out.status.success() || out.stdout.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| eprintln!("pgrouter on {edge}: status --json does not read: {e}"))
+        .ok()
 }
 
 /// `pgrouter status` (tables) of `edge`.
@@ -167,21 +173,16 @@ pub fn status_text(edge: &str) -> String {
 }
 
 /// The primary pgrouter's cluster status names, if any.
-pub fn primary_of(v: &Value) -> Option<String> {
-    v["clusters"][0]["primary"].as_str().map(str::to_owned)
+pub fn primary_of(v: &Status) -> Option<String> {
+    v.clusters.first()?.primary.clone()
 }
 
 /// Members of a listener's set in the cluster view (`PG1_ro`).
-pub fn set_members(v: &Value, listener: &str) -> Vec<String> {
-    v["clusters"][0]["listeners"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == listener))
-        .and_then(|l| l["members"].as_array())
-        .map(|m| {
-            m.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
+pub fn set_members(v: &Status, listener: &str) -> Vec<String> {
+    v.clusters
+        .first()
+        .and_then(|c| c.set(listener))
+        .map(|l| l.members.clone())
         .unwrap_or_default()
 }
 
@@ -200,20 +201,12 @@ pub struct EmptySetCounters {
 impl EmptySetCounters {
     /// The counters of `listener` (its name in the config; status names it
     /// `<cluster>/<listener>`).
-    pub fn of(v: &Value, listener: &str) -> Option<Self> {
-        let qualified = format!("{CLUSTER}/{listener}");
-        let l = v["listeners"]
-            .as_array()?
-            .iter()
-            .find(|l| l["name"] == qualified.as_str())?;
+    pub fn of(v: &Status, listener: &str) -> Option<Self> {
+        let l = v.listener(&format!("{CLUSTER}/{listener}"))?;
         Some(Self {
-            held: l["drop_no_backend"].as_u64()?,
-            rejected: l["rst_no_backend"].as_u64()?,
-            node_refusals: l["backends"]
-                .as_array()?
-                .iter()
-                .filter_map(|b| b["refused"].as_u64())
-                .sum(),
+            held: l.drop_no_backend,
+            rejected: l.rst_no_backend,
+            node_refusals: l.backends.iter().map(|b| b.refused).sum(),
         })
     }
 
@@ -228,13 +221,12 @@ impl EmptySetCounters {
 }
 
 /// Waits until `edge`'s pgrouter has published sets with `leader` as primary.
-pub fn wait_ready(lab: &Lab, edge: &str, leader: &str, timeout: Duration) -> Result<Value> {
+pub fn wait_ready(lab: &Lab, edge: &str, leader: &str, timeout: Duration) -> Result<Status> {
     let t = Instant::now();
     loop {
         if let Some(v) = status(edge) {
-            let published = v["listeners"].as_array().is_some_and(|ls| {
-                !ls.is_empty() && ls.iter().all(|l| l["generation"].as_u64().unwrap_or(0) > 0)
-            });
+            let ls = &v.listeners;
+            let published = !ls.is_empty() && ls.iter().all(|l| l.generation > 0);
             if published && primary_of(&v).as_deref() == Some(leader) {
                 return Ok(v);
             }
@@ -292,6 +284,7 @@ pub fn start_haproxy(lab: &Lab, edge: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use router_status::{BackendStatus, ListenerStatus};
 
     #[test]
     fn configs_differ_only_in_priority_and_paths() {
@@ -312,10 +305,26 @@ mod tests {
 
     #[test]
     fn empty_set_counters_come_from_the_listener_and_its_backends() {
-        let v: Value = serde_json::json!({"listeners": [
-            {"name": "pgrlab/PG1", "drop_no_backend": 9, "rst_no_backend": 0,
-             "backends": [{"refused": 1}, {"refused": 0}]},
-            {"name": "pgrlab/PG1_reject", "drop_no_backend": 0, "rst_no_backend": 7, "backends": []}]});
+        let backend = |refused| BackendStatus {
+            refused,
+            ..Default::default()
+        };
+        let v = Status {
+            listeners: vec![
+                ListenerStatus {
+                    name: format!("{CLUSTER}/PG1"),
+                    drop_no_backend: 9,
+                    backends: vec![backend(1), backend(0)],
+                    ..Default::default()
+                },
+                ListenerStatus {
+                    name: format!("{CLUSTER}/PG1_reject"),
+                    rst_no_backend: 7,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
         let a = EmptySetCounters::of(&v, "PG1").unwrap();
         assert_eq!((a.held, a.rejected, a.node_refusals), (9, 0, 1));
         let b = EmptySetCounters::of(&v, "PG1_reject").unwrap();

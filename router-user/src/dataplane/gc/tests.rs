@@ -9,6 +9,7 @@ use router_ebpf::{
 };
 
 use super::*;
+use crate::model::{BackendKey, ListenerKey};
 
 const S: u64 = 1_000_000_000;
 /// A clock far from zero, so "long ago" fits in a u64.
@@ -477,8 +478,10 @@ fn applied(ids: &[(u32, u8)]) -> Applied {
                 ..Backend::default()
             },
         );
-        a.backend_ids
-            .insert(("pg/PG1".into(), format!("pg{id}")), *id);
+        a.backend_ids.insert(
+            BackendKey::new(ListenerKey::new("pg", "PG1"), format!("pg{id}")),
+            *id,
+        );
     }
     a
 }

@@ -89,7 +89,7 @@ fn states(c: &Computed, listener: &str) -> Vec<BackendState> {
     let l = c
         .listeners
         .iter()
-        .find(|l| l.name == format!("pg/{listener}"))
+        .find(|l| l.key.to_string() == format!("pg/{listener}"))
         .unwrap_or_else(|| panic!("no listener {listener}"));
     l.backends.iter().map(|b| b.state).collect()
 }
@@ -114,7 +114,7 @@ fn fresh_start_sends_nothing_anywhere_and_kills_nothing() {
         assert!(
             l.backends.iter().all(|b| b.state == Drain),
             "{}: {:?}",
-            l.name,
+            l.key,
             l.backends
         );
     }
@@ -303,7 +303,7 @@ fn a_split_brain_whose_newest_side_refuses_admits_no_writes() {
 fn listener_fields_come_from_config() {
     let c = compute(&cluster(), &[replica(), primary(), dead()]);
     let w = &c.listeners[0];
-    assert_eq!(w.name, "pg/W");
+    assert_eq!(w.key.to_string(), "pg/W");
     assert_eq!(w.port, 5000);
     assert!(w.shutdown_sessions);
     assert_eq!(w.snat_addr, w.vip);

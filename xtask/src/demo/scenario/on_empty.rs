@@ -76,7 +76,7 @@ impl OnEmptyProbe {
             EmptySetCounters::of(&v, l).ok_or_else(|| {
                 anyhow!(
                     "pgrouter on {edge}: no counters of listener {l} in status --json: {:.600}",
-                    v["listeners"].to_string()
+                    serde_json::to_string(&v.listeners).unwrap_or_default()
                 )
             })
         };

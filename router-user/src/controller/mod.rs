@@ -1,17 +1,18 @@
 //! The daemon: wires configuration, health tasks, the data path, VRRP, the control socket and
-//! metrics. It owns no policy of its own: health decides sets (pure), `dataplane::plan`
-//! decides map writes (pure); this loop only moves events between them.
+//! metrics. Health decides sets (pure), `dataplane::plan` decides map writes (pure), the flow
+//! GC's policy lives in `dataplane::gc`; this loop moves events between them. Its own two
+//! decisions are pure functions in `policy`: when a reloaded cluster has warmed up (then
+//! `Daemon::promote_warmed` retires the old health task, an explicit step of `sync`), and
+//! what the VRRP tracks say. Getters (`snapshots`, `desired`) only read.
 //!
 //! ```text
 //!  health::ClusterHandle ──watch──┐
-//!  SIGHUP / `pgrouter reload` ────┼──▶ loop ──plan──▶ Maps::apply ──▶ XDP maps
-//!  control socket (status) ───────┤            └──▶ sweep (shutdown-sessions RSTs)
+//!  SIGHUP / `pgrouter reload` ────┼──▶ loop ──promote warmed──plan──▶ Maps::apply ──▶ XDP maps
+//!  control socket (status) ───────┤                          └──▶ sweep (shutdown-sessions RSTs)
 //!  1 s tick ──────────────────────┘──▶ flow gc (bounded batch), vrrp tracks, neighbour
-//!                                       warm-up, kernel logs
+//!                                       warm-up, kernel logs, status
+//!  100 ms ────────────────────────────▶ refusals seen by the data path → health tasks
 //! ```
-//!
-//! The flow GC's policy (what expired, what drifted) lives in `dataplane::gc`; this loop only
-//! runs a bounded tick of it each second and hands its last full cycle to status.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -28,6 +29,8 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+mod policy;
+
 use crate::{
     config::{self, Config},
     control,
@@ -42,6 +45,7 @@ use crate::{
     status::{self, Status},
     vrrp::{self, InstanceHandle, Tracks},
 };
+use policy::ClusterView;
 
 /// Requests from the control socket.
 pub enum Request {
@@ -55,6 +59,22 @@ struct Cluster {
     /// The previous handle while a reloaded cluster's checks warm up: its sets stay in force
     /// so a reload never sends traffic nowhere or resets sessions.
     previous: Option<ClusterHandle>,
+}
+
+impl Cluster {
+    /// The latest snapshot of the current health task.
+    fn latest(&self) -> ClusterSnapshot {
+        self.handle.desired().borrow().clone()
+    }
+
+    /// The snapshot whose sets are in force: the previous task's while the reloaded one warms
+    /// up.
+    fn in_force(&self) -> ClusterSnapshot {
+        match &self.previous {
+            Some(prev) => prev.desired().borrow().clone(),
+            None => self.latest(),
+        }
+    }
 }
 
 struct Daemon {
@@ -246,16 +266,6 @@ fn start_cluster(
     }
 }
 
-/// A reloaded cluster is ready once every check of every node has answered and none is part
-/// way up (HAProxy's rise): until then the old sets stay in force.
-fn warmed_up(s: &ClusterSnapshot) -> bool {
-    s.status.nodes.iter().all(|n| {
-        n.checks
-            .iter()
-            .all(|c| c.last.is_some() && (c.up || c.successes == 0))
-    })
-}
-
 fn ifindex(iface: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(iface)?;
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -266,30 +276,30 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
 }
 
 impl Daemon {
-    fn snapshots(&mut self) -> Vec<ClusterSnapshot> {
-        let mut out = Vec::new();
-        for c in &mut self.clusters {
-            let new = c.handle.desired().borrow().clone();
-            if let Some(prev) = &c.previous {
-                if warmed_up(&new) {
-                    prev.shutdown();
-                    c.previous = None;
-                    info!(cluster = %c.cfg.name, "reloaded cluster warmed up; its sets are now in force");
-                } else {
-                    out.push(prev.desired().borrow().clone());
-                    continue;
-                }
-            }
-            out.push(new);
-        }
-        out
+    /// Every cluster's snapshot in force.
+    fn snapshots(&self) -> Vec<ClusterSnapshot> {
+        self.clusters.iter().map(Cluster::in_force).collect()
     }
 
-    fn desired(&mut self) -> Vec<DesiredListener> {
+    fn desired(&self) -> Vec<DesiredListener> {
         self.snapshots()
             .into_iter()
             .flat_map(|s| s.listeners)
             .collect()
+    }
+
+    /// Retires the previous health task of every reloaded cluster whose checks have warmed up
+    /// ([`policy::warmed_up`]): from now on its new sets are the ones in force.
+    fn promote_warmed(&mut self) {
+        for c in &mut self.clusters {
+            if c.previous.is_none() || !policy::warmed_up(&c.latest().status) {
+                continue;
+            }
+            if let Some(prev) = c.previous.take() {
+                prev.shutdown();
+            }
+            info!(cluster = %c.cfg.name, "reloaded cluster warmed up; its sets are now in force");
+        }
     }
 
     fn adopt_pinned(&mut self) {
@@ -309,19 +319,19 @@ impl Daemon {
         {
             return;
         }
-        for ((listener, node), id) in &self.applied.backend_ids {
+        for (key, id) in &self.applied.backend_ids {
             let n = self.maps.backend_stats(*id).refused;
             // The first reading of an id (start, adoption, new listener) is a baseline.
             match self.refused_seen.insert(*id, n) {
                 Some(prev) if n > prev => {}
                 _ => continue,
             }
-            // Listener names are `<cluster>/<listener>`.
-            let Some((cluster, _)) = listener.split_once('/') else {
-                continue;
-            };
-            for c in self.clusters.iter().filter(|c| c.cfg.name == cluster) {
-                if let Some(idx) = c.cfg.nodes.iter().position(|x| x.name == *node) {
+            for c in self
+                .clusters
+                .iter()
+                .filter(|c| c.cfg.name == key.listener.cluster)
+            {
+                if let Some(idx) = c.cfg.nodes.iter().position(|x| x.name == key.node) {
                     c.handle.refused(idx);
                 }
             }
@@ -330,11 +340,12 @@ impl Daemon {
 
     /// Publishes the current desired sets; on failure the running maps stay as they are.
     fn sync(&mut self) {
+        self.promote_warmed();
         if self.hold_until_warm {
             let warm = self
                 .clusters
                 .iter()
-                .all(|c| warmed_up(&c.handle.desired().borrow()));
+                .all(|c| policy::warmed_up(&c.handle.desired().borrow().status));
             if !warm {
                 return;
             }
@@ -374,7 +385,7 @@ impl Daemon {
                 .filter(|b| b.state == crate::model::BackendState::Active)
                 .map(|b| b.node.as_str())
                 .collect();
-            info!(listener = %l.name, active = ?active, "published set");
+            info!(listener = %l.key, active = ?active, "published set");
         }
         self.applied = next;
         let down: BTreeSet<u32> = delta.newly_shutdown.iter().copied().collect();
@@ -435,20 +446,15 @@ impl Daemon {
     }
 
     fn update_tracks(&mut self) {
-        let mut t = Tracks::default();
-        t.named
-            .insert("xdp-attached".into(), !self.attached.is_empty());
-        for c in &self.clusters {
-            let rx = c.handle.desired();
-            let s = rx.borrow();
-            let reachable = s.status.nodes.iter().any(|n| {
-                n.checks
-                    .iter()
-                    .any(|c| c.last.as_ref().is_some_and(|l| l.http_status.is_some()))
-            });
-            let ok = c.cfg.checks == config::Checks::Static || reachable;
-            t.named.insert(format!("patroni:{}", c.cfg.name), ok);
-        }
+        let snaps: Vec<ClusterSnapshot> = self.clusters.iter().map(Cluster::latest).collect();
+        let t = policy::tracks(
+            !self.attached.is_empty(),
+            self.clusters.iter().zip(&snaps).map(|(c, s)| ClusterView {
+                name: &c.cfg.name,
+                checks: c.cfg.checks,
+                status: &s.status,
+            }),
+        );
         self.tracks.send_if_modified(|cur| {
             if *cur == t {
                 false
@@ -518,7 +524,7 @@ impl Daemon {
         );
     }
 
-    fn refresh_status(&mut self) {
+    fn refresh_status(&self) {
         let snaps = self.snapshots();
         let st = status::collect(
             &self.cfg,
@@ -527,11 +533,11 @@ impl Daemon {
             &self.maps,
             &self.attached,
             self.vrrp.iter().map(|h| h.status()).collect(),
-            (
-                self.gc.last.as_ref(),
-                &self.gc.counters,
-                dataplane::host::monotonic_ns(),
-            ),
+            status::GcView {
+                cycle: self.gc.last.as_ref(),
+                totals: &self.gc.counters,
+                now_ns: dataplane::host::monotonic_ns(),
+            },
             self.started.elapsed(),
             self.last_error.clone(),
         );

@@ -7,7 +7,15 @@
 //! Byte order: fields named `*_be` or typed [`Be16`]/[`Be32`] hold network byte order exactly as
 //! on the wire; everything else is host order. Addresses are `[u32; 4]` so IPv6 fits later: an
 //! IPv4 address sits in word 0, words 1–3 are zero, and `family` says which.
-#![no_std]
+//!
+//! Under the `status` feature the crate also carries [`status`], the other interface pgrouter's
+//! components share: the control socket's typed status answer. It lives here, not in the daemon
+//! crate, so xtask can read status without building the daemon (whose build needs the
+//! toolchain `cargo xtask setup` installs); that feature makes the crate `std`.
+#![cfg_attr(not(feature = "status"), no_std)]
+
+#[cfg(feature = "status")]
+pub mod status;
 
 /// A 16-bit value in network byte order.
 pub type Be16 = u16;

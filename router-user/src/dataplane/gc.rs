@@ -399,7 +399,7 @@ pub fn request_bytes(r: &GcRequest) -> [u8; size_of::<GcRequest>()] {
 }
 
 /// Cumulative figures since the controller started: the status contract's type.
-pub use router_status::GcCounters;
+pub use router_ebpf::status::GcCounters;
 
 /// The latest full cycle, as status and metrics show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

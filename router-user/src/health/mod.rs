@@ -36,9 +36,9 @@ pub struct ClusterSnapshot {
     pub status: ClusterStatus,
 }
 
-/// The status types are the JSON contract's (`router_status`): the health task builds them
+/// The status types are the JSON contract's (`router_ebpf::status`): the health task builds them
 /// directly, so what `pgrouter status` shows is what it decided on.
-pub use router_status::{
+pub use router_ebpf::status::{
     CheckStatus, ClusterStatus, HealthCounters as Counters, LastCheck, NodeStatus,
 };
 

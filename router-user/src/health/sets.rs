@@ -99,7 +99,7 @@ pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
     }
 }
 
-pub use router_status::ListenerSet;
+pub use router_ebpf::status::ListenerSet;
 
 /// The result of [`compute`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -45,7 +45,7 @@ impl std::fmt::Display for CheckKind {
 }
 
 /// A node's standing for one check kind; the status contract's type.
-pub use router_status::Verdict;
+pub use router_ebpf::status::Verdict;
 
 /// A change of verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The operator's view. The types are `router_status`'s (the JSON contract shared with the
+//! The operator's view. The types are `router_ebpf::status`'s (the JSON contract shared with the
 //! CLI, the tests and xtask), re-exported here; this module gathers them from the daemon's
 //! state ([`collect`]) and prints them as tables ([`render`]). Metrics render the same
 //! [`Status`] (`crate::metrics`), so the two never disagree.
@@ -7,7 +7,7 @@ mod render;
 
 pub use collect::{GcView, collect};
 pub use render::render;
-pub use router_status::*;
+pub use router_ebpf::status::*;
 
 use crate::{config, model, vrrp::fsm};
 

@@ -37,7 +37,7 @@ const REJECT_REASONS: &[&str] = &[
 const LINK_POLL: Duration = Duration::from_millis(100);
 
 /// What `pgrouter status` shows for one instance: the status contract's type.
-pub use router_status::{InstanceStatus, VrrpCounters};
+pub use router_ebpf::status::{InstanceStatus, VrrpCounters};
 
 /// The instance's status, counters included (their only copy): written by the task, read by
 /// [`InstanceHandle::status`].

@@ -12,7 +12,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
-use router_status::Status;
+use router_ebpf::status::Status;
 
 use super::hairpin::HairpinRun;
 use super::report::{Report, loadavg};

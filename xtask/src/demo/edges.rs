@@ -7,7 +7,7 @@ pub use crate::lab::edge::{build_release, pgrouter_bin, workspace};
 use crate::lab::edge::{mount_bpffs, unmount_bpffs};
 use crate::lab::{EDGES, VIP, host};
 use anyhow::{Result, bail};
-use router_status::Status;
+use router_ebpf::status::Status;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -284,7 +284,7 @@ pub fn start_haproxy(lab: &Lab, edge: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use router_status::{BackendStatus, ListenerStatus};
+    use router_ebpf::status::{BackendStatus, ListenerStatus};
 
     #[test]
     fn configs_differ_only_in_priority_and_paths() {

@@ -3,8 +3,8 @@
 //! the demo and the benchmarks read back. One set of types serialised by the daemon and
 //! deserialised by every reader, so a misspelt field is a compile error, not a silent 0.
 //!
-//! Its own crate (serde only), like `router-ebpf` for the map ABI: xtask reads status without
-//! depending on the daemon crate. Enums that mirror a daemon type (`Checks`, `ListenerKind`,
+//! Beside the map ABI (feature `status`, serde only): xtask reads status without depending on
+//! the daemon crate. Enums that mirror a daemon type (`Checks`, `ListenerKind`,
 //! `VrrpState`, `BackendState`) are the wire form; router-user converts with exhaustive `From`
 //! impls, so a new variant cannot be forgotten here.
 //!

@@ -32,7 +32,14 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     cargo(&unit)?;
     // The ABI crate's host-side tests (the status contract); its binary is BPF-only.
     if filter.is_none() {
-        cargo(&["test", "-p", "router-ebpf", "--lib", "--features", "user,status"])?;
+        cargo(&[
+            "test",
+            "-p",
+            "router-ebpf",
+            "--lib",
+            "--features",
+            "user,status",
+        ])?;
     }
     root.extend(["--", "--test-threads=1"]);
     cargo(&root)?;

@@ -1,14 +1,19 @@
 //! The collector's rules, one scenario per test: the pure core (`classify`, `drift`) and the
 //! executor over a fake pair of tables.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, io};
 
 use router_ebpf::{
     BACKEND_ACTIVE, BACKEND_SHUTDOWN, Backend, DEFAULT_TIMEOUT_ESTABLISHED_NS,
     DEFAULT_TIMEOUT_HANDSHAKE_NS, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
-    FLOW_STATE_CLOSED, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_HANDSHAKE, PROTO_TCP,
+    FLOW_STATE_CLOSED, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_HANDSHAKE,
+    GC_OP_ADJUST, PROTO_TCP,
 };
 
 use super::*;
+use crate::dataplane::{
+    Applied,
+    batch::{Batch, Cursor},
+};
 use crate::model::{BackendKey, ListenerKey};
 
 const S: u64 = 1_000_000_000;

@@ -4,36 +4,31 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config;
+use crate::test_config as builder;
 
+/// Nodes a, b; W primary, R replica with the primary as fallback; checks every 1 s,
+/// fastinter 200 ms, downinter 3 s, fall 2, rise 2.
 fn cluster() -> Cluster {
-    let text = r#"
-[[cluster]]
-name = "pg"
-[cluster.health]
-interval = "1s"
-fastinter = "200ms"
-downinter = "3s"
-fall = 2
-rise = 2
-[[cluster.node]]
-name = "a"
-host = "198.18.0.11"
-[[cluster.node]]
-name = "b"
-host = "198.18.0.12"
-[[cluster.listener]]
-name = "W"
-vip = "198.18.0.100"
-port = 5000
-kind = "primary"
-[[cluster.listener]]
-name = "R"
-vip = "198.18.0.100"
-port = 5001
-kind = "replica"
-fallback = "primary"
-"#;
-    match config::parse(text, "t.toml") {
+    use builder::{Config, Health, Listener, Node};
+    const VIP: &str = "198.18.0.100";
+    let text = Config::new()
+        .cluster(
+            builder::Cluster::new("pg")
+                .health(
+                    Health::new()
+                        .interval(Duration::from_secs(1))
+                        .fastinter(Duration::from_millis(200))
+                        .downinter(Duration::from_secs(3))
+                        .fall(2)
+                        .rise(2),
+                )
+                .node(Node::new("a", "198.18.0.11"))
+                .node(Node::new("b", "198.18.0.12"))
+                .listener(Listener::primary("W", VIP, 5000))
+                .listener(Listener::replica_or_primary("R", VIP, 5001)),
+        )
+        .to_toml();
+    match config::parse(&text, "t.toml") {
         Ok(mut c) => c.clusters.remove(0),
         Err(e) => panic!("{e}"),
     }

@@ -19,3 +19,10 @@ pub mod vrrp;
 #[path = "../../tests/src/config.rs"]
 #[allow(dead_code, reason = "each test module uses a different subset")]
 pub(crate) mod test_config;
+
+/// A flow's two table entries as the data path writes them (std and `router_ebpf` only),
+/// shared with the `tests` crate.
+#[cfg(test)]
+#[path = "../../tests/src/flows.rs"]
+#[allow(dead_code, reason = "each test module uses a different subset")]
+pub(crate) mod test_flows;

@@ -2,6 +2,7 @@
 //! themselves, the daemon's configs, commands with bounded waits, frame builders and
 //! `BPF_PROG_TEST_RUN`.
 pub mod config;
+pub mod flows;
 pub mod frames;
 pub mod netns;
 pub mod pinned;

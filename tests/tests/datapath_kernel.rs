@@ -27,11 +27,11 @@ use pgrouter::{
     model::{BackendState, Balance, DesiredBackend, DesiredListener},
 };
 use router_ebpf::{
-    FAMILY_IPV4, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, Flow, FlowKey, GC_F_FORCE,
-    GC_OP_ADJUST, GC_OP_REAP, GC_PROGRAM_NAME, GcRequest, MAX_BACKENDS, PROGRAM_NAME, PROTO_TCP,
-    Timeouts, counter,
+    FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, Flow, FlowKey, GC_F_FORCE, GC_OP_ADJUST,
+    GC_OP_REAP, GC_PROGRAM_NAME, GcRequest, MAX_BACKENDS, PROGRAM_NAME, Timeouts, counter,
 };
 use tests::{
+    flows::key,
     frames::{self, Tcp},
     xdp::Ran,
 };
@@ -414,18 +414,6 @@ struct Conn {
     node: Ipv4Addr,
     /// The SNAT port of the backend leg.
     snat: u16,
-}
-
-fn key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
-    FlowKey {
-        saddr: [u32::from_ne_bytes(src.0.octets()), 0, 0, 0],
-        daddr: [u32::from_ne_bytes(dst.0.octets()), 0, 0, 0],
-        sport: src.1.to_be(),
-        dport: dst.1.to_be(),
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
 }
 
 impl Conn {

@@ -70,6 +70,20 @@ fn bin(name: &str, hint: &str) -> std::path::PathBuf {
     bin
 }
 
+/// Reads the banner `pgr-echo` sends first: the node's name and a newline (byte by byte, so
+/// nothing after it is consumed).
+pub fn read_banner(stream: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut name = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        stream.read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&name).into_owned());
+        }
+        name.push(b[0]);
+    }
+}
+
 /// The running daemon's `pgrouter status --json`, or `None` while it does not answer.
 pub fn status_json(socket: &str) -> Option<serde_json::Value> {
     let out = std::process::Command::new(pgrouter_bin())

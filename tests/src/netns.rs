@@ -245,6 +245,22 @@ impl Lab {
         Ok(path)
     }
 
+    /// Starts `pgrouter run` in `ns` as a host would: its pins on a bpffs mounted at `pins`
+    /// from our mount namespace (see [`crate::mount_bpffs`]), `config` written to
+    /// `<dir>/<name>.toml`, log and pid file `name`. Returns the pid and the config's path.
+    pub fn run_pgrouter(
+        &mut self,
+        ns: &str,
+        name: &str,
+        config: &Config,
+        pins: &Path,
+    ) -> anyhow::Result<(u32, PathBuf)> {
+        crate::mount_bpffs(pins)?;
+        let path = self.write_config(name, config)?;
+        let pid = self.spawn_pgrouter(ns, name, &path)?;
+        Ok((pid, path))
+    }
+
     /// The pid recorded for process `name`.
     pub fn pid(&self, name: &str) -> anyhow::Result<u32> {
         let text = fs::read_to_string(self.dir.join(format!("{name}.pid")))?;
@@ -280,6 +296,54 @@ impl Lab {
 
     pub fn log(&self, name: &str) -> String {
         fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// The service address of [`Topology`]'s edge host.
+pub const VIP: &str = "198.18.0.100";
+/// The PostgreSQL nodes the network tests put on [`Topology`]'s bridge, and their addresses.
+pub const NODES: [(&str, &str); 3] = [
+    ("pg1", "198.18.0.11"),
+    ("pg2", "198.18.0.12"),
+    ("pg3", "198.18.0.13"),
+];
+
+/// The network tests' edge-host lab: bridge `br`; the client `cl` at 198.18.0.30 and the
+/// edge host `edge` at 198.18.0.21, which holds the [`VIP`] (/32), each on `eth0`; nodes
+/// ([`NODES`]) come after. With `peer_xdp`, `xdp_pass` on the edge's bridge-side veth (`<prefix>v2`): native
+/// XDP on a veth delivers XDP_TX frames only when its peer has a program (see
+/// [`crate::attach_peer_xdp_pass`]); it stays attached while the returned object lives.
+pub struct Topology {
+    pub lab: Lab,
+    pub br: String,
+    pub client: String,
+    pub edge: String,
+    pub peer_xdp: Option<aya::Ebpf>,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, peer_xdp: bool) -> anyhow::Result<Self> {
+        let mut lab = Lab::new(prefix)?;
+        let br = lab.add_bridge("br")?;
+        let client = lab.add_host("cl", &br, "198.18.0.30/24")?;
+        let edge = lab.add_host("edge", &br, "198.18.0.21/24")?;
+        lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))?;
+        let peer_xdp = match peer_xdp {
+            true => Some(crate::attach_peer_xdp_pass(&format!("{prefix}v2"))?),
+            false => None,
+        };
+        Ok(Self {
+            lab,
+            br,
+            client,
+            edge,
+            peer_xdp,
+        })
+    }
+
+    /// `(lab, br, client, edge, peer_xdp)`, for a test's own set-up struct.
+    pub fn parts(self) -> (Lab, String, String, String, Option<aya::Ebpf>) {
+        (self.lab, self.br, self.client, self.edge, self.peer_xdp)
     }
 }
 

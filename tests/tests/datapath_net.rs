@@ -9,16 +9,9 @@ use std::{
 
 use tests::{
     config::{Cluster, Config, Control, Datapath, Listener, Node},
-    netns::{Lab, in_netns},
+    netns::{Lab, NODES, Topology, VIP, in_netns},
     wait_for,
 };
-
-const VIP: &str = "198.18.0.100";
-const NODES: [(&str, &str); 3] = [
-    ("pg1", "198.18.0.11"),
-    ("pg2", "198.18.0.12"),
-    ("pg3", "198.18.0.13"),
-];
 
 struct Setup {
     lab: Lab,
@@ -53,29 +46,22 @@ fn config(lab: &Lab, mode: &str, primary: &str) -> Config {
 }
 
 fn setup(prefix: &str, mode: &str) -> Setup {
-    let mut lab = Lab::new(prefix).expect("lab");
-    let br = lab.add_bridge("br").expect("bridge");
-    let client = lab.add_host("cl", &br, "198.18.0.30/24").expect("client");
-    let edge = lab.add_host("edge", &br, "198.18.0.21/24").expect("edge");
-    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
-        .expect("vip");
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let (mut lab, br, client, edge, peer_xdp) = Topology::new(prefix, mode == "native")
+        .expect("lab")
+        .parts();
     for (name, ip) in NODES {
         let ns = lab.add_host(name, &br, &format!("{ip}/24")).expect("node");
         lab.spawn_echo(&ns, name, &format!("{ip}:5432"))
             .expect("echo");
     }
-    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
-    let peer_xdp = (mode == "native")
-        .then(|| tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass"));
     // `ip netns exec` gives pgrouter a private mount namespace: a bpffs it mounted itself
-    // would vanish with it (and the pinned link with it). Mount it here, in ours, as systemd
-    // would on a host.
-    tests::mount_bpffs(&lab.dir.join("bpf")).expect("mount bpffs");
-    let cfg_path = lab
-        .write_config("pgrouter", &config(&lab, mode, "pg1"))
-        .expect("config");
-    let pgrouter = lab
-        .spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+    // would vanish with it (and the pinned link with it). `run_pgrouter` mounts it here, in
+    // ours, as systemd would on a host.
+    let cfg = config(&lab, mode, "pg1");
+    let pins = lab.dir.join("bpf");
+    let (pgrouter, cfg_path) = lab
+        .run_pgrouter(&edge, "pgrouter", &cfg, &pins)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let s2 = socket.clone();
@@ -101,15 +87,7 @@ fn setup(prefix: &str, mode: &str) -> Setup {
 /// Connects from the client host and returns the node name the backend announces.
 fn who(stream: &mut TcpStream) -> std::io::Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        stream.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
+    tests::read_banner(stream)
 }
 
 fn connect(port: u16) -> std::io::Result<TcpStream> {

@@ -16,11 +16,10 @@ use std::{
 
 use tests::{
     config::{Cluster, Config, Control, Datapath, Listener, Node, Vrrp},
-    netns::{Lab, in_netns},
+    netns::{Lab, VIP, in_netns},
     wait_for,
 };
 
-const VIP: &str = "198.18.0.100";
 const BUDGET: Duration = Duration::from_millis(300 + 61 + 50);
 
 /// Generic XDP, static roles (pg1 primary), writes on :5000, and VRRP at 100 ms adverts
@@ -79,12 +78,10 @@ fn setup(prefix: &str) -> Net {
     for (i, prio) in [(0usize, 150u8), (1, 100)] {
         let edge = format!("edge{}", i + 1);
         // Pins on a bpffs of the host's mount namespace (see datapath_net.rs).
-        tests::mount_bpffs(&lab.dir.join(format!("{edge}-bpf"))).expect("bpffs");
-        let cfg = lab
-            .write_config(&edge, &edge_config(&lab, &edge, prio))
-            .expect("config");
+        let pins = lab.dir.join(format!("{edge}-bpf"));
+        let cfg = edge_config(&lab, &edge, prio);
         let ns = edges[i].clone();
-        lab.spawn_pgrouter(&ns, &edge, &cfg).expect("pgrouter");
+        lab.run_pgrouter(&ns, &edge, &cfg, &pins).expect("pgrouter");
     }
     let n = Net { lab, client, edges };
     wait_for("the VIP on edge1 only", Duration::from_secs(20), || {

@@ -28,7 +28,7 @@ use serde_json::Value;
 use tests::{
     config::{Cluster, Config, Control, Datapath, Health, Listener, Node, Section as _},
     frames,
-    netns::{Lab, in_netns},
+    netns::{Lab, Topology, in_netns},
     pinned::{self, Tables},
     raw::{self, Flood, RawSocket},
     wait_for,
@@ -111,7 +111,7 @@ struct Setup {
     pins: PathBuf,
     edge_mac: [u8; 6],
     client_mac: [u8; 6],
-    _peer_xdp: aya::Ebpf,
+    _peer_xdp: Option<aya::Ebpf>,
 }
 
 /// Sets pg1's Patroni state (see [`Lab::set_patroni`]).
@@ -120,17 +120,11 @@ fn set_patroni(lab: &Lab, state: &str) {
 }
 
 fn setup(prefix: &str, o: Opts) -> Setup {
-    let mut lab = Lab::new(prefix).expect("lab");
-    let br = lab.add_bridge("br").expect("bridge");
-    let client = lab
-        .add_host("cl", &br, &format!("{CLIENT}/24"))
-        .expect("client");
-    let edge = lab.add_host("edge", &br, "198.18.0.21/24").expect("edge");
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let (mut lab, br, client, edge, peer) = Topology::new(prefix, true).expect("lab").parts();
     let node = lab
         .add_host("pg1", &br, &format!("{NODE}/24"))
         .expect("node");
-    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
-        .expect("vip");
     if o.echo {
         lab.spawn_echo(&node, "pg1", &format!("{NODE}:{PG_PORT}"))
             .expect("echo");
@@ -139,17 +133,10 @@ fn setup(prefix: &str, o: Opts) -> Setup {
         lab.spawn_fake_patroni(&node, "pg1", &format!("{NODE}:8008"), "primary tl=1")
             .expect("fake patroni");
     }
-    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames; the edge's
-    // bridge-side veth is the lab's second.
-    let peer = tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass");
     // Pins on a bpffs mounted in our mount namespace (see datapath_net.rs), so this test
     // can read the flow tables.
     let pins = lab.dir.join("bpf");
-    tests::mount_bpffs(&pins).expect("bpffs");
-    let cfg_path = lab
-        .write_config("pgrouter", &config(&lab, &o))
-        .expect("config");
-    lab.spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+    lab.run_pgrouter(&edge, "pgrouter", &config(&lab, &o), &pins)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let sock = socket.clone();
@@ -267,15 +254,7 @@ fn vip(port: u16) -> SocketAddr {
 
 /// Reads pg-echo's banner line (the node's name).
 fn banner(s: &mut TcpStream) -> std::io::Result<String> {
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        s.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
+    tests::read_banner(s)
 }
 
 /// Connects to the VIP and reads pg1's banner, within `timeout` each.
@@ -772,11 +751,8 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
             ..Opts::default()
         },
     );
-    let gone_ns = s.lab.add_ns("gone").expect("ns");
     let br = s.br.clone();
-    s.lab
-        .connect(&gone_ns, "eth0", &br, "198.18.0.31/24")
-        .expect("link");
+    let gone_ns = s.lab.add_host("gone", &br, "198.18.0.31/24").expect("host");
     let gone_addr = Ipv4Addr::new(198, 18, 0, 31);
     let stream = in_netns(&gone_ns, || -> std::io::Result<TcpStream> {
         let mut c = open(5000, Duration::from_secs(3))?;
@@ -895,11 +871,8 @@ fn a_syn_flood_loses_no_held_session() {
             ..Opts::default()
         },
     );
-    let flooder = s.lab.add_ns("fl").expect("ns");
     let br = s.br.clone();
-    s.lab
-        .connect(&flooder, "eth0", &br, "198.18.0.40/24")
-        .expect("link");
+    let flooder = s.lab.add_host("fl", &br, "198.18.0.40/24").expect("host");
     let flooder_mac = raw::mac_of(&flooder, "eth0").expect("mac");
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -21,16 +21,10 @@ use std::{
 use serde_json::Value;
 use tests::{
     config::{Cluster, Config, Control, Datapath, Health, Listener, Node, Section as _},
-    netns::{Lab, in_netns},
+    netns::{Lab, NODES, Topology, VIP, in_netns},
     wait_for,
 };
 
-const VIP: &str = "198.18.0.100";
-const NODES: [(&str, &str); 3] = [
-    ("pg1", "198.18.0.11"),
-    ("pg2", "198.18.0.12"),
-    ("pg3", "198.18.0.13"),
-];
 const INTERVAL: Duration = Duration::from_secs(1);
 const FASTINTER: Duration = Duration::from_millis(200);
 const FALL: u32 = 2;
@@ -58,7 +52,7 @@ struct Setup {
     socket: String,
     /// The running `pgrouter run`.
     pgrouter: u32,
-    _peer_xdp: aya::Ebpf,
+    _peer_xdp: Option<aya::Ebpf>,
 }
 
 fn config(lab: &Lab, o: Opts) -> Config {
@@ -146,12 +140,8 @@ fn check<'a>(v: &'a Value, node_name: &str, path: &str) -> Option<&'a Value> {
 }
 
 fn setup(prefix: &str, o: Opts) -> Setup {
-    let mut lab = Lab::new(prefix).expect("lab");
-    let br = lab.add_bridge("br").expect("bridge");
-    let client = lab.add_host("cl", &br, "198.18.0.30/24").expect("client");
-    let edge = lab.add_host("edge", &br, "198.18.0.21/24").expect("edge");
-    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
-        .expect("vip");
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let (mut lab, br, client, edge, peer) = Topology::new(prefix, true).expect("lab").parts();
     for (name, ip) in NODES {
         let ns = lab.add_host(name, &br, &format!("{ip}/24")).expect("node");
         lab.spawn_echo(&ns, name, &format!("{ip}:5432"))
@@ -177,18 +167,10 @@ fn setup(prefix: &str, o: Opts) -> Setup {
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(&format!("{name}-api"))));
     }
-    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
-    let peer = tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass");
-
-    // bpffs for the pins, mounted here in the root mount namespace: `ip netns exec` gives
-    // pgrouter a private mount namespace, and a bpffs it mounted there itself would vanish
-    // (with the pinned link and maps) when it exits, unlike on a real host.
-    tests::mount_bpffs(&lab.dir.join("bpf")).expect("bpffs");
-    let cfg_path = lab
-        .write_config("pgrouter", &config(&lab, o))
-        .expect("config");
-    let pgrouter = lab
-        .spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+    // Pins on a bpffs of the host's mount namespace (see datapath_net.rs).
+    let pins = lab.dir.join("bpf");
+    let (pgrouter, _) = lab
+        .run_pgrouter(&edge, "pgrouter", &config(&lab, o), &pins)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     wait_for(
@@ -329,15 +311,7 @@ fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
 /// Reads the name the backend announces.
 fn who(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<String> {
     stream.set_read_timeout(Some(timeout))?;
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        stream.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
+    tests::read_banner(stream)
 }
 
 /// The session is alive: nothing (no reset, no EOF) arrives unasked, and bytes echo back.

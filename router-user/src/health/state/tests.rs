@@ -34,6 +34,14 @@ fn cluster() -> Cluster {
     }
 }
 
+/// A fresh state whose first checks of every node have just been taken (are in flight).
+fn checking() -> (ClusterState, Instant) {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    (s, t0)
+}
+
 fn outcome(ok: bool, role: &str, tl: u64) -> CheckOutcome {
     CheckOutcome {
         ok,
@@ -110,9 +118,7 @@ fn all_nodes_are_due_at_start_and_not_twice() {
 
 #[test]
 fn rise_two_needs_two_cycles_and_uses_fastinter_meanwhile() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     assert!(
         !s.apply(0, as_primary(t0), t0),
         "one success of rise=2 changes nothing"
@@ -130,9 +136,7 @@ fn rise_two_needs_two_cycles_and_uses_fastinter_meanwhile() {
 
 #[test]
 fn a_node_down_for_every_check_uses_downinter() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(1, unreachable(t0), t0);
     assert_eq!(
         s.nodes[1].due,
@@ -233,9 +237,7 @@ fn without_a_primary_every_node_stays_at_fastinter_until_one_is_found() {
 
 #[test]
 fn a_recheck_request_during_a_probe_applies_after_it() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(0, as_primary(t0), t0);
     s.apply(1, as_replica(t0), t0);
     let t1 = t0 + Duration::from_millis(200);
@@ -249,9 +251,7 @@ fn a_recheck_request_during_a_probe_applies_after_it() {
 
 #[test]
 fn counters_count_checks_failures_and_set_changes() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(0, as_primary(t0), t0);
     s.apply(0, as_primary(t0), t0);
     let c = s.snapshot().status.counters;
@@ -265,9 +265,7 @@ fn counters_count_checks_failures_and_set_changes() {
 
 #[test]
 fn snapshot_reports_node_facts_and_check_results() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(1, as_replica(t0), t0);
     let st = s.snapshot().status;
     let b = &st.nodes[1];

@@ -169,45 +169,22 @@ fn each_state_expires_after_its_own_timeout() {
 /// A zero field in PGR_TIMEOUTS means the default: an established flow idle an hour stays.
 #[test]
 fn zero_timeouts_mean_the_defaults() {
-    let [f, _] = flow(40000, 20000, 1, NOW - 3600 * S, 0, 0);
     let mut tally = Tally::default();
     let t = Timeouts::default();
-    let a = classify(
-        NOW,
-        &t,
-        Table::Conntrack,
-        &[f],
-        &mut |_, _| None,
-        &mut tally,
-    );
+    // One entry alone in `table`, judged with all-zero timeouts.
+    let mut alone = |table: Table, entry: (FlowKey, Flow)| {
+        classify(NOW, &t, table, &[entry], &mut |_, _| None, &mut tally)
+    };
+    let [f, _] = flow(40000, 20000, 1, NOW - 3600 * S, 0, 0);
+    let a = alone(Table::Conntrack, f);
     assert!(a.is_empty());
     let old = NOW - DEFAULT_TIMEOUT_ESTABLISHED_NS - S;
     let [f, _] = flow(40000, 20000, 1, old, 0, 0);
-    let a = classify(
-        NOW,
-        &t,
-        Table::Conntrack,
-        &[f],
-        &mut |_, _| None,
-        &mut tally,
-    );
+    let a = alone(Table::Conntrack, f);
     assert_eq!(a.len(), 1);
-    let [h, _] = flow(
-        40000,
-        20000,
-        1,
-        NOW - DEFAULT_TIMEOUT_HANDSHAKE_NS + S,
-        0,
-        0,
-    );
-    let a = classify(
-        NOW,
-        &t,
-        Table::Handshake,
-        &[h],
-        &mut |_, _| None,
-        &mut tally,
-    );
+    let young = NOW - DEFAULT_TIMEOUT_HANDSHAKE_NS + S;
+    let [h, _] = flow(40000, 20000, 1, young, 0, 0);
+    let a = alone(Table::Handshake, h);
     assert!(a.is_empty());
 }
 

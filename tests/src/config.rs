@@ -29,19 +29,6 @@ pub enum Value {
     Inline(Table),
 }
 
-impl Value {
-    /// An inline table from `(key, value)` pairs.
-    pub fn inline<K: Into<String>, V: Into<Value>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        let mut t = Table::default();
-        for (k, v) in pairs {
-            t.set(k, v);
-        }
-        Value::Inline(t)
-    }
-}
-
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
         Value::Str(s.to_owned())
@@ -70,11 +57,6 @@ impl From<bool> for Value {
 impl From<Duration> for Value {
     fn from(d: Duration) -> Self {
         Value::Duration(d)
-    }
-}
-impl From<Table> for Value {
-    fn from(t: Table) -> Self {
-        Value::Inline(t)
     }
 }
 macro_rules! int_value {

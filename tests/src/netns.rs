@@ -261,12 +261,6 @@ impl Lab {
         Ok((pid, path))
     }
 
-    /// The pid recorded for process `name`.
-    pub fn pid(&self, name: &str) -> anyhow::Result<u32> {
-        let text = fs::read_to_string(self.dir.join(format!("{name}.pid")))?;
-        Ok(text.trim().parse()?)
-    }
-
     /// SIGKILLs one process this lab started.
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|c| c.id() == pid) {

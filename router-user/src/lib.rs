@@ -12,3 +12,17 @@ pub mod model;
 pub mod sdnotify;
 pub mod status;
 pub mod vrrp;
+
+/// The one config builder of all tests (std only), shared with the `tests` crate and with the
+/// integration tests (`tests/common`): unit tests build their TOML with it.
+#[cfg(test)]
+#[path = "../../tests/src/config.rs"]
+#[allow(dead_code, reason = "each test module uses a different subset")]
+pub(crate) mod test_config;
+
+/// A flow's two table entries as the data path writes them (std and `router_ebpf` only),
+/// shared with the `tests` crate.
+#[cfg(test)]
+#[path = "../../tests/src/flows.rs"]
+#[allow(dead_code, reason = "each test module uses a different subset")]
+pub(crate) mod test_flows;

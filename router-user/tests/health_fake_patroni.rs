@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_patroni::{FakePatroni, Mode, Sim};
+use common::{
+    builder::{self, Config, Health, Listener, Node, Section as _},
+    fake_patroni::{FakePatroni, Mode, Sim},
+};
 use pgrouter::config::{self, Cluster};
 use pgrouter::health::{self, ClusterSnapshot};
 use pgrouter::model::BackendState;
@@ -14,42 +17,35 @@ use tokio::sync::watch;
 /// Generous: the machine is shared with compilers.
 const WITHIN: Duration = Duration::from_secs(10);
 
+const VIP: &str = "198.18.0.100";
+
 /// interval 300ms, fastinter 100ms, downinter 300ms, timeout 300ms, fall 2, rise 1.
 /// Listeners: W (primary, 5000), R (replica + fallback primary, 5001), plus `extra`.
-fn cluster(nodes: &[&FakePatroni], extra: &str) -> Cluster {
-    let mut text = String::from(
-        r#"
-[[cluster]]
-name = "pg1"
-[cluster.health]
-interval = "300ms"
-fastinter = "100ms"
-downinter = "300ms"
-timeout = "300ms"
-fall = 2
-rise = 1
-[[cluster.listener]]
-name = "W"
-vip = "198.18.0.100"
-port = 5000
-kind = "primary"
-[[cluster.listener]]
-name = "R"
-vip = "198.18.0.100"
-port = 5001
-kind = "replica"
-fallback = "primary"
-"#,
-    );
-    text.push_str(extra);
-    for (i, n) in nodes.iter().enumerate() {
-        text.push_str(&format!(
-            "[[cluster.node]]\nname = \"n{i}\"\nhost = \"127.0.0.1\"\nport = {}\napi_port = {}\n",
-            5432 + i,
-            n.port()
-        ));
+fn cluster(nodes: &[&FakePatroni], extra: &[Listener]) -> Cluster {
+    let mut c = builder::Cluster::new("pg1")
+        .health(
+            Health::new()
+                .interval(Duration::from_millis(300))
+                .fastinter(Duration::from_millis(100))
+                .downinter(Duration::from_millis(300))
+                .timeout(Duration::from_millis(300))
+                .fall(2)
+                .rise(1),
+        )
+        .listener(Listener::primary("W", VIP, 5000))
+        .listener(Listener::replica_or_primary("R", VIP, 5001));
+    for l in extra {
+        c = c.listener(l.clone());
     }
-    match config::parse(&text, "test.toml") {
+    for (i, n) in nodes.iter().enumerate() {
+        let port = 5432 + i as u16;
+        c = c.node(
+            Node::new(&format!("n{i}"), "127.0.0.1")
+                .set("port", port)
+                .set("api_port", n.port()),
+        );
+    }
+    match config::parse(&Config::new().cluster(c).to_toml(), "test.toml") {
         Ok(mut c) => c.clusters.remove(0),
         Err(e) => panic!("test config invalid:\n{e}"),
     }
@@ -107,7 +103,7 @@ fn is(s: &ClusterSnapshot, listener: &str, want: &[&str]) -> bool {
 async fn writes_reach_the_primary_and_reads_the_replica() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     // A fresh controller sends nothing anywhere before its first passing checks.
     let first = rx.borrow().clone();
@@ -148,7 +144,7 @@ async fn writes_reach_the_primary_and_reads_the_replica() {
 async fn switchover_moves_writes_within_a_fastinter() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
-    let mut cfg = cluster(&[&a, &b], "");
+    let mut cfg = cluster(&[&a, &b], &[]);
     // A long interval, so that only the cluster-wide re-check can explain a fast move.
     cfg.health.interval = Duration::from_secs(2);
     let h = health::spawn_cluster(&cfg);
@@ -190,7 +186,7 @@ async fn switchover_moves_writes_within_a_fastinter() {
 async fn reads_fall_back_to_primary_when_the_replica_answers_503() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     wait_for(&mut rx, "R=[n1]", |s| is(s, "R", &["n1"])).await;
 
@@ -225,9 +221,8 @@ async fn lagging_replica_leaves_the_lag_limited_listener() {
     let mut lagging = Sim::replica(3);
     lagging.lag = 20 * 1024 * 1024;
     let b = FakePatroni::sim(lagging).await;
-    let extra = "[[cluster.listener]]\nname = \"RL\"\nvip = \"198.18.0.100\"\nport = 5002\n\
-                 kind = \"replica\"\nlag = \"10MB\"\n";
-    let h = health::spawn_cluster(&cluster(&[&a, &b], extra));
+    let extra = [Listener::new("RL", VIP, 5002, "replica").set("lag", "10MB")];
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &extra));
     let mut rx = h.desired();
     let s = wait_for(&mut rx, "R=[n1], RL=[] with n1 down for it", |s| {
         is(s, "R", &["n1"])
@@ -257,7 +252,7 @@ async fn timeouts_mark_down_and_slow_answers_do_not() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
     b.set_delay(Duration::from_millis(100));
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     let s = wait_for(&mut rx, "R=[n1] despite 100ms answers", |s| {
         is(s, "R", &["n1"])
@@ -286,7 +281,7 @@ async fn timeouts_mark_down_and_slow_answers_do_not() {
 async fn refused_connections_mark_down_until_patroni_is_back() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let mut b = FakePatroni::sim(Sim::replica(3)).await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     wait_for(&mut rx, "R=[n1]", |s| is(s, "R", &["n1"])).await;
     b.refuse().await;
@@ -325,7 +320,7 @@ async fn garbage_truncated_and_closed_answers_fail() {
     for mode in broken {
         let a = FakePatroni::sim(Sim::primary(3)).await;
         let b = FakePatroni::sim(Sim::replica(3)).await;
-        let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+        let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
         let mut rx = h.desired();
         wait_for(&mut rx, "R=[n1]", |s| is(s, "R", &["n1"])).await;
         b.set(mode.clone());
@@ -346,7 +341,7 @@ async fn leader_lock_without_running_postgres_gets_no_writes() {
     starting.state = "starting".into();
     let a = FakePatroni::sim(starting).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     let s = wait_for(&mut rx, "n0 primary check failing twice", |s| {
         s.status.nodes[0].checks[0].failures >= 2 && is(s, "R", &["n1"])
@@ -372,7 +367,7 @@ async fn master_role_name_counts_as_primary() {
     old.role = "master".into();
     let a = FakePatroni::sim(old).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     wait_for(&mut rx, "W=[n0]", |s| is(s, "W", &["n0"])).await;
     h.shutdown();
@@ -383,7 +378,7 @@ async fn master_role_name_counts_as_primary() {
 async fn two_primaries_never_both_get_writes() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let b = FakePatroni::sim(Sim::primary(4)).await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     let s = wait_for(&mut rx, "split brain resolved to n1", |s| {
         s.status.split_brain && is(s, "W", &["n1"])
@@ -422,7 +417,7 @@ async fn unreachable_cluster_never_gets_connections() {
     let mut b = FakePatroni::sim(Sim::replica(3)).await;
     a.refuse().await;
     b.refuse().await;
-    let h = health::spawn_cluster(&cluster(&[&a, &b], ""));
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &[]));
     let mut rx = h.desired();
     let s = wait_for(&mut rx, "every check down", |s| {
         s.status
@@ -450,7 +445,7 @@ async fn unreachable_cluster_never_gets_connections() {
 #[tokio::test]
 async fn basic_auth_is_sent() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
-    let mut c = cluster(&[&a], "");
+    let mut c = cluster(&[&a], &[]);
     c.api.username = Some("patroni".into());
     c.api.password = Some("secret".into());
     let h = health::spawn_cluster(&c);
@@ -464,31 +459,17 @@ async fn basic_auth_is_sent() {
 /// `checks = "static"`: roles from the config, no probes.
 #[tokio::test]
 async fn static_cluster_publishes_config_roles() {
-    let text = r#"
-[[cluster]]
-name = "pg1"
-checks = "static"
-[[cluster.node]]
-name = "a"
-host = "198.18.0.11"
-role = "replica"
-[[cluster.node]]
-name = "b"
-host = "198.18.0.12"
-role = "primary"
-[[cluster.listener]]
-name = "W"
-vip = "198.18.0.100"
-port = 5000
-kind = "primary"
-[[cluster.listener]]
-name = "R"
-vip = "198.18.0.100"
-port = 5001
-kind = "replica"
-fallback = "primary"
-"#;
-    let cfg = match config::parse(text, "static.toml") {
+    let text = Config::new()
+        .cluster(
+            builder::Cluster::new("pg1")
+                .checks("static")
+                .node(Node::new("a", "198.18.0.11").role("replica"))
+                .node(Node::new("b", "198.18.0.12").role("primary"))
+                .listener(Listener::primary("W", VIP, 5000))
+                .listener(Listener::replica_or_primary("R", VIP, 5001)),
+        )
+        .to_toml();
+    let cfg = match config::parse(&text, "static.toml") {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
@@ -509,9 +490,8 @@ fallback = "primary"
 async fn read_only_listener_serves_primary_and_replicas() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
     let b = FakePatroni::sim(Sim::replica(3)).await;
-    let extra = "[[cluster.listener]]\nname = \"RO\"\nvip = \"198.18.0.100\"\nport = 5003\n\
-                 kind = \"read-only\"\n";
-    let h = health::spawn_cluster(&cluster(&[&a, &b], extra));
+    let extra = [Listener::new("RO", VIP, 5003, "read-only")];
+    let h = health::spawn_cluster(&cluster(&[&a, &b], &extra));
     let mut rx = h.desired();
     wait_for(&mut rx, "RO=[n0,n1]", |s| is(s, "RO", &["n0", "n1"])).await;
     assert!(
@@ -531,7 +511,7 @@ async fn read_only_listener_serves_primary_and_replicas() {
 #[tokio::test]
 async fn shutdown_stops_probing() {
     let a = FakePatroni::sim(Sim::primary(3)).await;
-    let h = health::spawn_cluster(&cluster(&[&a], ""));
+    let h = health::spawn_cluster(&cluster(&[&a], &[]));
     let mut rx = h.desired();
     wait_for(&mut rx, "W=[n0]", |s| is(s, "W", &["n0"])).await;
     drop(h);

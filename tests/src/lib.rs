@@ -1,9 +1,13 @@
 //! Shared helpers for pgrouter's root-only tests: network namespaces that clean up after
-//! themselves, commands with bounded waits, and frame builders.
+//! themselves, the daemon's configs, commands with bounded waits, frame builders and
+//! `BPF_PROG_TEST_RUN`.
+pub mod config;
+pub mod flows;
 pub mod frames;
 pub mod netns;
 pub mod pinned;
 pub mod raw;
+pub mod xdp;
 
 use std::{
     process::{Command, Output},
@@ -47,45 +51,37 @@ pub fn wait_for<T>(
     }
 }
 
-/// Moves the calling thread into a new, anonymous network namespace. It disappears with the
-/// thread, so kernel tests need no clean-up of their own.
-pub fn enter_private_netns() -> anyhow::Result<()> {
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Runs `f` on a thread that has joined the named namespace `ns` (from `ip netns add`), so
-/// test code can open real sockets as a host of the lab would.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{ns}");
-    let h = std::thread::spawn(move || -> anyhow::Result<T> {
-        let file = std::fs::File::open(&path)?;
-        use std::os::fd::AsRawFd as _;
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            anyhow::bail!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    });
-    h.join()
-        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
-}
-
 /// The `pgrouter` binary next to this test binary (built by `cargo xtask test` first).
 pub fn pgrouter_bin() -> std::path::PathBuf {
+    bin("pgrouter", "run `cargo build -p router-user` first")
+}
+
+/// A binary of this crate (`pgr-echo`, `pgr-fake-patroni`), built by cargo with its tests.
+pub fn test_bin(name: &str) -> std::path::PathBuf {
+    bin(name, "run `cargo build -p tests --bins` first")
+}
+
+/// `name` in the folder above this test binary's (`target/debug`).
+fn bin(name: &str, hint: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("pgrouter");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p router-user` first",
-        bin.display()
-    );
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} missing: {hint}", bin.display());
     bin
+}
+
+/// Reads the banner `pgr-echo` sends first: the node's name and a newline (byte by byte, so
+/// nothing after it is consumed).
+pub fn read_banner(stream: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut name = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        stream.read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&name).into_owned());
+        }
+        name.push(b[0]);
+    }
 }
 
 /// The running daemon's status (`pgrouter status --json` read into the status contract's

@@ -1,13 +1,46 @@
-//! Network namespaces, bridges and veths for tests, named by a per-test prefix. `Lab::new`
-//! first removes whatever an earlier, killed run with the same prefix left (namespaces, links,
-//! processes by pidfile, bpffs mounts), and `Drop` removes everything again, also on panic.
+//! Network namespaces for tests: [`in_netns`] runs code inside a named one,
+//! [`enter_private`] gives a thread its own, and a [`Lab`] builds bridges, veths and hosts
+//! named by a per-test prefix. `Lab::new` first removes whatever an earlier, killed run with
+//! the same prefix left (namespaces, links, processes by pidfile, bpffs mounts), and `Drop`
+//! removes everything again, also on panic.
 use std::{
     fs,
-    path::PathBuf,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
-use crate::{run, sh};
+use crate::{config::Config, run, sh};
+
+/// Runs `f` on a thread that has joined the named namespace `ns` (from `ip netns add`), so
+/// test code can open real sockets as a host of the lab would; returns what `f` returned.
+/// To keep it running in the background, call this on a thread of your own.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = fs::File::open(&path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let h = std::thread::spawn(move || -> anyhow::Result<T> {
+        // SAFETY: setns(2) on an open namespace file; affects only this new thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    h.join()
+        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+/// Moves the calling thread into a new, anonymous network namespace. It disappears with the
+/// thread, so kernel tests need no clean-up of their own.
+pub fn enter_private() -> anyhow::Result<()> {
+    // SAFETY: unshare(2) of the calling thread's network namespace only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 pub struct Lab {
     pub prefix: String,
@@ -124,6 +157,13 @@ impl Lab {
         Ok(())
     }
 
+    /// A new namespace `short` joined to bridge `br` as `eth0` with address `cidr`.
+    pub fn add_host(&mut self, short: &str, br: &str, cidr: &str) -> anyhow::Result<String> {
+        let ns = self.add_ns(short)?;
+        self.connect(&ns, "eth0", br, cidr)?;
+        Ok(ns)
+    }
+
     /// Runs a command in `ns` to completion.
     pub fn exec(&self, ns: &str, script: &str) -> anyhow::Result<String> {
         sh(&format!(
@@ -150,15 +190,75 @@ impl Lab {
     }
 
     /// Runs the real daemon, `pgrouter run -c CONFIG`, in `ns` (log and pid file `name`).
-    pub fn spawn_pgrouter(
-        &mut self,
-        ns: &str,
-        name: &str,
-        config: &std::path::Path,
-    ) -> anyhow::Result<u32> {
+    pub fn spawn_pgrouter(&mut self, ns: &str, name: &str, config: &Path) -> anyhow::Result<u32> {
         let bin = crate::pgrouter_bin();
         let (bin, config) = (bin.to_string_lossy(), config.to_string_lossy());
         self.spawn(ns, name, &[&bin, "run", "-c", &config])
+    }
+
+    /// A PostgreSQL stand-in in `ns`, `pgr-echo` on `addr` (`IP:PORT`): it announces `name`
+    /// and a newline, then echoes. Log and pid file `name`.
+    pub fn spawn_echo(&mut self, ns: &str, name: &str, addr: &str) -> anyhow::Result<u32> {
+        let bin = crate::test_bin("pgr-echo");
+        self.spawn(ns, name, &[&bin.to_string_lossy(), name, addr])
+    }
+
+    /// A fake Patroni REST API for `node` in `ns` on `addr`, answering as `state` says (see
+    /// [`Lab::set_patroni`]). Log and pid file `<node>-api`.
+    pub fn spawn_fake_patroni(
+        &mut self,
+        ns: &str,
+        node: &str,
+        addr: &str,
+        state: &str,
+    ) -> anyhow::Result<u32> {
+        self.set_patroni(&[(node, state)])?;
+        let bin = crate::test_bin("pgr-fake-patroni");
+        let file = self.dir.join(format!("{node}.state"));
+        let (bin, file) = (bin.to_string_lossy(), file.to_string_lossy());
+        self.spawn(ns, &format!("{node}-api"), &[&bin, node, addr, &file])
+    }
+
+    /// Sets nodes' fake Patroni states (`"primary tl=1"`, …): all written first, then renamed
+    /// into place back to back, so they take effect together (each fake re-reads its file on
+    /// every request).
+    pub fn set_patroni(&self, states: &[(&str, &str)]) -> anyhow::Result<()> {
+        for (node, state) in states {
+            fs::write(
+                self.dir.join(format!("{node}.state.tmp")),
+                format!("{state}\n"),
+            )?;
+        }
+        for (node, _) in states {
+            fs::rename(
+                self.dir.join(format!("{node}.state.tmp")),
+                self.dir.join(format!("{node}.state")),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes `config` to `<dir>/<name>.toml` and returns the path.
+    pub fn write_config(&self, name: &str, config: &Config) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.toml"));
+        config.write(&path)?;
+        Ok(path)
+    }
+
+    /// Starts `pgrouter run` in `ns` as a host would: its pins on a bpffs mounted at `pins`
+    /// from our mount namespace (see [`crate::mount_bpffs`]), `config` written to
+    /// `<dir>/<name>.toml`, log and pid file `name`. Returns the pid and the config's path.
+    pub fn run_pgrouter(
+        &mut self,
+        ns: &str,
+        name: &str,
+        config: &Config,
+        pins: &Path,
+    ) -> anyhow::Result<(u32, PathBuf)> {
+        crate::mount_bpffs(pins)?;
+        let path = self.write_config(name, config)?;
+        let pid = self.spawn_pgrouter(ns, name, &path)?;
+        Ok((pid, path))
     }
 
     /// SIGKILLs one process this lab started.
@@ -190,6 +290,54 @@ impl Lab {
 
     pub fn log(&self, name: &str) -> String {
         fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// The service address of [`Topology`]'s edge host.
+pub const VIP: &str = "198.18.0.100";
+/// The PostgreSQL nodes the network tests put on [`Topology`]'s bridge, and their addresses.
+pub const NODES: [(&str, &str); 3] = [
+    ("pg1", "198.18.0.11"),
+    ("pg2", "198.18.0.12"),
+    ("pg3", "198.18.0.13"),
+];
+
+/// The network tests' edge-host lab: bridge `br`; the client `cl` at 198.18.0.30 and the
+/// edge host `edge` at 198.18.0.21, which holds the [`VIP`] (/32), each on `eth0`; nodes
+/// ([`NODES`]) come after. With `peer_xdp`, `xdp_pass` on the edge's bridge-side veth (`<prefix>v2`): native
+/// XDP on a veth delivers XDP_TX frames only when its peer has a program (see
+/// [`crate::attach_peer_xdp_pass`]); it stays attached while the returned object lives.
+pub struct Topology {
+    pub lab: Lab,
+    pub br: String,
+    pub client: String,
+    pub edge: String,
+    pub peer_xdp: Option<aya::Ebpf>,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, peer_xdp: bool) -> anyhow::Result<Self> {
+        let mut lab = Lab::new(prefix)?;
+        let br = lab.add_bridge("br")?;
+        let client = lab.add_host("cl", &br, "198.18.0.30/24")?;
+        let edge = lab.add_host("edge", &br, "198.18.0.21/24")?;
+        lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))?;
+        let peer_xdp = match peer_xdp {
+            true => Some(crate::attach_peer_xdp_pass(&format!("{prefix}v2"))?),
+            false => None,
+        };
+        Ok(Self {
+            lab,
+            br,
+            client,
+            edge,
+            peer_xdp,
+        })
+    }
+
+    /// `(lab, br, client, edge, peer_xdp)`, for a test's own set-up struct.
+    pub fn parts(self) -> (Lab, String, String, String, Option<aya::Ebpf>) {
+        (self.lab, self.br, self.client, self.edge, self.peer_xdp)
     }
 }
 

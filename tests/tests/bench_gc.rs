@@ -7,7 +7,10 @@
 //! - baseline: one full walk the old way (`HashMap::iter`, a syscall or two per key), timed;
 //! - the GC executor ticks for `PGR_BENCH_GC_SECS` (30) s; measured: the thread's CPU time
 //!   (getrusage) over the wall time, entries walked per second, time per full cycle.
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use pgrouter::dataplane::{
     Applied, Datapath, LoadOptions, Maps,
@@ -15,9 +18,10 @@ use pgrouter::dataplane::{
     host,
 };
 use router_ebpf::{
-    BACKEND_ACTIVE, Backend, DEFAULT_HS_ENTRIES, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN,
-    FLOW_F_CLOSED, FLOW_F_REPLY, Flow, FlowKey, PROTO_TCP, Timeouts,
+    BACKEND_ACTIVE, Backend, DEFAULT_HS_ENTRIES, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, Flow,
+    FlowKey, Timeouts,
 };
+use tests::flows::Tuple;
 
 /// The table holds two entries per flow; 2^21 leaves room for 1,000,000 flows.
 const CT_ENTRIES: u32 = 2_097_152;
@@ -38,17 +42,12 @@ fn thread_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn v4(a: u32) -> [u32; 4] {
-    [a.to_be(), 0, 0, 0]
-}
-
 /// Flow `i`: client 198.18.(i / 50,000 spread).x:port → VIP 198.18.0.100:5000, backend node
 /// 198.18.0.11–13:5432, SNAT address 198.19.(i / 60,000).1 port 1024 + i % 60,000 (unique
 /// reply keys). Returns (forward key, forward entry, reply key, reply entry).
 fn flow(i: u32, now: u64, uptime_ns: u64) -> (FlowKey, Flow, FlowKey, Flow) {
     let client = u32::from_be_bytes([198, 18, 0, 0]) + 256 + i / 50_000;
     let cport = (10_000 + i % 50_000) as u16;
-    let vip = u32::from_be_bytes([198, 18, 0, 100]);
     let node = u32::from_be_bytes([198, 18, 0, 11]) + i % 3;
     let snat = u32::from_be_bytes([198, 19, 0, 1]) + ((i / 60_000) << 8);
     let sport = (1024 + i % 60_000) as u16;
@@ -61,46 +60,13 @@ fn flow(i: u32, now: u64, uptime_ns: u64) -> (FlowKey, Flow, FlowKey, Flow) {
         _ => (0, u64::from(i % 5000) * 1_000_000),
     };
     let last_seen = now.saturating_sub(age);
-    let fk = FlowKey {
-        saddr: v4(client),
-        daddr: v4(vip),
-        sport: cport.to_be(),
-        dport: 5000u16.to_be(),
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
+    let tuple = Tuple {
+        client: (Ipv4Addr::from(client), cport),
+        vip: (Ipv4Addr::new(198, 18, 0, 100), 5000),
+        snat: (Ipv4Addr::from(snat), sport),
+        node: (Ipv4Addr::from(node), 5432),
     };
-    let fwd = Flow {
-        saddr: v4(snat),
-        daddr: v4(node),
-        sport: sport.to_be(),
-        dport: 5432u16.to_be(),
-        backend_id: i % 3,
-        service_id: 0,
-        flags,
-        last_seen,
-        ..Flow::default()
-    };
-    let rk = FlowKey {
-        saddr: v4(node),
-        daddr: v4(snat),
-        sport: 5432u16.to_be(),
-        dport: sport.to_be(),
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    };
-    let rep = Flow {
-        saddr: v4(vip),
-        daddr: v4(client),
-        sport: 5000u16.to_be(),
-        dport: cport.to_be(),
-        backend_id: i % 3,
-        service_id: 0,
-        flags: FLOW_F_REPLY,
-        last_seen,
-        ..Flow::default()
-    };
+    let [(fk, fwd), (rk, rep)] = tuple.entries(i % 3, flags, last_seen, last_seen);
     (fk, fwd, rk, rep)
 }
 

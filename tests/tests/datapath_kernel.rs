@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     panic::AssertUnwindSafe,
     sync::{
         Barrier, Mutex,
@@ -19,7 +19,7 @@ use std::{
     },
 };
 
-use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use pgrouter::{
     dataplane::{
         Applied, Datapath, LoadOptions, Maps, gc::request_bytes, host::monotonic_ns, plan, sweep,
@@ -27,11 +27,14 @@ use pgrouter::{
     model::{BackendKey, BackendState, Balance, DesiredBackend, DesiredListener, ListenerKey},
 };
 use router_ebpf::{
-    FAMILY_IPV4, FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, Flow, FlowKey, GC_F_FORCE,
-    GC_OP_ADJUST, GC_OP_REAP, GC_PROGRAM_NAME, GcRequest, MAX_BACKENDS, PROGRAM_NAME, PROTO_TCP,
-    Timeouts, counter,
+    FLOW_F_CLOSED, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, Flow, FlowKey, GC_F_FORCE, GC_OP_ADJUST,
+    GC_OP_REAP, GC_PROGRAM_NAME, GcRequest, MAX_BACKENDS, PROGRAM_NAME, Timeouts, counter,
 };
-use tests::frames::{self, Tcp};
+use tests::{
+    flows::key,
+    frames::{self, Tcp},
+    xdp::Ran,
+};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -92,7 +95,7 @@ impl K {
     }
 
     fn with_conntrack(conntrack_entries: u32) -> Self {
-        tests::enter_private_netns().expect("private netns");
+        tests::netns::enter_private().expect("private netns");
         let script = format!(
             "ip link add k0 address {edge} type veth peer name k1 && ip link set k0 up && ip link set k1 up \
              && ip addr add 198.18.1.1/24 dev k0 && ip addr add 198.18.2.1/24 dev k0 \
@@ -157,7 +160,9 @@ impl K {
         self.applied = next;
     }
 
-    fn run_on(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    /// Runs `prog` (loaded first if it is not yet, like the baseline) `repeat` times on
+    /// `frame` arriving on k0.
+    fn test_run(&mut self, prog: &str, frame: &[u8], repeat: u32) -> Ran {
         let xdp: &mut Xdp = self
             .dp
             .ebpf
@@ -168,18 +173,13 @@ impl K {
         if xdp.fd().is_err() {
             xdp.load().expect("load baseline");
         }
-        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let ctx = xdp_md(frame.len(), self.ifindex);
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let r = xdp.test_run(opts).expect("test_run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        let fd = xdp.fd().expect("loaded").as_fd();
+        tests::xdp::test_run(fd, frame, self.ifindex, repeat).expect("test_run")
+    }
+
+    fn run_on(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let r = self.test_run(prog, frame, 1);
+        (r.verdict, r.frame)
     }
 
     /// A loaded program by fd, for threads.
@@ -279,47 +279,11 @@ struct Raw {
 
 impl Run for Raw {
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        raw_test_run(self.fd, frame, self.ifindex)
+        // SAFETY: the fd stays open while the `K` it came from lives, which outlives `self`.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let r = tests::xdp::test_run(fd, frame, self.ifindex, 1).expect("BPF_PROG_TEST_RUN");
+        (r.verdict, r.frame)
     }
-}
-
-/// `struct xdp_md` for test_run: data = 0, data_end = frame length (the kernel requires it),
-/// data_meta = 0, ingress_ifindex, rx_queue_index = 0, egress_ifindex = 0.
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-/// BPF_PROG_TEST_RUN straight from a thread: aya's wrapper needs `&mut` on the program.
-fn raw_test_run(prog_fd: i32, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let ctx = xdp_md(frame.len(), ifindex);
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
-    attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
-    attr[32..36].copy_from_slice(&1u32.to_ne_bytes()); // repeat
-    attr[40..44].copy_from_slice(&(ctx.len() as u32).to_ne_bytes());
-    attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: `union bpf_attr`'s test member, zero-padded; the buffers outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, 10, attr.as_mut_ptr(), attr.len() as u32) };
-    assert_eq!(
-        r,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    // data_size_out (offset 12) is in/out: the room given, then the frame's length.
-    let size_out = u32::from_ne_bytes([attr[12], attr[13], attr[14], attr[15]]);
-    out.truncate(size_out as usize);
-    (
-        u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]]),
-        out,
-    )
 }
 
 fn mac(m: [u8; 6]) -> String {
@@ -456,18 +420,6 @@ struct Conn {
     node: Ipv4Addr,
     /// The SNAT port of the backend leg.
     snat: u16,
-}
-
-fn key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
-    FlowKey {
-        saddr: [u32::from_ne_bytes(src.0.octets()), 0, 0, 0],
-        daddr: [u32::from_ne_bytes(dst.0.octets()), 0, 0, 0],
-        sport: src.1.to_be(),
-        dport: dst.1.to_be(),
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
 }
 
 impl Conn {
@@ -1867,49 +1819,15 @@ fn bench_test_run_ns_per_packet() {
     let est_frame = handshake(&mut k, (CLIENT, 60000), 5000)
         .client_seg()
         .build(b"Q\x00\x00\x00\x0dselect 1\x00");
-    let repeat = |k: &mut K, prog: &str, frame: &[u8]| -> Result<f64, ProgramError> {
-        let xdp: &mut Xdp =
-            k.dp.ebpf
-                .program_mut(prog)
-                .expect("prog")
-                .try_into()
-                .expect("xdp");
-        if xdp.fd().is_err() {
-            xdp.load()?;
-        }
-        let ctx = xdp_md(frame.len(), k.ifindex);
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = xdp.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: n,
-            ..Default::default()
-        })?;
-        Ok(r.duration.as_nanos() as f64)
+    let repeat = |k: &mut K, prog: &str, frame: &[u8]| -> f64 {
+        k.test_run(prog, frame, n).duration.as_nanos() as f64
     };
-    let base = repeat(&mut k, "baseline_tx", &est_frame).expect("baseline");
-    let est = repeat(&mut k, PROGRAM_NAME, &est_frame).expect("established");
+    let base = repeat(&mut k, "baseline_tx", &est_frame);
+    let est = repeat(&mut k, PROGRAM_NAME, &est_frame);
     // A new flow can only be measured one run at a time (a repeat would find the flow), so
     // the baseline is measured the same way for a like-for-like ratio.
     let single = |k: &mut K, prog: &str, f: &[u8]| -> f64 {
-        let xdp: &mut Xdp =
-            k.dp.ebpf
-                .program_mut(prog)
-                .expect("prog")
-                .try_into()
-                .expect("xdp");
-        let ctx = xdp_md(f.len(), k.ifindex);
-        let mut out = vec![0u8; f.len() + 256];
-        let r = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(f),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .expect("single run");
-        r.duration.as_nanos() as f64
+        k.test_run(prog, f, 1).duration.as_nanos() as f64
     };
     let syns = 5000u16;
     let mut syn_total = 0f64;

@@ -7,99 +7,61 @@ use std::{
     time::Duration,
 };
 
-use tests::{in_netns, netns::Lab, wait_for};
-
-const VIP: &str = "198.18.0.100";
-const NODES: [(&str, &str); 3] = [
-    ("pg1", "198.18.0.11"),
-    ("pg2", "198.18.0.12"),
-    ("pg3", "198.18.0.13"),
-];
+use tests::{
+    config::{Cluster, Config, Control, Datapath, Listener, Node},
+    netns::{Lab, NODES, Topology, VIP, in_netns},
+    wait_for,
+};
 
 struct Setup {
     lab: Lab,
     client: String,
     socket: String,
     config: std::path::PathBuf,
+    /// The running `pgrouter run`.
+    pgrouter: u32,
     _peer_xdp: Option<aya::Ebpf>,
 }
 
-fn config(lab: &Lab, mode: &str, primary: &str) -> String {
-    let mut nodes = String::new();
+/// XDP in `mode` on the edge; static roles, `primary` the primary and the others replicas;
+/// writes on :5000, reads on :5001 with the primary as fallback.
+fn config(lab: &Lab, mode: &str, primary: &str) -> Config {
+    let mut cluster = Cluster::new("pg").checks("static");
     for (name, ip) in NODES {
         let role = if name == primary {
             "primary"
         } else {
             "replica"
         };
-        nodes.push_str(&format!(
-            "[[cluster.node]]\nname = \"{name}\"\nhost = \"{ip}\"\nrole = \"{role}\"\n\n"
-        ));
+        cluster = cluster.node(Node::new(name, ip).role(role));
     }
-    format!(
-        r#"[datapath]
-interfaces = ["eth0"]
-mode = "{mode}"
-pin_path = "{dir}/bpf"
-snat_ports = "40000-44999"
-
-[control]
-socket = "{dir}/pgrouter.sock"
-metrics = ""
-
-[[cluster]]
-name = "pg"
-checks = "static"
-
-{nodes}[[cluster.listener]]
-name = "PG1"
-vip = "{VIP}"
-port = 5000
-kind = "primary"
-
-[[cluster.listener]]
-name = "PG1_ro"
-vip = "{VIP}"
-port = 5001
-kind = "replica"
-fallback = "primary"
-"#,
-        dir = lab.dir.display()
-    )
+    Config::new()
+        .datapath(Datapath::new("eth0", mode, lab.dir.join("bpf")).snat_ports("40000-44999"))
+        .control(Control::new(lab.dir.join("pgrouter.sock")))
+        .cluster(
+            cluster
+                .listener(Listener::primary("PG1", VIP, 5000))
+                .listener(Listener::replica_or_primary("PG1_ro", VIP, 5001)),
+        )
 }
 
 fn setup(prefix: &str, mode: &str) -> Setup {
-    let mut lab = Lab::new(prefix).expect("lab");
-    let br = lab.add_bridge("br").expect("bridge");
-    let client = lab.add_ns("cl").expect("ns");
-    let edge = lab.add_ns("edge").expect("ns");
-    lab.connect(&client, "eth0", &br, "198.18.0.30/24")
-        .expect("client link");
-    lab.connect(&edge, "eth0", &br, "198.18.0.21/24")
-        .expect("edge link");
-    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
-        .expect("vip");
-    for (name, ip) in NODES {
-        let ns = lab.add_ns(name).expect("ns");
-        lab.connect(&ns, "eth0", &br, &format!("{ip}/24"))
-            .expect("node link");
-        lab.spawn(
-            &ns,
-            name,
-            &[env!("CARGO_BIN_EXE_pgr-echo"), name, &format!("{ip}:5432")],
-        )
-        .expect("echo");
-    }
     // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
-    let peer_xdp = (mode == "native")
-        .then(|| tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass"));
+    let (mut lab, br, client, edge, peer_xdp) = Topology::new(prefix, mode == "native")
+        .expect("lab")
+        .parts();
+    for (name, ip) in NODES {
+        let ns = lab.add_host(name, &br, &format!("{ip}/24")).expect("node");
+        lab.spawn_echo(&ns, name, &format!("{ip}:5432"))
+            .expect("echo");
+    }
     // `ip netns exec` gives pgrouter a private mount namespace: a bpffs it mounted itself
-    // would vanish with it (and the pinned link with it). Mount it here, in ours, as systemd
-    // would on a host.
-    tests::mount_bpffs(&lab.dir.join("bpf")).expect("mount bpffs");
-    let cfg_path = lab.dir.join("pgrouter.toml");
-    std::fs::write(&cfg_path, config(&lab, mode, "pg1")).expect("config");
-    lab.spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+    // would vanish with it (and the pinned link with it). `run_pgrouter` mounts it here, in
+    // ours, as systemd would on a host.
+    let cfg = config(&lab, mode, "pg1");
+    let pins = lab.dir.join("bpf");
+    let (pgrouter, cfg_path) = lab
+        .run_pgrouter(&edge, "pgrouter", &cfg, &pins)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let s2 = socket.clone();
@@ -114,6 +76,7 @@ fn setup(prefix: &str, mode: &str) -> Setup {
         client,
         socket,
         config: cfg_path,
+        pgrouter,
         _peer_xdp: peer_xdp,
     }
 }
@@ -121,15 +84,7 @@ fn setup(prefix: &str, mode: &str) -> Setup {
 /// Connects from the client host and returns the node name the backend announces.
 fn who(stream: &mut TcpStream) -> std::io::Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        stream.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
+    tests::read_banner(stream)
 }
 
 fn connect(port: u16) -> std::io::Result<TcpStream> {
@@ -193,7 +148,9 @@ fn routes_and_moves(prefix: &str, mode: &str) {
             .expect("session open"),
         "pg1"
     );
-    std::fs::write(&s.config, config(&s.lab, mode, "pg2")).expect("config");
+    config(&s.lab, mode, "pg2")
+        .write(&s.config)
+        .expect("config");
     let out = std::process::Command::new(tests::pgrouter_bin())
         .args(["reload", "--socket", &s.socket])
         .output()
@@ -318,27 +275,12 @@ fn killed_controller_keeps_sessions_and_restart_adopts_the_pinned_data_path() {
     ready_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("sessions open");
-    let pid: u32 = std::fs::read_to_string(s.lab.dir.join("pgrouter.pid"))
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid number");
-    s.lab.kill(pid);
+    s.lab.kill(s.pgrouter);
     // Controller gone: the pinned data path still carries the sessions.
     let _ = go_tx.send(());
     let edge = s.lab.ns("edge");
-    let bin = tests::pgrouter_bin();
     s.lab
-        .spawn(
-            &edge,
-            "pgrouter2",
-            &[
-                bin.to_str().expect("utf8"),
-                "run",
-                "-c",
-                s.config.to_str().expect("utf8"),
-            ],
-        )
+        .spawn_pgrouter(&edge, "pgrouter2", &s.config)
         .expect("restart");
     let sock = s.socket.clone();
     wait_for(
@@ -375,12 +317,7 @@ fn killed_controller_keeps_sessions_and_restart_adopts_the_pinned_data_path() {
 #[test]
 fn new_map_layout_takes_over_the_link_and_says_so() {
     let mut s = setup("pgrl", "generic");
-    let pid: u32 = std::fs::read_to_string(s.lab.dir.join("pgrouter.pid"))
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid number");
-    s.lab.kill(pid);
+    s.lab.kill(s.pgrouter);
     // Pretend the running data path was pinned by a build with layout v0.
     let bpf = s.lab.dir.join("bpf");
     std::fs::rename(
@@ -389,18 +326,8 @@ fn new_map_layout_takes_over_the_link_and_says_so() {
     )
     .expect("rename pins");
     let edge = s.lab.ns("edge");
-    let bin = tests::pgrouter_bin();
     s.lab
-        .spawn(
-            &edge,
-            "pgrouter2",
-            &[
-                bin.to_str().expect("utf8"),
-                "run",
-                "-c",
-                s.config.to_str().expect("utf8"),
-            ],
-        )
+        .spawn_pgrouter(&edge, "pgrouter2", &s.config)
         .expect("restart");
     let sock = s.socket.clone();
     wait_for("the new build to answer", Duration::from_secs(20), || {

@@ -14,54 +14,36 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{in_netns, netns::Lab, wait_for};
+use tests::{
+    config::{Cluster, Config, Control, Datapath, Listener, Node, Vrrp},
+    netns::{Lab, VIP, in_netns},
+    wait_for,
+};
 
-const VIP: &str = "198.18.0.100";
 const BUDGET: Duration = Duration::from_millis(300 + 61 + 50);
 
-fn edge_config(lab: &Lab, edge: &str, priority: u8) -> String {
-    format!(
-        r#"[datapath]
-interfaces = ["eth0"]
-mode = "generic"
-pin_path = "{dir}/{edge}-bpf"
-snat_ports = "40000-44999"
-
-[control]
-socket = "{dir}/{edge}.sock"
-metrics = ""
-
-[[cluster]]
-name = "pg"
-checks = "static"
-
-[[cluster.node]]
-name = "pg1"
-host = "198.18.0.11"
-role = "primary"
-
-[[cluster.node]]
-name = "pg2"
-host = "198.18.0.12"
-role = "replica"
-
-[[cluster.listener]]
-name = "PG1"
-vip = "{VIP}"
-port = 5000
-kind = "primary"
-
-[[vrrp]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 61
-priority = {priority}
-advert_int = "100ms"
-virtual_ipaddress = ["{VIP}/24"]
-track = [{{ name = "xdp-attached" }}]
-"#,
-        dir = lab.dir.display()
-    )
+/// Generic XDP, static roles (pg1 primary), writes on :5000, and VRRP at 100 ms adverts
+/// that faults when XDP is not attached.
+fn edge_config(lab: &Lab, edge: &str, priority: u8) -> Config {
+    Config::new()
+        .datapath(
+            Datapath::new("eth0", "generic", lab.dir.join(format!("{edge}-bpf")))
+                .snat_ports("40000-44999"),
+        )
+        .control(Control::new(lab.dir.join(format!("{edge}.sock"))))
+        .cluster(
+            Cluster::new("pg")
+                .checks("static")
+                .node(Node::new("pg1", "198.18.0.11").role("primary"))
+                .node(Node::new("pg2", "198.18.0.12").role("replica"))
+                .listener(Listener::primary("PG1", VIP, 5000)),
+        )
+        .vrrp(
+            Vrrp::new("VI_1", "eth0", 61, priority)
+                .advert_int(Duration::from_millis(100))
+                .vips([format!("{VIP}/24")])
+                .tracks([("xdp-attached", 0)]),
+        )
 }
 
 struct Net {
@@ -83,44 +65,23 @@ fn vip_holders(lab: &Lab, edges: &[String; 2]) -> Vec<usize> {
 fn setup(prefix: &str) -> Net {
     let mut lab = Lab::new(prefix).expect("lab");
     let br = lab.add_bridge("br").expect("bridge");
-    let client = lab.add_ns("cl").expect("ns");
-    lab.connect(&client, "eth0", &br, "198.18.0.30/24")
-        .expect("client");
-    let edges = [lab.add_ns("e1").expect("ns"), lab.add_ns("e2").expect("ns")];
-    lab.connect(&edges[0], "eth0", &br, "198.18.0.21/24")
-        .expect("edge1");
-    lab.connect(&edges[1], "eth0", &br, "198.18.0.22/24")
-        .expect("edge2");
+    let client = lab.add_host("cl", &br, "198.18.0.30/24").expect("client");
+    let edges = [
+        lab.add_host("e1", &br, "198.18.0.21/24").expect("edge1"),
+        lab.add_host("e2", &br, "198.18.0.22/24").expect("edge2"),
+    ];
     for (name, ip) in [("pg1", "198.18.0.11"), ("pg2", "198.18.0.12")] {
-        let ns = lab.add_ns(name).expect("ns");
-        lab.connect(&ns, "eth0", &br, &format!("{ip}/24"))
-            .expect("node");
-        lab.spawn(
-            &ns,
-            name,
-            &[env!("CARGO_BIN_EXE_pgr-echo"), name, &format!("{ip}:5432")],
-        )
-        .expect("echo");
+        let ns = lab.add_host(name, &br, &format!("{ip}/24")).expect("node");
+        lab.spawn_echo(&ns, name, &format!("{ip}:5432"))
+            .expect("echo");
     }
-    let bin = tests::pgrouter_bin();
     for (i, prio) in [(0usize, 150u8), (1, 100)] {
         let edge = format!("edge{}", i + 1);
         // Pins on a bpffs of the host's mount namespace (see datapath_net.rs).
-        tests::mount_bpffs(&lab.dir.join(format!("{edge}-bpf"))).expect("bpffs");
-        let cfg = lab.dir.join(format!("{edge}.toml"));
-        std::fs::write(&cfg, edge_config(&lab, &edge, prio)).expect("config");
+        let pins = lab.dir.join(format!("{edge}-bpf"));
+        let cfg = edge_config(&lab, &edge, prio);
         let ns = edges[i].clone();
-        lab.spawn(
-            &ns,
-            &edge,
-            &[
-                bin.to_str().expect("utf8"),
-                "run",
-                "-c",
-                cfg.to_str().expect("utf8"),
-            ],
-        )
-        .expect("pgrouter");
+        lab.run_pgrouter(&ns, &edge, &cfg, &pins).expect("pgrouter");
     }
     let n = Net { lab, client, edges };
     wait_for("the VIP on edge1 only", Duration::from_secs(20), || {

@@ -26,8 +26,9 @@ use std::{
 
 use pgrouter::status::{BackendState, BackendStatus, FlowsByState, ListenerStatus, Status};
 use tests::{
-    frames, in_netns,
-    netns::Lab,
+    config::{Cluster, Config, Control, Datapath, Health, Listener, Node, Section as _},
+    frames,
+    netns::{Lab, Topology, in_netns},
     pinned::{self, Tables},
     raw::{self, Flood, RawSocket},
     wait_for,
@@ -46,71 +47,59 @@ const SLACK: Duration = Duration::from_secs(3);
 /// What differs between the tests' configs.
 #[derive(Clone, Default)]
 struct Opts {
-    /// `[datapath] snat_ports`; the default range when empty.
-    snat_ports: &'static str,
-    /// Lines under `[datapath.timeouts]` (e.g. `handshake = "2s"`).
-    timeouts: &'static str,
+    /// `[datapath] snat_ports`; the daemon's default range when `None`.
+    snat_ports: Option<&'static str>,
+    /// `[datapath.timeouts]`: a flow state and its timeout.
+    timeout: Option<(&'static str, Duration)>,
     /// `checks = "patroni"` with a fake Patroni on pg1 (state file `pg1.state`); otherwise
     /// static, pg1 primary.
     patroni: bool,
     /// Run `pgr-echo` on pg1:5432 (banner `pg1\n`, then echo). Off: the test serves itself.
     echo: bool,
-    /// The `[[cluster.listener]]` blocks.
-    listeners: String,
+    /// The listeners (see [`listener`]).
+    listeners: Vec<Listener>,
 }
 
-/// A primary listener on the VIP with extra TOML lines.
-fn listener(name: &str, port: u16, extra: &str) -> String {
-    format!(
-        "[[cluster.listener]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\n\
-         kind = \"primary\"\n{extra}\n"
-    )
+/// A primary listener on the VIP.
+fn listener(name: &str, port: u16) -> Listener {
+    Listener::primary(name, VIP, port)
 }
 
-fn config(lab: &Lab, o: &Opts) -> String {
-    let snat = if o.snat_ports.is_empty() {
-        "40000-59999"
-    } else {
-        o.snat_ports
-    };
-    let timeouts = if o.timeouts.is_empty() {
-        String::new()
-    } else {
-        format!("\n[datapath.timeouts]\n{}\n", o.timeouts)
-    };
-    let (checks, health, role) = if o.patroni {
-        (
-            "patroni",
-            "\n[cluster.health]\ninterval = \"1s\"\nfastinter = \"200ms\"\ndowninter = \"1s\"\n\
-             timeout = \"500ms\"\nfall = 2\nrise = 1\n",
-            "",
+fn config(lab: &Lab, o: &Opts) -> Config {
+    let mut datapath = Datapath::new("eth0", "native", lab.dir.join("bpf"));
+    if let Some(range) = o.snat_ports {
+        datapath = datapath.snat_ports(range);
+    }
+    if let Some((state, d)) = o.timeout {
+        datapath = datapath.timeout(state, d);
+    }
+    let cluster = if o.patroni {
+        Cluster::new("pg").checks("patroni").health(
+            Health::new()
+                .interval(Duration::from_secs(1))
+                .fastinter(Duration::from_millis(200))
+                .downinter(Duration::from_secs(1))
+                .timeout(Duration::from_millis(500))
+                .fall(2)
+                .rise(1),
         )
     } else {
-        ("static", "", "role = \"primary\"\n")
+        Cluster::new("pg").checks("static")
     };
-    format!(
-        r#"[datapath]
-interfaces = ["eth0"]
-mode = "native"
-pin_path = "{dir}/bpf"
-snat_ports = "{snat}"
-{timeouts}
-[control]
-socket = "{dir}/pgrouter.sock"
-metrics = ""
-
-[[cluster]]
-name = "pg"
-checks = "{checks}"
-{health}
-[[cluster.node]]
-name = "pg1"
-host = "{NODE}"
-{role}
-{listeners}"#,
-        dir = lab.dir.display(),
-        listeners = o.listeners,
-    )
+    let node = Node::new("pg1", NODE);
+    let node = if o.patroni {
+        node
+    } else {
+        node.role("primary")
+    };
+    let cluster = o
+        .listeners
+        .iter()
+        .fold(cluster.node(node), |c, l| c.listener(l.clone()));
+    Config::new()
+        .datapath(datapath)
+        .control(Control::new(lab.dir.join("pgrouter.sock")))
+        .cluster(cluster)
 }
 
 struct Setup {
@@ -122,67 +111,32 @@ struct Setup {
     pins: PathBuf,
     edge_mac: [u8; 6],
     client_mac: [u8; 6],
-    _peer_xdp: aya::Ebpf,
+    _peer_xdp: Option<aya::Ebpf>,
 }
 
-/// Writes pg1's Patroni state atomically (the fake re-reads it on every request).
+/// Sets pg1's Patroni state (see [`Lab::set_patroni`]).
 fn set_patroni(lab: &Lab, state: &str) {
-    let tmp = lab.dir.join("pg1.state.tmp");
-    std::fs::write(&tmp, format!("{state}\n")).expect("state file");
-    std::fs::rename(&tmp, lab.dir.join("pg1.state")).expect("rename state");
+    lab.set_patroni(&[("pg1", state)]).expect("pg1 state");
 }
 
 fn setup(prefix: &str, o: Opts) -> Setup {
-    let mut lab = Lab::new(prefix).expect("lab");
-    let br = lab.add_bridge("br").expect("bridge");
-    let client = lab.add_ns("cl").expect("ns");
-    let edge = lab.add_ns("edge").expect("ns");
-    let node = lab.add_ns("pg1").expect("ns");
-    lab.connect(&client, "eth0", &br, &format!("{CLIENT}/24"))
-        .expect("client link");
-    lab.connect(&edge, "eth0", &br, "198.18.0.21/24")
-        .expect("edge link");
-    lab.connect(&node, "eth0", &br, &format!("{NODE}/24"))
-        .expect("node link");
-    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
-        .expect("vip");
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let (mut lab, br, client, edge, peer) = Topology::new(prefix, true).expect("lab").parts();
+    let node = lab
+        .add_host("pg1", &br, &format!("{NODE}/24"))
+        .expect("node");
     if o.echo {
-        lab.spawn(
-            &node,
-            "pg1",
-            &[
-                env!("CARGO_BIN_EXE_pgr-echo"),
-                "pg1",
-                &format!("{NODE}:{PG_PORT}"),
-            ],
-        )
-        .expect("echo");
+        lab.spawn_echo(&node, "pg1", &format!("{NODE}:{PG_PORT}"))
+            .expect("echo");
     }
     if o.patroni {
-        set_patroni(&lab, "primary tl=1");
-        let state = lab.dir.join("pg1.state");
-        lab.spawn(
-            &node,
-            "pg1-api",
-            &[
-                env!("CARGO_BIN_EXE_pgr-fake-patroni"),
-                "pg1",
-                &format!("{NODE}:8008"),
-                state.to_str().expect("utf8"),
-            ],
-        )
-        .expect("fake patroni");
+        lab.spawn_fake_patroni(&node, "pg1", &format!("{NODE}:8008"), "primary tl=1")
+            .expect("fake patroni");
     }
-    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames; the edge's
-    // bridge-side veth is the lab's second.
-    let peer = tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass");
     // Pins on a bpffs mounted in our mount namespace (see datapath_net.rs), so this test
     // can read the flow tables.
     let pins = lab.dir.join("bpf");
-    tests::mount_bpffs(&pins).expect("bpffs");
-    let cfg_path = lab.dir.join("pgrouter.toml");
-    std::fs::write(&cfg_path, config(&lab, &o)).expect("config");
-    lab.spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+    lab.run_pgrouter(&edge, "pgrouter", &config(&lab, &o), &pins)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     let sock = socket.clone();
@@ -290,15 +244,7 @@ fn vip(port: u16) -> SocketAddr {
 
 /// Reads pg-echo's banner line (the node's name).
 fn banner(s: &mut TcpStream) -> std::io::Result<String> {
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        s.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
+    tests::read_banner(s)
 }
 
 /// Connects to the VIP and reads pg1's banner, within `timeout` each.
@@ -469,8 +415,8 @@ fn churn_ten_times_the_snat_range_connects_without_a_syn_retransmission() {
     let s = setup(
         "pgfc",
         Opts {
-            snat_ports: "41000-41199",
-            listeners: listener("PG1", 5000, ""),
+            snat_ports: Some("41000-41199"),
+            listeners: vec![listener("PG1", 5000)],
             ..Opts::default()
         },
     );
@@ -633,9 +579,9 @@ fn half_open_syns_take_no_slot_and_expire_after_the_handshake_timeout() {
     let s = setup(
         "pgfh",
         Opts {
-            timeouts: "handshake = \"2s\"",
+            timeout: Some(("handshake", HANDSHAKE)),
             echo: true,
-            listeners: listener("PG1", 5000, &format!("maxconn = {MAXCONN}")),
+            listeners: vec![listener("PG1", 5000).set("maxconn", MAXCONN as u32)],
             ..Opts::default()
         },
     );
@@ -789,17 +735,14 @@ fn a_vanished_client_gives_back_its_slot_and_port_after_the_idle_timeout() {
     let mut s = setup(
         "pgfv",
         Opts {
-            timeouts: "established = \"2s\"",
+            timeout: Some(("established", IDLE)),
             echo: true,
-            listeners: listener("PG1", 5000, "maxconn = 1"),
+            listeners: vec![listener("PG1", 5000).set("maxconn", 1u32)],
             ..Opts::default()
         },
     );
-    let gone_ns = s.lab.add_ns("gone").expect("ns");
     let br = s.br.clone();
-    s.lab
-        .connect(&gone_ns, "eth0", &br, "198.18.0.31/24")
-        .expect("link");
+    let gone_ns = s.lab.add_host("gone", &br, "198.18.0.31/24").expect("host");
     let gone_addr = Ipv4Addr::new(198, 18, 0, 31);
     let stream = in_netns(&gone_ns, || -> std::io::Result<TcpStream> {
         let mut c = open(5000, Duration::from_secs(3))?;
@@ -910,17 +853,14 @@ fn a_syn_flood_loses_no_held_session() {
     let mut s = setup(
         "pgff",
         Opts {
-            timeouts: "handshake = \"3s\"",
+            timeout: Some(("handshake", Duration::from_secs(3))),
             echo: true,
-            listeners: listener("PG1", 5000, ""),
+            listeners: vec![listener("PG1", 5000)],
             ..Opts::default()
         },
     );
-    let flooder = s.lab.add_ns("fl").expect("ns");
     let br = s.br.clone();
-    s.lab
-        .connect(&flooder, "eth0", &br, "198.18.0.40/24")
-        .expect("link");
+    let flooder = s.lab.add_host("fl", &br, "198.18.0.40/24").expect("host");
     let flooder_mac = raw::mac_of(&flooder, "eth0").expect("mac");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1111,8 +1051,12 @@ fn a_syn_to_an_empty_set_is_held_then_answered_with_a_rst() {
         Opts {
             patroni: true,
             echo: true,
-            listeners: listener("PG1", 5000, "on_empty = \"hold\"\nempty_hold = \"2s\"")
-                + &listener("PG1_reject", 5003, "on_empty = \"reject\""),
+            listeners: vec![
+                listener("PG1", 5000)
+                    .set("on_empty", "hold")
+                    .set("empty_hold", HOLD),
+                listener("PG1_reject", 5003).set("on_empty", "reject"),
+            ],
             ..Opts::default()
         },
     );
@@ -1227,7 +1171,11 @@ fn a_syn_held_while_the_set_is_empty_connects_once_a_primary_returns() {
         Opts {
             patroni: true,
             echo: true,
-            listeners: listener("PG1", 5000, "on_empty = \"hold\"\nempty_hold = \"6s\""),
+            listeners: vec![
+                listener("PG1", 5000)
+                    .set("on_empty", "hold")
+                    .set("empty_hold", Duration::from_secs(6)),
+            ],
             ..Opts::default()
         },
     );
@@ -1271,7 +1219,7 @@ fn a_forged_rst_with_the_wrong_sequence_does_not_close_a_session() {
         "pgfr",
         Opts {
             echo: true,
-            listeners: listener("PG1", 5000, "maxconn = 4"),
+            listeners: vec![listener("PG1", 5000).set("maxconn", 4u32)],
             ..Opts::default()
         },
     );

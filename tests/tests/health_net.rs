@@ -10,7 +10,6 @@ use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -23,14 +22,12 @@ use pgrouter::status::{
     BackendState, BackendStatus, CheckStatus, ClusterStatus, ListenerStatus, NodeStatus, Status,
     Verdict,
 };
-use tests::{in_netns, netns::Lab, wait_for};
+use tests::{
+    config::{Cluster, Config, Control, Datapath, Health, Listener, Node, Section as _},
+    netns::{Lab, NODES, Topology, VIP, in_netns},
+    wait_for,
+};
 
-const VIP: &str = "198.18.0.100";
-const NODES: [(&str, &str); 3] = [
-    ("pg1", "198.18.0.11"),
-    ("pg2", "198.18.0.12"),
-    ("pg3", "198.18.0.13"),
-];
 const INTERVAL: Duration = Duration::from_secs(1);
 const FASTINTER: Duration = Duration::from_millis(200);
 const FALL: u32 = 2;
@@ -40,19 +37,15 @@ const MARGIN: Duration = Duration::from_millis(300);
 /// 10MB as Patroni counts it (powers of 1024).
 const LAG_LIMIT: u64 = 10 * 1024 * 1024;
 
-/// A primary listener on :5002 that keeps sessions of a node marked down.
-const KEEP_LISTENER: &str = "[[cluster.listener]]\nname = \"PG1_keep\"\nvip = \"198.18.0.100\"\n\
-                             port = 5002\nkind = \"primary\"\non_marked_down = \"keep\"\n";
-
 /// Extra config per test.
 #[derive(Clone, Copy, Default)]
 struct Opts {
-    /// Appended to the `PG1_ro` listener (e.g. `lag = "10MB"`).
-    ro_extra: &'static str,
-    /// Further listeners (TOML).
-    extra: &'static str,
+    /// The `PG1_ro` listener's `lag` limit (e.g. `"10MB"`).
+    ro_lag: Option<&'static str>,
+    /// `PG1_keep`: a primary listener on :5002 that keeps sessions of a node marked down.
+    keep_listener: bool,
     /// `[control] metrics`.
-    metrics: &'static str,
+    metrics: Option<&'static str>,
 }
 
 struct Setup {
@@ -62,82 +55,41 @@ struct Setup {
     socket: String,
     /// The running `pgrouter run`.
     pgrouter: u32,
-    _peer_xdp: aya::Ebpf,
+    _peer_xdp: Option<aya::Ebpf>,
 }
 
-fn config(lab: &Lab, o: Opts) -> String {
-    let mut nodes = String::new();
+fn config(lab: &Lab, o: Opts) -> Config {
+    let mut cluster = Cluster::new("pg").checks("patroni").health(
+        Health::new()
+            .interval(INTERVAL)
+            .fastinter(FASTINTER)
+            .downinter(Duration::from_secs(1))
+            .timeout(Duration::from_millis(500))
+            .fall(FALL)
+            .rise(1),
+    );
     for (name, ip) in NODES {
-        nodes.push_str(&format!(
-            "[[cluster.node]]\nname = \"{name}\"\nhost = \"{ip}\"\n\n"
-        ));
+        cluster = cluster.node(Node::new(name, ip));
     }
-    format!(
-        r#"[datapath]
-interfaces = ["eth0"]
-mode = "native"
-pin_path = "{dir}/bpf"
-snat_ports = "40000-44999"
-
-[control]
-socket = "{dir}/pgrouter.sock"
-metrics = "{metrics}"
-
-[[cluster]]
-name = "pg"
-checks = "patroni"
-
-[cluster.health]
-interval = "1s"
-fastinter = "200ms"
-downinter = "1s"
-timeout = "500ms"
-fall = 2
-rise = 1
-
-{nodes}[[cluster.listener]]
-name = "PG1"
-vip = "{VIP}"
-port = 5000
-kind = "primary"
-
-[[cluster.listener]]
-name = "PG1_ro"
-vip = "{VIP}"
-port = 5001
-kind = "replica"
-fallback = "primary"
-{ro_extra}
-{extra}
-"#,
-        dir = lab.dir.display(),
-        metrics = o.metrics,
-        ro_extra = o.ro_extra,
-        extra = o.extra,
-    )
-}
-
-/// Sets a node's Patroni state atomically (the fake re-reads it on every request).
-fn set_state(dir: &Path, node: &str, state: &str) {
-    let tmp = dir.join(format!("{node}.state.tmp"));
-    std::fs::write(&tmp, format!("{state}\n")).expect("state file");
-    std::fs::rename(&tmp, dir.join(format!("{node}.state"))).expect("rename state");
-}
-
-/// Several nodes' states, written first and then renamed back to back, so they take effect
-/// together.
-fn set_states(dir: &Path, states: &[(&str, &str)]) {
-    for (node, state) in states {
-        std::fs::write(dir.join(format!("{node}.state.tmp")), format!("{state}\n"))
-            .expect("state file");
+    let mut ro = Listener::replica_or_primary("PG1_ro", VIP, 5001);
+    if let Some(lag) = o.ro_lag {
+        ro = ro.set("lag", lag);
     }
-    for (node, _) in states {
-        std::fs::rename(
-            dir.join(format!("{node}.state.tmp")),
-            dir.join(format!("{node}.state")),
-        )
-        .expect("rename state");
+    cluster = cluster
+        .listener(Listener::primary("PG1", VIP, 5000))
+        .listener(ro);
+    if o.keep_listener {
+        cluster = cluster
+            .listener(Listener::primary("PG1_keep", VIP, 5002).set("on_marked_down", "keep"));
     }
+    let mut control = Control::new(lab.dir.join("pgrouter.sock"));
+    if let Some(addr) = o.metrics {
+        control = control.metrics(addr);
+    }
+    Config::new()
+        .datapath(Datapath::new("eth0", "native", lab.dir.join("bpf")).snat_ports("40000-44999"))
+        .control(control)
+        .cluster(cluster)
 }
 
 fn status(socket: &str) -> Option<Status> {
@@ -184,44 +136,19 @@ fn check<'a>(v: &'a Status, node_name: &str, path: &str) -> Option<&'a CheckStat
 }
 
 fn setup(prefix: &str, o: Opts) -> Setup {
-    let mut lab = Lab::new(prefix).expect("lab");
-    let br = lab.add_bridge("br").expect("bridge");
-    let client = lab.add_ns("cl").expect("ns");
-    let edge = lab.add_ns("edge").expect("ns");
-    lab.connect(&client, "eth0", &br, "198.18.0.30/24")
-        .expect("client link");
-    lab.connect(&edge, "eth0", &br, "198.18.0.21/24")
-        .expect("edge link");
-    lab.exec(&edge, &format!("ip addr add {VIP}/32 dev eth0"))
-        .expect("vip");
+    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
+    let (mut lab, br, client, edge, peer) = Topology::new(prefix, true).expect("lab").parts();
     for (name, ip) in NODES {
-        let ns = lab.add_ns(name).expect("ns");
-        lab.connect(&ns, "eth0", &br, &format!("{ip}/24"))
-            .expect("node link");
-        lab.spawn(
-            &ns,
-            name,
-            &[env!("CARGO_BIN_EXE_pgr-echo"), name, &format!("{ip}:5432")],
-        )
-        .expect("echo");
+        let ns = lab.add_host(name, &br, &format!("{ip}/24")).expect("node");
+        lab.spawn_echo(&ns, name, &format!("{ip}:5432"))
+            .expect("echo");
         let role = if name == "pg1" {
             "primary tl=1"
         } else {
             "replica tl=1"
         };
-        set_state(&lab.dir, name, role);
-        let state = lab.dir.join(format!("{name}.state"));
-        lab.spawn(
-            &ns,
-            &format!("{name}-api"),
-            &[
-                env!("CARGO_BIN_EXE_pgr-fake-patroni"),
-                name,
-                &format!("{ip}:8008"),
-                state.to_str().expect("utf8"),
-            ],
-        )
-        .expect("fake patroni");
+        lab.spawn_fake_patroni(&ns, name, &format!("{ip}:8008"), role)
+            .expect("fake patroni");
     }
     // Every fake API answers before the controller starts.
     for (name, ip) in NODES {
@@ -236,17 +163,10 @@ fn setup(prefix: &str, o: Opts) -> Setup {
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(&format!("{name}-api"))));
     }
-    // Native XDP on a veth needs a program on the peer to accept XDP_TX frames.
-    let peer = tests::attach_peer_xdp_pass(&format!("{prefix}v2")).expect("peer xdp_pass");
-
-    // bpffs for the pins, mounted here in the root mount namespace: `ip netns exec` gives
-    // pgrouter a private mount namespace, and a bpffs it mounted there itself would vanish
-    // (with the pinned link and maps) when it exits, unlike on a real host.
-    tests::mount_bpffs(&lab.dir.join("bpf")).expect("bpffs");
-    let cfg_path = lab.dir.join("pgrouter.toml");
-    std::fs::write(&cfg_path, config(&lab, o)).expect("config");
-    let pgrouter = lab
-        .spawn_pgrouter(&edge, "pgrouter", &cfg_path)
+    // Pins on a bpffs of the host's mount namespace (see datapath_net.rs).
+    let pins = lab.dir.join("bpf");
+    let (pgrouter, _) = lab
+        .run_pgrouter(&edge, "pgrouter", &config(&lab, o), &pins)
         .expect("pgrouter");
     let socket = lab.dir.join("pgrouter.sock").display().to_string();
     wait_for(
@@ -291,7 +211,12 @@ impl Setup {
     }
 
     fn set(&self, node: &str, state: &str) {
-        set_state(&self.lab.dir, node, state);
+        self.set_all(&[(node, state)]);
+    }
+
+    /// Several nodes' states at once (see [`Lab::set_patroni`]).
+    fn set_all(&self, states: &[(&str, &str)]) {
+        self.lab.set_patroni(states).expect("patroni states");
     }
 
     /// Returns right after `node`'s Patroni answered a `/primary` check (the fake logs every
@@ -379,15 +304,7 @@ fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
 /// Reads the name the backend announces.
 fn who(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<String> {
     stream.set_read_timeout(Some(timeout))?;
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        stream.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
+    tests::read_banner(stream)
 }
 
 /// The session is alive: nothing (no reset, no EOF) arrives unasked, and bytes echo back.
@@ -572,13 +489,10 @@ fn writes_follow_a_switchover_within_fastinter_plus_a_check() {
         }
         let switch = Instant::now();
         let held_reset = watch_reset(held, switch, Duration::from_secs(5));
-        set_states(
-            &s.lab.dir,
-            &[
-                (old, &format!("replica tl={}", tl - 1)),
-                (new, &format!("primary tl={tl}")),
-            ],
-        );
+        s.set_all(&[
+            (old, &format!("replica tl={}", tl - 1)),
+            (new, &format!("primary tl={tl}")),
+        ]);
         let first_new = p.wait_served_by(new, switch, Duration::from_secs(5));
         let took = first_new.end - switch;
         // Keep writing for a while after the new primary was seen.
@@ -649,7 +563,7 @@ fn reads_fall_back_to_the_primary_and_return() {
     p.wait_served_by("pg3", warm, Duration::from_secs(5));
 
     let down = Instant::now();
-    set_states(&s.lab.dir, &[("pg2", "down"), ("pg3", "down")]);
+    s.set_all(&[("pg2", "down"), ("pg3", "down")]);
     let first_primary = p.wait_served_by("pg1", down, Duration::from_secs(6));
     let took = first_primary.end - down;
     p.wait_count_after(first_primary.end, 20, Duration::from_secs(10));
@@ -721,7 +635,7 @@ fn lagging_replica_leaves_the_read_set() {
     let s = setup(
         "pgrh3",
         Opts {
-            ro_extra: "lag = \"10MB\"",
+            ro_lag: Some("10MB"),
             ..Default::default()
         },
     );
@@ -788,7 +702,7 @@ fn marked_down_primary_sessions_are_reset() {
     let s = setup(
         "pgrh4",
         Opts {
-            extra: KEEP_LISTENER,
+            keep_listener: true,
             ..Default::default()
         },
     );
@@ -922,7 +836,7 @@ fn status_and_metrics_report_the_cluster() {
     let s = setup(
         "pgrh6",
         Opts {
-            metrics: "127.0.0.1:9188",
+            metrics: Some("127.0.0.1:9188"),
             ..Default::default()
         },
     );
@@ -1008,7 +922,7 @@ fn status_and_metrics_report_the_cluster() {
     assert_eq!(m.get("pgrouter_split_brain{cluster=\"pg\"}"), Some(&0.0));
 
     // Every replica down: fallback shows, and the replica checks report 0.
-    set_states(&s.lab.dir, &[("pg2", "down"), ("pg3", "down")]);
+    s.set_all(&[("pg2", "down"), ("pg3", "down")]);
     let m = wait_for("fallback in metrics", Duration::from_secs(6), || {
         let m = parse_metrics(&s.metrics()?);
         (m.get(&fallback) == Some(&1.0)).then_some(m)
@@ -1059,7 +973,7 @@ fn active_flows_gauge_drops_when_sessions_are_shut_down() {
     let s = setup(
         "pgrh7",
         Opts {
-            metrics: "127.0.0.1:9188",
+            metrics: Some("127.0.0.1:9188"),
             ..Default::default()
         },
     );
@@ -1214,10 +1128,7 @@ fn restart_keeps_sessions_and_applies_a_switchover_made_meanwhile() {
     // 2. Switchover while the controller is stopped.
     s.stop_pgrouter();
     let p = Prober::start(&s.client, 5000);
-    set_states(
-        &s.lab.dir,
-        &[("pg1", "replica tl=2"), ("pg2", "primary tl=2")],
-    );
+    s.set_all(&[("pg1", "replica tl=2"), ("pg2", "primary tl=2")]);
     let t = Instant::now();
     let w_reset = watch_reset(w, t, Duration::from_secs(10));
     s.start_pgrouter("pgrouter-3");
@@ -1251,7 +1162,7 @@ fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
     let s = setup(
         "pgrha",
         Opts {
-            extra: KEEP_LISTENER,
+            keep_listener: true,
             ..Default::default()
         },
     );
@@ -1286,7 +1197,7 @@ fn keep_listener_still_resets_demoted_and_split_losing_primaries() {
             let r = wait_reset(&mut k, t, Duration::from_secs(5));
             (k, r)
         });
-        set_states(&s.lab.dir, states);
+        s.set_all(states);
         let control = control.join().expect("watcher");
         let (mut k, keep) = keep.join().expect("watcher");
         s.wait_status("the new primary", Duration::from_secs(5), |v| {

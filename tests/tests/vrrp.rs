@@ -14,8 +14,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tests::netns::Lab;
-use tests::{run, sh, wait_for};
+use tests::{
+    config::{Config, Section as _, Value, Vrrp},
+    netns::{Lab, in_netns},
+    raw::mac_of,
+    run, sh, wait_for,
+};
 
 /// Two hosts on one bridge, plus helpers to run and observe VRRP speakers in them.
 struct Net {
@@ -111,9 +115,8 @@ impl Net {
         Ok(samples)
     }
 
-    fn pgrouter(&mut self, ns: &str, name: &str, toml: &str) -> anyhow::Result<u32> {
-        let cfg = self.lab.dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, toml)?;
+    fn pgrouter(&mut self, ns: &str, name: &str, config: &Config) -> anyhow::Result<u32> {
+        let cfg = self.lab.write_config(name, config)?;
         let bin = tests::pgrouter_bin();
         let bin_s = bin.to_string_lossy().into_owned();
         let cfg_s = cfg.to_string_lossy().into_owned();
@@ -189,36 +192,52 @@ impl Net {
     }
 }
 
+/// One VRRP speaker, written as pgrouter's `[[vrrp]]` or as keepalived's `vrrp_instance`.
 struct Speaker<'a> {
     iface: &'a str,
     vrid: u8,
     prio: u8,
-    advert: &'a str,
+    advert: Duration,
     version: u8,
     vips: &'a [String],
-    extra: &'a str,
+    /// keepalived.conf lines of the instance (keepalived side only).
+    ka_extra: &'a str,
+    /// Further `[[vrrp]]` keys (pgrouter side only).
+    pg_extra: &'a [(&'a str, Value)],
 }
 
-fn pg_toml(s: &Speaker<'_>) -> String {
-    let vips: Vec<String> = s.vips.iter().map(|v| format!("\"{v}\"")).collect();
-    format!(
-        "[[vrrp]]\nname = \"VI_1\"\ninterface = \"{}\"\nversion = {}\nvirtual_router_id = {}\npriority = {}\n\
-         advert_int = \"{}\"\nvirtual_ipaddress = [{}]\ngarp_master_delay = \"1s\"\n{}\n",
-        s.iface,
-        s.version,
-        s.vrid,
-        s.prio,
-        s.advert,
-        vips.join(", "),
-        s.extra
-    )
+impl<'a> Speaker<'a> {
+    /// VRRPv3 on eth0, nothing extra.
+    fn v3(vrid: u8, prio: u8, advert: Duration, vips: &'a [String]) -> Self {
+        Speaker {
+            iface: "eth0",
+            vrid,
+            prio,
+            advert,
+            version: 3,
+            vips,
+            ka_extra: "",
+            pg_extra: &[],
+        }
+    }
+}
+
+fn pg_vrrp(s: &Speaker<'_>) -> Vrrp {
+    let v = Vrrp::new("VI_1", s.iface, s.vrid, s.prio)
+        .set("version", s.version)
+        .advert_int(s.advert)
+        .vips(s.vips.iter().map(String::as_str))
+        .set("garp_master_delay", Duration::from_secs(1));
+    s.pg_extra
+        .iter()
+        .fold(v, |v, (key, value)| v.set(key, value.clone()))
+}
+
+fn pg_toml(s: &Speaker<'_>) -> Config {
+    Config::new().vrrp(pg_vrrp(s))
 }
 
 fn ka_conf(s: &Speaker<'_>) -> String {
-    let secs = s.advert.strip_suffix("ms").map_or_else(
-        || s.advert.trim_end_matches('s').to_string(),
-        |ms| format!("{}", ms.parse::<f64>().unwrap_or(1000.0) / 1000.0),
-    );
     format!(
         "global_defs {{\n  router_id pgrv\n  vrrp_garp_master_delay 1\n}}\n\
          vrrp_instance VI_1 {{\n  interface {}\n  version {}\n  virtual_router_id {}\n  priority {}\n\
@@ -227,13 +246,40 @@ fn ka_conf(s: &Speaker<'_>) -> String {
         s.version,
         s.vrid,
         s.prio,
-        secs,
-        s.extra,
+        s.advert.as_secs_f64(),
+        s.ka_extra,
         s.vips.join("\n    ")
     )
 }
 
 const CONVERGE: Duration = Duration::from_secs(10);
+const SECOND: Duration = Duration::from_secs(1);
+/// The fastest adverts the tests use.
+const FAST: Duration = Duration::from_millis(100);
+
+/// keepalived (`ka`, on b) first, then pgrouter (`pg`, on a, the higher priority): pgrouter
+/// takes the VIP and holds it alone for 3 s; on SIGTERM it advertises priority 0 and
+/// keepalived takes over. Returns the samples that saw pgrouter alone and how long the
+/// handoff took.
+fn pgrouter_master_hands_off(
+    net: &mut Net,
+    ka: &Speaker<'_>,
+    pg: &Speaker<'_>,
+) -> anyhow::Result<(usize, Duration)> {
+    let (a, b, vip) = (net.a.clone(), net.b.clone(), net.vip4());
+    net.keepalived(&b, "ka", &ka_conf(ka))?;
+    let pid = net.pgrouter(&a, "pg", &pg_toml(pg))?;
+    net.converge_on(&a, &vip, CONVERGE)?;
+    let n = net.stays_on(&a, &vip, Duration::from_secs(3))?;
+    let t = Instant::now();
+    anyhow::ensure!(
+        net.lab
+            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
+        "pgrouter did not exit"
+    );
+    net.converge_on(&b, &vip, Duration::from_secs(3))?;
+    Ok((n, t.elapsed()))
+}
 
 /// pgrouter (150) and keepalived (100), v3 IPv4: pgrouter holds the VIP alone; on SIGTERM it
 /// advertises priority 0 and keepalived takes over within about Skew_Time, not 3 intervals.
@@ -241,34 +287,13 @@ const CONVERGE: Duration = Duration::from_secs(10);
 fn pgrouter_master_keepalived_backup_v3() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-pm-", 10)?;
     let vips = [format!("{}/24", net.vip4())];
-    let (a, b) = (net.a.clone(), net.b.clone());
     let ka = Speaker {
-        iface: "eth0",
-        vrid: 10,
-        prio: 100,
-        advert: "1s",
-        version: 3,
-        vips: &vips,
-        extra: "state BACKUP",
+        ka_extra: "state BACKUP",
+        ..Speaker::v3(10, 100, SECOND, &vips)
     };
-    net.keepalived(&b, "ka", &ka_conf(&ka))?;
-    let pg = Speaker {
-        prio: 150,
-        extra: "",
-        ..ka
-    };
-    let pid = net.pgrouter(&a, "pg", &pg_toml(&pg))?;
-    net.converge_on(&a, &net.vip4(), CONVERGE)?;
-    let n = net.stays_on(&a, &net.vip4(), Duration::from_secs(3))?;
+    let pg = Speaker::v3(10, 150, SECOND, &vips);
+    let (n, took) = pgrouter_master_hands_off(&mut net, &ka, &pg)?;
     println!("v3 pgrouter master: VIP on pgrouter only over {n} samples");
-    let t = Instant::now();
-    anyhow::ensure!(
-        net.lab
-            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
-        "pgrouter did not exit"
-    );
-    net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
-    let took = t.elapsed();
     println!("priority-0 handoff pgrouter -> keepalived: {took:?} (keepalived Skew_Time 0.61 s)");
     // Without the priority-0 advert keepalived would wait Master_Down_Interval (3.6 s).
     anyhow::ensure!(took < Duration::from_millis(1500), "handoff took {took:?}");
@@ -283,20 +308,11 @@ fn keepalived_master_pgrouter_backup_v3() -> anyhow::Result<()> {
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
     let ka = Speaker {
-        iface: "eth0",
-        vrid: 11,
-        prio: 150,
-        advert: "1s",
-        version: 3,
-        vips: &vips,
-        extra: "state MASTER",
+        ka_extra: "state MASTER",
+        ..Speaker::v3(11, 150, SECOND, &vips)
     };
     let kpid = net.keepalived(&b, "ka", &ka_conf(&ka))?;
-    let pg = Speaker {
-        prio: 100,
-        extra: "",
-        ..ka
-    };
+    let pg = Speaker::v3(11, 100, SECOND, &vips);
     net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     net.converge_on(&b, &net.vip4(), CONVERGE)?;
     net.stays_on(&b, &net.vip4(), Duration::from_secs(4))?;
@@ -321,19 +337,8 @@ fn preemption_both_ways() -> anyhow::Result<()> {
         let mut net = Net::new(&format!("pgrv-pr{n}-"), n)?;
         let vips = [format!("{}/24", net.vip4())];
         let (a, b) = (net.a.clone(), net.b.clone());
-        let ka = Speaker {
-            iface: "eth0",
-            vrid: n,
-            prio: ka_prio,
-            advert: "1s",
-            version: 3,
-            vips: &vips,
-            extra: "",
-        };
-        let pg = Speaker {
-            prio: pg_prio,
-            ..ka
-        };
+        let ka = Speaker::v3(n, ka_prio, SECOND, &vips);
+        let pg = Speaker::v3(n, pg_prio, SECOND, &vips);
         // The lower one starts first and becomes master alone.
         let (high, low) = if pg_prio > ka_prio {
             (&a, &b)
@@ -373,21 +378,12 @@ fn nopreempt_keeps_existing_master() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-np-", 14)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker {
-        iface: "eth0",
-        vrid: 14,
-        prio: 100,
-        advert: "1s",
-        version: 3,
-        vips: &vips,
-        extra: "",
-    };
+    let ka = Speaker::v3(14, 100, SECOND, &vips);
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
     net.converge_on(&b, &net.vip4(), CONVERGE)?;
     let pg = Speaker {
-        prio: 150,
-        extra: "nopreempt = true\nstate = \"BACKUP\"",
-        ..ka
+        pg_extra: &[("nopreempt", Value::Bool(true)), ("state", "BACKUP".into())],
+        ..Speaker::v3(14, 150, SECOND, &vips)
     };
     net.pgrouter(&a, "pg", &pg_toml(&pg))?;
     // Longer than pgrouter's Master_Down_Interval (3.2 s): it would have preempted by now.
@@ -400,31 +396,20 @@ fn nopreempt_keeps_existing_master() -> anyhow::Result<()> {
 fn v2_pass_interop() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-v2-", 15)?;
     let vips = [format!("{}/24", net.vip4())];
-    let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker {
-        iface: "eth0",
-        vrid: 15,
-        prio: 100,
-        advert: "1s",
+    let v2 = Speaker {
         version: 2,
-        vips: &vips,
-        extra: "authentication {\n    auth_type PASS\n    auth_pass pgrv1234\n  }",
+        ..Speaker::v3(15, 100, SECOND, &vips)
     };
-    net.keepalived(&b, "ka", &ka_conf(&ka))?;
+    let ka = Speaker {
+        ka_extra: "authentication {\n    auth_type PASS\n    auth_pass pgrv1234\n  }",
+        ..v2
+    };
     let pg = Speaker {
         prio: 150,
-        extra: "auth_pass = \"pgrv1234\"",
-        ..ka
+        pg_extra: &[("auth_pass", "pgrv1234".into())],
+        ..v2
     };
-    let pid = net.pgrouter(&a, "pg", &pg_toml(&pg))?;
-    net.converge_on(&a, &net.vip4(), CONVERGE)?;
-    net.stays_on(&a, &net.vip4(), Duration::from_secs(3))?;
-    anyhow::ensure!(
-        net.lab
-            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
-        "pgrouter did not exit"
-    );
-    net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
+    pgrouter_master_hands_off(&mut net, &ka, &pg)?;
     Ok(())
 }
 
@@ -435,15 +420,7 @@ fn v3_ipv6_interop() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-v6-", 16)?;
     let vips = [format!("{}/64", net.vip6())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker {
-        iface: "eth0",
-        vrid: 16,
-        prio: 100,
-        advert: "1s",
-        version: 3,
-        vips: &vips,
-        extra: "",
-    };
+    let ka = Speaker::v3(16, 100, SECOND, &vips);
     let kpid = net.keepalived(&b, "ka", &ka_conf(&ka))?;
     let pg = Speaker { prio: 150, ..ka };
     net.pgrouter(&a, "pg", &pg_toml(&pg))?;
@@ -466,31 +443,18 @@ fn v3_ipv6_interop() -> anyhow::Result<()> {
 fn unicast_interop() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-uc-", 17)?;
     let vips = [format!("{}/24", net.vip4())];
-    let (a, b) = (net.a.clone(), net.b.clone());
     let ka = Speaker {
-        iface: "eth0",
-        vrid: 17,
-        prio: 100,
-        advert: "1s",
-        version: 3,
-        vips: &vips,
-        extra: "unicast_src_ip 198.18.17.2\n  unicast_peer {\n    198.18.17.1\n  }",
+        ka_extra: "unicast_src_ip 198.18.17.2\n  unicast_peer {\n    198.18.17.1\n  }",
+        ..Speaker::v3(17, 100, SECOND, &vips)
     };
-    net.keepalived(&b, "ka", &ka_conf(&ka))?;
     let pg = Speaker {
-        prio: 150,
-        extra: "unicast_src_ip = \"198.18.17.1\"\nunicast_peer = [\"198.18.17.2\"]",
-        ..ka
+        pg_extra: &[
+            ("unicast_src_ip", "198.18.17.1".into()),
+            ("unicast_peer", Value::from(["198.18.17.2"])),
+        ],
+        ..Speaker::v3(17, 150, SECOND, &vips)
     };
-    let pid = net.pgrouter(&a, "pg", &pg_toml(&pg))?;
-    net.converge_on(&a, &net.vip4(), CONVERGE)?;
-    net.stays_on(&a, &net.vip4(), Duration::from_secs(3))?;
-    anyhow::ensure!(
-        net.lab
-            .signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(5)),
-        "pgrouter did not exit"
-    );
-    net.converge_on(&b, &net.vip4(), Duration::from_secs(3))?;
+    pgrouter_master_hands_off(&mut net, &ka, &pg)?;
     Ok(())
 }
 
@@ -501,15 +465,7 @@ fn start_removes_stale_vip() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-st-", 18)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker {
-        iface: "eth0",
-        vrid: 18,
-        prio: 150,
-        advert: "1s",
-        version: 3,
-        vips: &vips,
-        extra: "",
-    };
+    let ka = Speaker::v3(18, 150, SECOND, &vips);
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
     net.converge_on(&b, &net.vip4(), CONVERGE)?;
     sh(&format!("ip -n {a} addr add {}/24 dev eth0", net.vip4()))?;
@@ -541,21 +497,13 @@ fn measure_takeover(
     prefix: &str,
     n: u8,
     imp: Impl,
-    advert: &str,
+    advert: Duration,
     outage: Outage,
 ) -> anyhow::Result<Duration> {
     let mut net = Net::new(prefix, n)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let base = Speaker {
-        iface: "eth0",
-        vrid: n,
-        prio: 150,
-        advert,
-        version: 3,
-        vips: &vips,
-        extra: "",
-    };
+    let base = Speaker::v3(n, 150, advert, &vips);
     let backup = Speaker { prio: 100, ..base };
     let master_pid = match imp {
         Impl::Pgrouter => {
@@ -616,18 +564,18 @@ fn takeover_time_vs_keepalived() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (i, outage) in [Outage::Sigkill, Outage::LinkDown].into_iter().enumerate() {
         let n = 20 + i as u8;
-        let pg = measure_takeover(&format!("pgrv-to{n}-"), n, Impl::Pgrouter, "100ms", outage)?;
+        let pg = measure_takeover(&format!("pgrv-to{n}-"), n, Impl::Pgrouter, FAST, outage)?;
         rows.push(format!("pgrouter   adverts 100ms {outage:?}: {pg:?}"));
         anyhow::ensure!(
             pg <= budget,
             "pgrouter takeover after {outage:?} took {pg:?} > {budget:?}"
         );
-        for (j, advert) in ["100ms", "1s"].into_iter().enumerate() {
+        for (j, advert) in [FAST, SECOND].into_iter().enumerate() {
             let n = 30 + (i * 2 + j) as u8;
             match measure_takeover(&format!("pgrv-tk{n}-"), n, Impl::Keepalived, advert, outage) {
-                Ok(ka) => rows.push(format!("keepalived adverts {advert} {outage:?}: {ka:?}")),
+                Ok(ka) => rows.push(format!("keepalived adverts {advert:?} {outage:?}: {ka:?}")),
                 Err(e) => rows.push(format!(
-                    "keepalived adverts {advert} {outage:?}: failed: {e:#}"
+                    "keepalived adverts {advert:?} {outage:?}: failed: {e:#}"
                 )),
             }
         }
@@ -637,24 +585,6 @@ fn takeover_time_vs_keepalived() -> anyhow::Result<()> {
         println!("  {r}");
     }
     Ok(())
-}
-
-/// Runs `f` on a thread inside namespace `ns` with its own tokio runtime, so the library API
-/// (`pgrouter::vrrp::spawn`) is tested exactly as the controller will call it.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>> {
-    use std::os::fd::AsRawFd as _;
-    let file =
-        std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    Ok(std::thread::spawn(move || {
-        // SAFETY: setns(2) on an open namespace file; affects only this new thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
-        }
-        f()
-    }))
 }
 
 /// The controller's view: tracks published on a `watch` channel move pgrouter's effective
@@ -669,27 +599,19 @@ fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
     let mut net = Net::new("pgrv-tr-", 40)?;
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
-    let ka = Speaker {
-        iface: "eth0",
-        vrid: 40,
-        prio: 120,
-        advert: "100ms",
-        version: 3,
-        vips: &vips,
-        extra: "",
-    };
+    let ka = Speaker::v3(40, 120, FAST, &vips);
     net.keepalived(&b, "ka", &ka_conf(&ka))?;
     let marker = net.lab.dir.join("became-master");
-    let toml = pg_toml(&Speaker {
+    let pg = pg_vrrp(&Speaker {
         prio: 150,
-        extra: &format!(
-            "notify_master = \"touch {}\"\ntrack = [{{ name = \"xdp-attached\" }}, {{ name = \"patroni:main\", weight = -60 }}]",
-            marker.display()
-        ),
+        pg_extra: &[(
+            "notify_master",
+            format!("touch {}", marker.display()).into(),
+        )],
         ..ka
-    });
-    let cfg_path = net.lab.dir.join("pg.toml");
-    std::fs::write(&cfg_path, &toml)?;
+    })
+    .tracks([("xdp-attached", 0), ("patroni:main", -60)]);
+    let cfg_path = net.lab.write_config("pg", &Config::new().vrrp(pg))?;
     let cfg = pgrouter::config::load_vrrp_only(&cfg_path)?.remove(0);
     let mut tracks = Tracks::default();
     tracks.named.insert("xdp-attached".into(), true);
@@ -697,20 +619,25 @@ fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(tracks.clone());
     let (status_tx, status_rx) = std::sync::mpsc::channel::<vrrp::InstanceStatus>();
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
-    let worker = in_netns(&a, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let h = vrrp::spawn(cfg, rx)?;
-            // `true`: report status; `false` (or the test side gone): shut down.
-            while let Some(true) = cmd_rx.recv().await {
-                let _ = status_tx.send(h.status());
-            }
-            h.shutdown().await;
-            anyhow::Ok(())
+    // In a's namespace with its own tokio runtime, so the library API
+    // (`pgrouter::vrrp::spawn`) is tested exactly as the controller calls it.
+    let ns = a.clone();
+    let worker = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let h = vrrp::spawn(cfg, rx)?;
+                // `true`: report status; `false` (or the test side gone): shut down.
+                while let Some(true) = cmd_rx.recv().await {
+                    let _ = status_tx.send(h.status());
+                }
+                h.shutdown().await;
+                anyhow::Ok(())
+            })
         })
-    })?;
+    });
     let status = || -> anyhow::Result<vrrp::InstanceStatus> {
         cmd_tx.send(true)?;
         Ok(status_rx.recv_timeout(Duration::from_secs(2))?)
@@ -764,18 +691,12 @@ fn tracks_drive_priority_and_fault() -> anyhow::Result<()> {
     );
     println!("status: {}", serde_json::to_string(&s)?);
     cmd_tx.send(false)?;
-    worker
+    let ran: anyhow::Result<()> = worker
         .join()
-        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        .map_err(|_| anyhow::anyhow!("worker panicked"))?
+        .and_then(|r| r);
+    ran?;
     Ok(())
-}
-
-/// MAC address of `ns`'s eth0.
-fn mac_of(ns: &str) -> anyhow::Result<String> {
-    let out = sh(&format!(
-        "ip netns exec {ns} cat /sys/class/net/eth0/address"
-    ))?;
-    Ok(out.trim().to_string())
 }
 
 /// Becoming master announces the VIPs: a neighbour that accepts unsolicited announcements
@@ -794,21 +715,14 @@ fn master_announces_vips() -> anyhow::Result<()> {
     let (v4, v6) = (net.vip4(), net.vip6());
     let four = [format!("{v4}/24")];
     let six = [format!("{v6}/64")];
-    let s4 = Speaker {
-        iface: "eth0",
-        vrid: 41,
-        prio: 150,
-        advert: "100ms",
-        version: 3,
-        vips: &four,
-        extra: "",
-    };
-    let t4 = pg_toml(&s4);
-    let t6 = pg_toml(&Speaker { vips: &six, ..s4 }).replace("VI_1", "VI_6");
-    net.pgrouter(&a, "pg", &format!("{t4}\n{t6}"))?;
+    let s4 = Speaker::v3(41, 150, FAST, &four);
+    let both = Config::new()
+        .vrrp(pg_vrrp(&s4))
+        .vrrp(pg_vrrp(&Speaker { vips: &six, ..s4 }).set("name", "VI_6"));
+    net.pgrouter(&a, "pg", &both)?;
     net.converge_on(&a, &v4, CONVERGE)?;
     net.converge_on(&a, &v6, CONVERGE)?;
-    let mac = mac_of(&a)?;
+    let mac = mac_of(&a, "eth0")?.map(|b| format!("{b:02x}")).join(":");
     for vip in [&v4, &v6] {
         wait_for(
             &format!("neighbour entry {vip} -> {mac} on b"),
@@ -832,15 +746,7 @@ fn split_brain_heals_higher_address_wins() -> anyhow::Result<()> {
     let vips = [format!("{}/24", net.vip4())];
     let (a, b) = (net.a.clone(), net.b.clone());
     let sw = net.lab.ns("sw");
-    let s = Speaker {
-        iface: "eth0",
-        vrid: 42,
-        prio: 100,
-        advert: "100ms",
-        version: 3,
-        vips: &vips,
-        extra: "",
-    };
+    let s = Speaker::v3(42, 100, FAST, &vips);
     net.pgrouter(&a, "pga", &pg_toml(&s))?;
     net.converge_on(&a, &net.vip4(), CONVERGE)?;
     net.pgrouter(&b, "pgb", &pg_toml(&s))?;

@@ -69,21 +69,42 @@ fn cases() -> Vec<Case> {
             Notify(State::Master),
         ]
     };
+    // §6.4.2's "transition to Backup" from anywhere, at priority 100 and 1 s adverts.
+    let backup_entry = || {
+        vec![
+            StopTimer(Adver),
+            RemoveVips,
+            StartTimer {
+                timer: MasterDown,
+                after: us(MDI_100),
+            },
+            Notify(State::Backup),
+        ]
+    };
+    // A backup's Master_Down_Timer restarted at Master_Down_Interval.
+    let reset_master_down = || {
+        vec![StartTimer {
+            timer: MasterDown,
+            after: us(MDI_100),
+        }]
+    };
+    // A master's advert at once, and the advert timer restarted.
+    let advertise_now = |p: u8| {
+        vec![
+            SendAdvert { priority: p },
+            StartTimer {
+                timer: Adver,
+                after: ms(1000),
+            },
+        ]
+    };
     vec![
         Case {
             name: "§6.4.1 startup, not owner: backup, clear stale VIPs, wait Master_Down_Interval",
             before: inst(State::Initialize, |_| {}),
             event: Event::Startup,
             state: State::Backup,
-            actions: vec![
-                StopTimer(Adver),
-                RemoveVips,
-                StartTimer {
-                    timer: MasterDown,
-                    after: us(MDI_100),
-                },
-                Notify(State::Backup),
-            ],
+            actions: backup_entry(),
         },
         Case {
             name: "§6.4.1 startup as owner (255): master at once",
@@ -143,20 +164,14 @@ fn cases() -> Vec<Case> {
             before: inst(State::Backup, |_| {}),
             event: adv(200, LOWER_IP),
             state: State::Backup,
-            actions: vec![StartTimer {
-                timer: MasterDown,
-                after: us(MDI_100),
-            }],
+            actions: reset_master_down(),
         },
         Case {
             name: "§6.4.2 equal priority heard: reset (no tie-break in backup)",
             before: inst(State::Backup, |_| {}),
             event: adv(100, LOWER_IP),
             state: State::Backup,
-            actions: vec![StartTimer {
-                timer: MasterDown,
-                after: us(MDI_100),
-            }],
+            actions: reset_master_down(),
         },
         Case {
             name: "§6.4.2 lower priority heard, preempt: discard (timer runs out, we preempt)",
@@ -170,102 +185,56 @@ fn cases() -> Vec<Case> {
             before: inst(State::Backup, |i| i.params.preempt = false),
             event: adv(50, LOWER_IP),
             state: State::Backup,
-            actions: vec![StartTimer {
-                timer: MasterDown,
-                after: us(MDI_100),
-            }],
+            actions: reset_master_down(),
         },
         Case {
             name: "preempt_delay running: lower priority master is kept for now",
             before: inst(State::Backup, |i| i.preempt_blocked = true),
             event: adv(50, LOWER_IP),
             state: State::Backup,
-            actions: vec![StartTimer {
-                timer: MasterDown,
-                after: us(MDI_100),
-            }],
+            actions: reset_master_down(),
         },
         Case {
             name: "§6.4.3 adver timer: send and re-arm",
             before: inst(State::Master, |_| {}),
             event: Event::AdverTimer,
             state: State::Master,
-            actions: vec![
-                SendAdvert { priority: 100 },
-                StartTimer {
-                    timer: Adver,
-                    after: ms(1000),
-                },
-            ],
+            actions: advertise_now(100),
         },
         Case {
             name: "§6.4.3 priority 0 heard by master: advertise at once",
             before: inst(State::Master, |_| {}),
             event: adv(0, LOWER_IP),
             state: State::Master,
-            actions: vec![
-                SendAdvert { priority: 100 },
-                StartTimer {
-                    timer: Adver,
-                    after: ms(1000),
-                },
-            ],
+            actions: advertise_now(100),
         },
         Case {
             name: "§6.4.3 higher priority heard: step down to backup",
             before: inst(State::Master, |_| {}),
             event: adv(150, LOWER_IP),
             state: State::Backup,
-            actions: vec![
-                StopTimer(Adver),
-                RemoveVips,
-                StartTimer {
-                    timer: MasterDown,
-                    after: us(MDI_100),
-                },
-                Notify(State::Backup),
-            ],
+            actions: backup_entry(),
         },
         Case {
             name: "§6.4.3 equal priority, sender address higher: step down",
             before: inst(State::Master, |_| {}),
             event: adv(100, HIGHER_IP),
             state: State::Backup,
-            actions: vec![
-                StopTimer(Adver),
-                RemoveVips,
-                StartTimer {
-                    timer: MasterDown,
-                    after: us(MDI_100),
-                },
-                Notify(State::Backup),
-            ],
+            actions: backup_entry(),
         },
         Case {
             name: "§6.4.3 equal priority, sender address lower: stay, advertise now (RFC 9568)",
             before: inst(State::Master, |_| {}),
             event: adv(100, LOWER_IP),
             state: State::Master,
-            actions: vec![
-                SendAdvert { priority: 100 },
-                StartTimer {
-                    timer: Adver,
-                    after: ms(1000),
-                },
-            ],
+            actions: advertise_now(100),
         },
         Case {
             name: "RFC 9568 §6.4.3 lower priority heard by master: advertise immediately",
             before: inst(State::Master, |_| {}),
             event: adv(50, HIGHER_IP),
             state: State::Master,
-            actions: vec![
-                SendAdvert { priority: 100 },
-                StartTimer {
-                    timer: Adver,
-                    after: ms(1000),
-                },
-            ],
+            actions: advertise_now(100),
         },
         Case {
             name: "§6.4.3 shutdown as master: priority 0, drop VIPs",
@@ -323,15 +292,7 @@ fn cases() -> Vec<Case> {
             before: inst(State::Fault, |_| {}),
             event: Event::FaultCleared,
             state: State::Backup,
-            actions: vec![
-                StopTimer(Adver),
-                RemoveVips,
-                StartTimer {
-                    timer: MasterDown,
-                    after: us(MDI_100),
-                },
-                Notify(State::Backup),
-            ],
+            actions: backup_entry(),
         },
         Case {
             name: "adverts are ignored in fault",
@@ -359,13 +320,7 @@ fn cases() -> Vec<Case> {
             before: inst(State::Master, |_| {}),
             event: Event::PriorityChanged { priority: 80 },
             state: State::Master,
-            actions: vec![
-                SendAdvert { priority: 80 },
-                StartTimer {
-                    timer: Adver,
-                    after: ms(1000),
-                },
-            ],
+            actions: advertise_now(80),
         },
         Case {
             name: "priority change as backup: used at the next timer reset",

@@ -1,12 +1,12 @@
 //! The collector's rules, one scenario per test: the pure core (`classify`, `drift`) and the
 //! executor over a fake pair of tables.
-use std::{collections::BTreeMap, io};
+use std::{collections::BTreeMap, io, net::Ipv4Addr};
 
 use router_ebpf::{
     BACKEND_ACTIVE, BACKEND_SHUTDOWN, Backend, DEFAULT_TIMEOUT_ESTABLISHED_NS,
-    DEFAULT_TIMEOUT_HANDSHAKE_NS, FAMILY_IPV4, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
+    DEFAULT_TIMEOUT_HANDSHAKE_NS, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_CLOSED, FLOW_F_REPLY,
     FLOW_STATE_CLOSED, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_HANDSHAKE,
-    GC_OP_ADJUST, PROTO_TCP,
+    GC_OP_ADJUST,
 };
 
 use super::*;
@@ -15,13 +15,14 @@ use crate::dataplane::{
     batch::{Batch, Cursor},
 };
 use crate::model::{BackendKey, ListenerKey};
+use crate::test_flows::Tuple;
 
 const S: u64 = 1_000_000_000;
 /// A clock far from zero, so "long ago" fits in a u64.
 const NOW: u64 = 100_000 * S;
-const VIP: u32 = 0x6400_12c6; // 198.18.0.100, network order on little-endian
-const CLIENT: u32 = 0x1e00_12c6;
-const NODE: u32 = 0x0b00_12c6;
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 
 fn timeouts() -> Timeouts {
     Timeouts {
@@ -42,39 +43,13 @@ fn flow(
     reply_seen: u64,
     flags: u64,
 ) -> [(FlowKey, Flow); 2] {
-    let w = |a: u32| [a, 0, 0, 0];
-    let fk = FlowKey {
-        saddr: w(CLIENT),
-        daddr: w(VIP),
-        sport: cport.to_be(),
-        dport: 5000u16.to_be(),
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
+    let tuple = Tuple {
+        client: (CLIENT, cport),
+        vip: (VIP, 5000),
+        snat: (VIP, sport),
+        node: (NODE, 5432),
     };
-    let fwd = Flow {
-        saddr: w(VIP),
-        daddr: w(NODE),
-        sport: sport.to_be(),
-        dport: 5432u16.to_be(),
-        backend_id: backend,
-        service_id: 0,
-        flags,
-        last_seen: fwd_seen,
-        ..Flow::default()
-    };
-    let rk = fwd.peer_key();
-    let reply = Flow {
-        saddr: w(VIP),
-        daddr: w(CLIENT),
-        sport: 5000u16.to_be(),
-        dport: cport.to_be(),
-        backend_id: backend,
-        service_id: 0,
-        flags: FLOW_F_REPLY,
-        last_seen: reply_seen,
-        ..Flow::default()
-    };
+    let [(fk, fwd), (rk, reply)] = tuple.entries(backend, flags, fwd_seen, reply_seen);
     assert_eq!(reply.peer_key(), fk, "the entries point at each other");
     [(fk, fwd), (rk, reply)]
 }
@@ -200,45 +175,22 @@ fn each_state_expires_after_its_own_timeout() {
 /// A zero field in PGR_TIMEOUTS means the default: an established flow idle an hour stays.
 #[test]
 fn zero_timeouts_mean_the_defaults() {
-    let [f, _] = flow(40000, 20000, 1, NOW - 3600 * S, 0, 0);
     let mut tally = Tally::default();
     let t = Timeouts::default();
-    let a = classify(
-        NOW,
-        &t,
-        Table::Conntrack,
-        &[f],
-        &mut |_, _| None,
-        &mut tally,
-    );
+    // One entry alone in `table`, judged with all-zero timeouts.
+    let mut alone = |table: Table, entry: (FlowKey, Flow)| {
+        classify(NOW, &t, table, &[entry], &mut |_, _| None, &mut tally)
+    };
+    let [f, _] = flow(40000, 20000, 1, NOW - 3600 * S, 0, 0);
+    let a = alone(Table::Conntrack, f);
     assert!(a.is_empty());
     let old = NOW - DEFAULT_TIMEOUT_ESTABLISHED_NS - S;
     let [f, _] = flow(40000, 20000, 1, old, 0, 0);
-    let a = classify(
-        NOW,
-        &t,
-        Table::Conntrack,
-        &[f],
-        &mut |_, _| None,
-        &mut tally,
-    );
+    let a = alone(Table::Conntrack, f);
     assert_eq!(a.len(), 1);
-    let [h, _] = flow(
-        40000,
-        20000,
-        1,
-        NOW - DEFAULT_TIMEOUT_HANDSHAKE_NS + S,
-        0,
-        0,
-    );
-    let a = classify(
-        NOW,
-        &t,
-        Table::Handshake,
-        &[h],
-        &mut |_, _| None,
-        &mut tally,
-    );
+    let young = NOW - DEFAULT_TIMEOUT_HANDSHAKE_NS + S;
+    let [h, _] = flow(40000, 20000, 1, young, 0, 0);
+    let a = alone(Table::Handshake, h);
     assert!(a.is_empty());
 }
 

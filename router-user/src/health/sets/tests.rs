@@ -2,54 +2,29 @@
 use super::*;
 use crate::config::{self, Cluster};
 use crate::model::BackendState::{Active, Drain, Shutdown};
+use crate::test_config as builder;
 
 const MB10: u64 = 10 * 1024 * 1024;
 
 /// Three nodes; listeners: W primary, R replica+fallback, RL replica lag=10MB (no fallback),
 /// RO read-only, WK primary with on_marked_down = "keep".
 fn cluster() -> Cluster {
-    let text = r#"
-[[cluster]]
-name = "pg"
-[[cluster.node]]
-name = "a"
-host = "198.18.0.11"
-[[cluster.node]]
-name = "b"
-host = "198.18.0.12"
-[[cluster.node]]
-name = "c"
-host = "198.18.0.13"
-[[cluster.listener]]
-name = "W"
-vip = "198.18.0.100"
-port = 5000
-kind = "primary"
-[[cluster.listener]]
-name = "R"
-vip = "198.18.0.100"
-port = 5001
-kind = "replica"
-fallback = "primary"
-[[cluster.listener]]
-name = "RL"
-vip = "198.18.0.100"
-port = 5002
-kind = "replica"
-lag = "10MB"
-[[cluster.listener]]
-name = "RO"
-vip = "198.18.0.100"
-port = 5003
-kind = "read-only"
-[[cluster.listener]]
-name = "WK"
-vip = "198.18.0.100"
-port = 5004
-kind = "primary"
-on_marked_down = "keep"
-"#;
-    match config::parse(text, "test.toml") {
+    use builder::{Config, Listener, Node, Section as _};
+    const VIP: &str = "198.18.0.100";
+    let text = Config::new()
+        .cluster(
+            builder::Cluster::new("pg")
+                .node(Node::new("a", "198.18.0.11"))
+                .node(Node::new("b", "198.18.0.12"))
+                .node(Node::new("c", "198.18.0.13"))
+                .listener(Listener::primary("W", VIP, 5000))
+                .listener(Listener::replica_or_primary("R", VIP, 5001))
+                .listener(Listener::new("RL", VIP, 5002, "replica").set("lag", "10MB"))
+                .listener(Listener::new("RO", VIP, 5003, "read-only"))
+                .listener(Listener::primary("WK", VIP, 5004).set("on_marked_down", "keep")),
+        )
+        .to_toml();
+    match config::parse(&text, "test.toml") {
         Ok(mut c) => c.clusters.remove(0),
         Err(e) => panic!("{e}"),
     }

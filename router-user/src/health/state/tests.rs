@@ -4,39 +4,42 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config;
+use crate::test_config as builder;
 
+/// Nodes a, b; W primary, R replica with the primary as fallback; checks every 1 s,
+/// fastinter 200 ms, downinter 3 s, fall 2, rise 2.
 fn cluster() -> Cluster {
-    let text = r#"
-[[cluster]]
-name = "pg"
-[cluster.health]
-interval = "1s"
-fastinter = "200ms"
-downinter = "3s"
-fall = 2
-rise = 2
-[[cluster.node]]
-name = "a"
-host = "198.18.0.11"
-[[cluster.node]]
-name = "b"
-host = "198.18.0.12"
-[[cluster.listener]]
-name = "W"
-vip = "198.18.0.100"
-port = 5000
-kind = "primary"
-[[cluster.listener]]
-name = "R"
-vip = "198.18.0.100"
-port = 5001
-kind = "replica"
-fallback = "primary"
-"#;
-    match config::parse(text, "t.toml") {
+    use builder::{Config, Health, Listener, Node};
+    const VIP: &str = "198.18.0.100";
+    let text = Config::new()
+        .cluster(
+            builder::Cluster::new("pg")
+                .health(
+                    Health::new()
+                        .interval(Duration::from_secs(1))
+                        .fastinter(Duration::from_millis(200))
+                        .downinter(Duration::from_secs(3))
+                        .fall(2)
+                        .rise(2),
+                )
+                .node(Node::new("a", "198.18.0.11"))
+                .node(Node::new("b", "198.18.0.12"))
+                .listener(Listener::primary("W", VIP, 5000))
+                .listener(Listener::replica_or_primary("R", VIP, 5001)),
+        )
+        .to_toml();
+    match config::parse(&text, "t.toml") {
         Ok(mut c) => c.clusters.remove(0),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// A fresh state whose first checks of every node have just been taken (are in flight).
+fn checking() -> (ClusterState, Instant) {
+    let t0 = Instant::now();
+    let mut s = ClusterState::new(&cluster(), t0);
+    s.take_due(t0);
+    (s, t0)
 }
 
 fn outcome(ok: bool, role: &str, tl: u64) -> CheckOutcome {
@@ -115,9 +118,7 @@ fn all_nodes_are_due_at_start_and_not_twice() {
 
 #[test]
 fn rise_two_needs_two_cycles_and_uses_fastinter_meanwhile() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     assert!(
         !s.apply(0, as_primary(t0), t0),
         "one success of rise=2 changes nothing"
@@ -135,9 +136,7 @@ fn rise_two_needs_two_cycles_and_uses_fastinter_meanwhile() {
 
 #[test]
 fn a_node_down_for_every_check_uses_downinter() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(1, unreachable(t0), t0);
     assert_eq!(
         s.nodes[1].due,
@@ -238,9 +237,7 @@ fn without_a_primary_every_node_stays_at_fastinter_until_one_is_found() {
 
 #[test]
 fn a_recheck_request_during_a_probe_applies_after_it() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(0, as_primary(t0), t0);
     s.apply(1, as_replica(t0), t0);
     let t1 = t0 + Duration::from_millis(200);
@@ -254,9 +251,7 @@ fn a_recheck_request_during_a_probe_applies_after_it() {
 
 #[test]
 fn counters_count_checks_failures_and_set_changes() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(0, as_primary(t0), t0);
     s.apply(0, as_primary(t0), t0);
     let c = s.snapshot().status.counters;
@@ -270,9 +265,7 @@ fn counters_count_checks_failures_and_set_changes() {
 
 #[test]
 fn snapshot_reports_node_facts_and_check_results() {
-    let t0 = Instant::now();
-    let mut s = ClusterState::new(&cluster(), t0);
-    s.take_due(t0);
+    let (mut s, t0) = checking();
     s.apply(1, as_replica(t0), t0);
     let st = s.snapshot().status;
     let b = &st.nodes[1];

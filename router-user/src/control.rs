@@ -11,7 +11,14 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{controller::Request, status::Answer};
+use crate::status::{Answer, Status};
+
+/// A request read from the socket, for the controller's event loop to answer. Defined here,
+/// with the protocol, so the controller depends on the socket and not the other way round.
+pub enum Request {
+    Status(oneshot::Sender<Status>),
+    Reload(oneshot::Sender<Result<String, String>>),
+}
 
 /// Listens on `path` (replacing a stale socket left by a killed daemon).
 pub fn serve(

@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use router_ebpf::Timeouts;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -33,7 +33,7 @@ mod policy;
 
 use crate::{
     config::{self, Config},
-    control,
+    control::{self, Request},
     dataplane::{
         self, Applied, Datapath, LoadOptions, Maps,
         gc::{self, Gc},
@@ -46,12 +46,6 @@ use crate::{
     vrrp::{self, InstanceHandle, Tracks},
 };
 use policy::ClusterView;
-
-/// Requests from the control socket.
-pub enum Request {
-    Status(oneshot::Sender<Status>),
-    Reload(oneshot::Sender<Result<String, String>>),
-}
 
 struct Cluster {
     cfg: config::Cluster,

@@ -157,7 +157,7 @@ fn two_keepalived_instances_with_one_name_are_not_both_written() {
     r.expect("imported output passes check-config");
 }
 
-/// Found by `config_gen`: check-config accepts an IPv6 VIP, which the data path's planner
+/// Found by `import_gen` (strict mode): check-config accepts an IPv6 VIP, which the data path's planner
 /// refuses ("IPv6 is not served by the data path yet"): the daemon starts and serves nothing.
 #[test]
 #[ignore = "fix in config/ (config refactor): IPv6 VIPs accepted but not served"]

@@ -2,6 +2,7 @@
 mod bench;
 mod demo;
 mod dist;
+mod fuzz;
 mod lab;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Cmd {
     },
     /// Benchmarks (ratios against baselines measured in the same run) → BENCHMARKS.md.
     Bench,
+    /// Run the fuzz targets in fuzz/ (cargo-fuzz, nightly) for a fixed time each.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the Debian package (`--verify`: install it into a clean Debian root).
     Dist(dist::DistArgs),
     /// Manage the local Patroni lab (network namespaces).
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             setup::run_setup()?;
             bench::run()
         }
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Dist(args) => dist::run_with(args),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Demo(args) => demo::run(args),

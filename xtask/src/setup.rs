@@ -2,7 +2,8 @@
 //! - Debian packages for tests, the lab and benchmarks (via the lab's installer, which also
 //!   keeps Debian's PostgreSQL from creating and starting a default cluster);
 //! - nightly's rust-src (the eBPF build uses `-Z build-std=core`);
-//! - bpf-linker 0.13 built against nightly's own libLLVM, so the linker and rustc agree.
+//! - bpf-linker 0.13 built against nightly's own libLLVM, so the linker and rustc agree;
+//! - cargo-fuzz, for `cargo xtask fuzz` (docs/fuzzing.md).
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
@@ -64,6 +65,7 @@ pub fn run_setup() -> anyhow::Result<()> {
     }
     rust_toolchain()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     println!("setup: done");
     Ok(())
 }
@@ -140,4 +142,25 @@ fn bpf_linker() -> anyhow::Result<()> {
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", LLVM_PREFIX))
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz drives the libFuzzer targets in fuzz/ (`cargo xtask fuzz`, and briefly in CI).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }

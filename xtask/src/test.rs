@@ -1,4 +1,5 @@
 //! `cargo xtask test`: every test, in layers. Unit and no-root integration tests first (fast),
+//! each fuzz target for a few seconds,
 //! then the root-only kernel and network tests one at a time (they measure timing and share
 //! two cores), then the scenarios on a real Patroni + etcd + PostgreSQL lab.
 use std::process::Command;
@@ -30,8 +31,8 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         root.push(f);
     }
     cargo(&unit)?;
-    // The ABI crate's host-side tests (the status contract); its binary is BPF-only.
     if filter.is_none() {
+        // The ABI crate's host-side tests (the status contract); its binary is BPF-only.
         cargo(&[
             "test",
             "-p",
@@ -40,6 +41,8 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
             "--features",
             "user,status",
         ])?;
+        // Every fuzz target briefly on the committed corpus (docs/fuzzing.md).
+        crate::fuzz::ci()?;
     }
     root.extend(["--", "--test-threads=1"]);
     cargo(&root)?;

@@ -283,9 +283,12 @@ pub struct Flow {
     /// CLOCK_MONOTONIC_COARSE ns of the last packet in this entry's direction; in the
     /// handshake table, of the first SYN (retransmissions do not extend a handshake).
     pub last_seen: u64,
-    /// The client's initial sequence number (host order), in both handshake entries: a RST
-    /// from the node is a refusal only if it acknowledges exactly `isn + 1`.
-    pub isn: u32,
+    /// Host order. In the handshake table: the client's initial sequence number, in both
+    /// entries (a RST from the node is a refusal only if it acknowledges exactly `seq + 1`).
+    /// In the conntrack table: the sequence number right after the last segment sent in this
+    /// entry's direction (0 until one is seen), so a RST sent before the other side
+    /// acknowledged that data is still judged exact, as its receiver judges it.
+    pub seq: u32,
     /// With [`FLOW_F_PEER_FIN`]: the sequence number right after the other direction's FIN
     /// (host order); an ACK of at least this acknowledges it.
     pub peer_fin_end: u32,

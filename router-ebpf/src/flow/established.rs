@@ -47,6 +47,15 @@ pub(super) fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u3
     if !in_window {
         count(counter::SEQ_OUT_OF_WINDOW);
     }
+    if in_window && tcp_flags & TCP_RST == 0 {
+        // What this side has sent so far (a FIN takes one number), for judging its own RST
+        // (see `track_close`).
+        let fin = u32::from(tcp_flags & TCP_FIN != 0);
+        let end = seq.wrapping_add(payload_len(h)).wrapping_add(fin);
+        if f.seq == 0 || seq_ge(end, f.seq) {
+            unsafe { (*entry).seq = end };
+        }
+    }
     if tcp_flags & TCP_ACK != 0 && in_window {
         unsafe { (*entry).last_ack = ack_be };
         if f.flags & (FLOW_F_PEER_FIN | FLOW_F_PEER_FIN_ACKED) == FLOW_F_PEER_FIN
@@ -84,16 +93,25 @@ pub(super) fn fin_acked(fwd: *mut Flow, backend_id: u32, bit: u64) {
     }
 }
 
+/// TCP payload bytes of the packet (the IPv4 header is `IPV4_LEN`: options are not parsed).
+#[inline(always)]
+fn payload_len(h: &Headers) -> u32 {
+    let (tot_len, doff) = unsafe { (u16::from_be((*h.ip).tot_len), (*h.tcp).doff >> 4) };
+    u32::from(tot_len).saturating_sub(IPV4_LEN as u32 + u32::from(doff) * 4)
+}
+
 /// A FIN is recorded in the other direction's entry (which closes it when that side
-/// acknowledges it); a RST closes the flow only with exactly the sequence number the other
-/// side acknowledged last (RFC 5961 §3.2: anything else only earns a challenge ACK from the
-/// endpoint, so a forged RST cannot free a slot or a port).
+/// acknowledges it); a RST closes the flow only with exactly the sequence number its receiver
+/// expects next: what the receiver acknowledged last, or the end of what the sender has sent
+/// (the receiver may hold data it has not acknowledged yet). RFC 5961 §3.2: anything else
+/// only earns a challenge ACK from the endpoint, so a forged RST cannot free a slot or a port.
 #[inline(always)]
 pub(super) fn track_close(h: &Headers, entry: *mut Flow, peer: *mut Flow, f: &Flow, tcp_flags: u8) {
     let is_reply = f.flags & FLOW_F_REPLY != 0;
     let seq_be = get32(unsafe { &(*h.tcp).seq });
     if tcp_flags & TCP_RST != 0 {
-        if seq_be == unsafe { (*peer).last_ack } {
+        let seq = u32::from_be(seq_be);
+        if seq_be == unsafe { (*peer).last_ack } || (f.seq != 0 && seq == f.seq) {
             let fwd = if is_reply { peer } else { entry };
             close(fwd, f.backend_id);
         } else {
@@ -101,9 +119,9 @@ pub(super) fn track_close(h: &Headers, entry: *mut Flow, peer: *mut Flow, f: &Fl
         }
         return;
     }
-    let (tot_len, doff) = unsafe { (u16::from_be((*h.ip).tot_len), (*h.tcp).doff >> 4) };
-    let payload = u32::from(tot_len).saturating_sub(IPV4_LEN as u32 + u32::from(doff) * 4);
-    let end = u32::from_be(seq_be).wrapping_add(payload).wrapping_add(1);
+    let end = u32::from_be(seq_be)
+        .wrapping_add(payload_len(h))
+        .wrapping_add(1);
     unsafe { (*peer).peer_fin_end = end };
     atomic::fetch_or(unsafe { &raw mut (*peer).flags }, FLOW_F_PEER_FIN);
     if is_reply {

@@ -123,7 +123,7 @@ pub(super) fn prepare(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Servic
         r.flags = FLOW_F_REPLY;
         r.last_ack = 0;
         r.last_seen = now;
-        r.isn = isn;
+        r.seq = isn;
         r.peer_fin_end = 0;
         let f = &mut (*w).fwd;
         f.saddr = svc.snat_addr;
@@ -135,7 +135,7 @@ pub(super) fn prepare(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Servic
         f.flags = 0;
         f.last_ack = 0;
         f.last_seen = now;
-        f.isn = isn;
+        f.seq = isn;
         f.peer_fin_end = 0;
         let k = &mut (*w).rkey;
         k.saddr = b.addr;
@@ -192,7 +192,7 @@ pub(super) fn handshake_forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, f:
     if tcp_flags & TCP_RST != 0 {
         // A copy: the entry may be reused once removed.
         let fc = *f;
-        if u32::from_be(get32(unsafe { &(*h.tcp).seq })) == fc.isn.wrapping_add(1) {
+        if u32::from_be(get32(unsafe { &(*h.tcp).seq })) == fc.seq.wrapping_add(1) {
             end_handshake(key, &fc);
         } else {
             count(counter::RST_NOT_EXACT);
@@ -240,7 +240,9 @@ pub(super) fn establish(key: &FlowKey, f: &Flow, r: *const Flow) -> u32 {
         (*w).fwd = *f;
         (*w).fwd.last_seen = now;
         (*w).fwd.flags = 0;
+        (*w).fwd.seq = 0;
         (*w).reply = *r;
+        (*w).reply.seq = 0;
         (*w).reply.last_seen = now;
         (*w).reply.flags = FLOW_F_REPLY | FLOW_F_ANSWERED;
         (&(*w).fwd, &(*w).reply)
@@ -297,7 +299,7 @@ pub(super) fn handshake_reply(
     if tcp_flags & TCP_RST != 0 {
         // A copy: the entry may be reused once removed.
         let fc = *f;
-        if tcp_flags & TCP_ACK != 0 && u32::from_be(ack) == fc.isn.wrapping_add(1) {
+        if tcp_flags & TCP_ACK != 0 && u32::from_be(ack) == fc.seq.wrapping_add(1) {
             if fc.flags & FLOW_F_ANSWERED == 0 {
                 if let Some(b) = backend_stats(fc.backend_id) {
                     b.refused += 1;
@@ -310,7 +312,7 @@ pub(super) fn handshake_reply(
         return send(ctx, h, &fc);
     }
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-        && u32::from_be(ack) == f.isn.wrapping_add(1)
+        && u32::from_be(ack) == f.seq.wrapping_add(1)
     {
         unsafe { (*entry).last_ack = ack };
         atomic::fetch_or(unsafe { &raw mut (*entry).flags }, FLOW_F_ANSWERED);

@@ -13,50 +13,6 @@ use pgrouter::vrrp::packet::{self, Auth, DecodeError, IpInfo, Local, Packet, Ver
 
 pub type Outcome = Result<(), String>;
 
-/// Gaps a fuzzer found that belong to code another change owns; reported with a reproducer
-/// (docs/fuzzing.md, *Known gaps*). An error containing one of these texts does not fail the
-/// property, so the fuzzer keeps exploring past it. Remove an entry once its fix lands.
-pub const KNOWN_PLAN_GAPS: &[&str] = &[
-    // check-config accepts IPv6 VIPs, the data path planner refuses them.
-    "IPv6 is not served by the data path yet",
-    // check-config sets no upper bound on nodes per cluster, listeners, or their product.
-    "more than 32 nodes",
-    "more than 256 listeners",
-    "more than 4096 backend entries",
-];
-
-/// `pgrouter import` output that fails check-config for a reason another change owns.
-pub const KNOWN_IMPORT_GAPS: &[&str] = &[
-    // A `bind [::]:5000` / `ipv6@` listener over IPv4 servers is written as is.
-    "address family differs",
-    // Two keepalived `vrrp_instance` blocks with one name or one VRID are both written.
-    "duplicate vrrp instance name",
-    "is already used on",
-];
-
-/// Control characters (other than tab and newline) in an input: the importer copies them into
-/// `# WARNING:` comments, which TOML forbids, and the config loader reports a control
-/// character in a comment with an empty message. Both are known gaps (docs/fuzzing.md).
-pub fn has_control_chars(text: &str) -> bool {
-    text.chars()
-        .any(|c| c.is_control() && c != '\t' && c != '\n')
-}
-
-fn known_plan_gap(e: &str) -> bool {
-    KNOWN_PLAN_GAPS.iter().any(|k| e.contains(k))
-}
-
-/// The known `pgrouter import --haproxy` panic on a bare `use_backend` or `acl` line in a proxy
-/// section (issue 16; the fix belongs to the import refactor). Such inputs are skipped until it
-/// lands; `tests/corpus.rs` keeps a regression input for it, ignored until then.
-pub fn has_bare_use_backend_or_acl(haproxy_text: &str) -> bool {
-    haproxy::parse(haproxy_text).sections.iter().any(|s| {
-        s.directives
-            .iter()
-            .any(|d| d.words.len() == 1 && matches!(d.word(0), "use_backend" | "acl"))
-    })
-}
-
 /// Config text: a rejected file names line, column and field for every problem; an accepted
 /// file plans into data-path maps (with every node up in its likely role) and planning the same
 /// listeners again changes nothing.
@@ -67,13 +23,7 @@ pub fn config_text(text: &str) -> Outcome {
                 return Err("rejected without a diagnostic".into());
             }
             for d in &e.diagnostics {
-                // A TOML syntax error is sometimes reported with an empty message (known gap).
-                let empty_known = d.message.is_empty() && d.field == "(top level)" && !strict();
-                if d.line == 0
-                    || d.col == 0
-                    || d.field.is_empty()
-                    || (d.message.is_empty() && !empty_known)
-                {
+                if d.line == 0 || d.col == 0 || d.field.is_empty() || d.message.is_empty() {
                     return Err(format!("diagnostic without position or field: {d:?}"));
                 }
             }
@@ -101,11 +51,8 @@ pub fn config_applies(cfg: &Config) -> Outcome {
         desired.extend(pgrouter::health::static_snapshot(&c).listeners);
     }
     let snat = (cfg.datapath.snat_ports.first, cfg.datapath.snat_ports.last);
-    let (_, applied) = match plan(&desired, &Applied::default(), snat, 1) {
-        Ok(p) => p,
-        Err(e) if known_plan_gap(&e.to_string()) && !strict() => return Ok(()),
-        Err(e) => return Err(format!("accepted config does not plan: {e}")),
-    };
+    let (_, applied) = plan(&desired, &Applied::default(), snat, 1)
+        .map_err(|e| format!("accepted config does not plan: {e}"))?;
     let (again, _) = plan(&desired, &applied, snat, 2)
         .map_err(|e| format!("re-planning an applied config fails: {e}"))?;
     if !again.is_empty() {
@@ -119,12 +66,6 @@ pub fn config_applies(cfg: &Config) -> Outcome {
 /// `pgrouter import`: what it writes passes `check-config` (and then applies), and every
 /// warning is in the output as a comment.
 pub fn import_texts(haproxy_text: &str, keepalived_text: Option<&str>) -> Outcome {
-    let known_input = has_bare_use_backend_or_acl(haproxy_text)
-        || has_control_chars(haproxy_text)
-        || keepalived_text.is_some_and(has_control_chars);
-    if known_input && !strict() {
-        return Ok(());
-    }
     let h = Source {
         path: "haproxy.cfg",
         text: haproxy_text,
@@ -136,59 +77,19 @@ pub fn import_texts(haproxy_text: &str, keepalived_text: Option<&str>) -> Outcom
     let Ok(out) = import::import(&h, k.as_ref()) else {
         return Ok(()); // nothing usable: refused with a message, which is allowed
     };
-    let cfg = match config::parse(&out.toml, "imported.toml") {
-        Ok(cfg) => cfg,
-        Err(e)
-            if e.diagnostics
-                .iter()
-                .all(|d| KNOWN_IMPORT_GAPS.iter().any(|k| d.message.contains(k)))
-                && !strict() =>
-        {
-            return Ok(());
-        }
-        // Known gap: import writes values check-config refuses (a VRRP version 4, a cluster
-        // without listeners, ...) and says so in a warning. Strict mode counts these too.
-        Err(_) if flagged_invalid(&out.warnings) && !strict() => return Ok(()),
-        Err(e) => {
-            return Err(format!(
-                "imported config fails check-config:\n{e}\n---\n{}",
-                out.toml
-            ));
-        }
-    };
+    let cfg = config::parse(&out.toml, "imported.toml").map_err(|e| {
+        format!(
+            "imported config fails check-config:\n{e}\n---\n{}",
+            out.toml
+        )
+    })?;
     for w in &out.warnings {
         let line = format!("# WARNING: {w}");
-        // Known gap: a warning attached to a listener that is then dropped (a proxy whose name
-        // appears twice, a bind that does not parse) is not written. Strict mode counts it.
-        if !out.toml.contains(&line) && strict() {
+        if !out.toml.contains(&line) {
             return Err(format!("warning missing from the output: {w}"));
         }
     }
     config_applies(&cfg)
-}
-
-/// Whether the importer itself warned that its output does not pass check-config.
-fn flagged_invalid(warnings: &[import::Warning]) -> bool {
-    warnings
-        .iter()
-        .any(|w| w.message.contains("does not pass `pgrouter check-config`"))
-}
-
-thread_local! {
-    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// `PGROUTER_FUZZ_STRICT=1` (or inside [`strictly`]): no known gap is excused.
-pub fn strict() -> bool {
-    STRICT.get() || std::env::var_os("PGROUTER_FUZZ_STRICT").is_some_and(|v| v == "1")
-}
-
-/// Runs `f` with every known gap counted as a failure (the regression tests of the gaps).
-pub fn strictly<T>(f: impl FnOnce() -> T) -> T {
-    STRICT.set(true);
-    let r = f();
-    STRICT.set(false);
-    r
 }
 
 /// Splits one fuzz input into haproxy.cfg and (after the first NUL) keepalived.conf.

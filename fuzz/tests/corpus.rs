@@ -1,8 +1,7 @@
 //! The fuzz corpus and the crashes found, replayed on stable through the same properties the
 //! targets check (`cargo test --manifest-path fuzz/Cargo.toml`). Generator targets' corpora are
 //! replayed through their generators. Each crash the fuzzers found is a test below, named after
-//! what it proves; those whose fix belongs to another change are `#[ignore]` with the reason
-//! until it lands (docs/fuzzing.md, *Known gaps*).
+//! what it proves (docs/fuzzing.md, *Found and fixed*).
 use std::path::{Path, PathBuf};
 
 use arbitrary::Unstructured;
@@ -95,35 +94,34 @@ fn every_import_fixture_passes_the_import_property() {
     }
 }
 
-// --- Crashes found by the fuzzers whose fix belongs to another change (reproducers). ---
+// --- Crashes the fuzzers found, with their reproducers (docs/fuzzing.md, *Found and fixed*). ---
 
 /// Issue 16's own report: a frontend with a bare `use_backend` (or `acl`) line panicked in
-/// import/translate.rs (slicing `words[2..]`). Fixed by the import refactor.
+/// import/translate.rs (slicing `words[2..]`). Fixed in 81a2dac: a warning naming the line.
 #[test]
-#[ignore = "fix in the import refactor (issue 14/16): bare use_backend/acl panics"]
 fn a_bare_use_backend_or_acl_line_is_a_warning_not_a_panic() {
     for line in ["use_backend", "acl"] {
         let h = format!(
             "frontend f\n    bind 198.18.0.100:5000\n    {line}\n    default_backend b\nbackend b\n    server a 198.18.0.11:5432 check port 8008\n"
         );
-        let r = std::panic::catch_unwind(|| props::strictly(|| props::import_texts(&h, None)));
+        let r = std::panic::catch_unwind(|| props::import_texts(&h, None));
         assert!(matches!(r, Ok(Ok(()))), "{line}: {r:?}");
     }
 }
 
-/// Found by `config`: a control character in a comment is a TOML error reported with an empty
-/// message (`f.toml:1:4: (top level): `).
+/// Found by `config`: a control character in a comment was a TOML error reported with an
+/// empty message (`f.toml:1:4: (top level): `). The message now names the character.
 #[test]
-#[ignore = "fix in config/ (config refactor): empty message for a control character"]
 fn a_control_character_in_a_comment_is_named_in_the_error() {
     let e = pgrouter::config::parse("# a\u{1}\n", "f.toml").expect_err("invalid TOML");
     assert!(e.diagnostics.iter().all(|d| !d.message.is_empty()), "{e:?}");
+    assert!(e.to_string().contains("control character U+0001"), "{e}");
 }
 
-/// Found by `import`: a control character in an ignored keepalived.conf statement is copied
-/// into a `# WARNING:` comment, which TOML forbids, so the output fails check-config.
+/// Found by `import`: a control character in an ignored keepalived.conf statement was copied
+/// into a `# WARNING:` comment, which TOML forbids, so the output failed check-config. Comments
+/// and warnings now carry it escaped (`\u{0}`).
 #[test]
-#[ignore = "fix in import/ (import refactor): control characters copied into comments"]
 fn control_characters_in_the_input_do_not_break_the_output() {
     let h = include_str!("../../router-user/tests/fixtures/import/seed_simple.haproxy.cfg");
     let k = "\u{0}\u{0}08\nvrrp_instance VI_1 {\n    interface eth0\n    virtual_router_id 51\n    virtual_ipaddress {\n        198.18.0.100\n    }\n}\n";
@@ -133,44 +131,72 @@ fn control_characters_in_the_input_do_not_break_the_output() {
     )
     .expect("imports");
     pgrouter::config::parse(&out.toml, "o.toml").expect("output passes check-config");
+    props::import_texts(h, Some(k)).expect("the import property");
+    // The same through haproxy.cfg, and in the middle of a section name.
+    let h2 = h.replacen("listen PG1\n", "listen PG\u{7}1\n\u{1b}[2J\n", 1);
+    props::import_texts(&h2, Some(k)).expect("the import property");
 }
 
-/// Found by `import_gen`: a `bind [::]:5000` listener over IPv4 servers is written as is and
-/// check-config refuses it ("address family differs").
+/// Found by `import_gen`: a `bind [::]:5000` / `bind [fd00::100]:5000` listener over IPv4
+/// servers was written as is and check-config refused it ("address family differs"). The
+/// data path serves IPv4 only: the listener is commented out with a warning (here nothing is
+/// left, so import refuses with the reason), or takes keepalived's only IPv4 VIP.
 #[test]
-#[ignore = "fix in import/ (import refactor): IPv6 bind over IPv4 servers"]
 fn an_ipv6_bind_over_ipv4_servers_is_not_written_as_a_listener() {
     let h = "listen pg\n    bind [fd00:198:18::100]:5000\n    option httpchk GET /primary\n    server a 198.18.0.11:5432 check port 8008\n";
-    let r = props::strictly(|| props::import_texts(h, None));
-    r.expect("imported output passes check-config");
+    props::import_texts(h, None).expect("imported output passes check-config");
+    let e = pgrouter::import::import(&pgrouter::import::Source { path: "h", text: h }, None)
+        .map(|o| o.toml)
+        .expect_err("no listener pgrouter can serve");
+    assert!(
+        e.contains("IPv6 listeners are not served by the data path yet"),
+        "{e}"
+    );
+    let both = h.replace(
+        "    bind [fd00",
+        "    bind 198.18.0.100:5001\n    bind [fd00",
+    );
+    props::import_texts(&both, None).expect("imported output passes check-config");
 }
 
 /// Found by `import_gen`: keepalived values check-config refuses (`vrrp_version 4`, two
-/// instances with one name or VRID) are written as is (import warns that its output fails).
+/// instances with one name or VRID, a VIP prefix length of 33, mixed families, an `advert_int`
+/// v2 cannot carry, a track weight beyond ±254) were written as is. They are now fitted (with
+/// a warning) or left out, commented out, with check-config's reason.
 #[test]
-#[ignore = "fix in import/ (import refactor): keepalived values written unchecked"]
 fn two_keepalived_instances_with_one_name_are_not_both_written() {
     let h = include_str!("../../router-user/tests/fixtures/import/seed_simple.haproxy.cfg");
     let inst = "vrrp_instance VI_1 {\n    interface eth0\n    virtual_router_id 51\n    virtual_ipaddress {\n        198.18.0.100\n    }\n}\n";
     let k = format!("{inst}{inst}");
-    let r = props::strictly(|| props::import_texts(h, Some(&k)));
-    r.expect("imported output passes check-config");
+    props::import_texts(h, Some(&k)).expect("imported output passes check-config");
+    let odd = "global_defs {\n    vrrp_version 4\n}\nvrrp_instance VI_2 {\n    interface eth0\n    \
+               virtual_router_id 52\n    advert_int 0.5\n    unicast_src_ip fd00::1\n    \
+               unicast_peer {\n        fd00::2\n        198.18.0.3\n    }\n    virtual_ipaddress {\n        \
+               198.18.0.100/33\n        198.18.0.101/24\n        fd00::100/64\n    }\n    \
+               track_script {\n        chk weight 300\n    }\n}\n";
+    props::import_texts(h, Some(&format!("{inst}{odd}"))).expect("passes check-config");
 }
 
-/// Found by `import_gen` (strict mode): check-config accepts an IPv6 VIP, which the data path's planner
-/// refuses ("IPv6 is not served by the data path yet"): the daemon starts and serves nothing.
+/// Found by `import_gen` (strict mode): check-config accepted an IPv6 VIP, which the data
+/// path's planner refuses ("IPv6 is not served by the data path yet"): the daemon started and
+/// served nothing. check-config now refuses it at the VIP.
 #[test]
-#[ignore = "fix in config/ (config refactor): IPv6 VIPs accepted but not served"]
 fn an_accepted_config_with_an_ipv6_vip_applies() {
     let text = "[[cluster]]\nname = \"pg\"\nchecks = \"static\"\n[[cluster.node]]\nname = \"a\"\nhost = \"fd00:198:18::11\"\nrole = \"primary\"\n[[cluster.listener]]\nname = \"w\"\nvip = \"fd00:198:18::100\"\nport = 5000\nkind = \"primary\"\n";
-    let r = props::strictly(|| props::config_text(text));
-    r.expect("accepted and applied");
+    props::config_text(text).expect("refused with positions, or accepted and applied");
+    let e = pgrouter::config::parse(text, "v6.toml").expect_err("IPv6 VIP refused");
+    assert!(
+        e.to_string()
+            .contains("v6.toml:10:7: cluster[0].listener[0].vip: fd00:198:18::100: IPv6 listeners are not served by the data path yet"),
+        "{e}"
+    );
 }
 
-/// Found while listing the planner's limits: check-config accepts 33 nodes behind a listener
-/// and 257 listeners, which the data-path planner refuses (`MAX_SET`, `MAX_SERVICES`).
+/// Found while listing the planner's limits: check-config accepted 33 nodes behind a listener
+/// and 257 listeners, which the data-path planner refuses (`MAX_SET`, `MAX_SERVICES`), and as
+/// many backend entries as the listeners' nodes add up to (`MAX_BACKENDS`). check-config now
+/// refuses each, at the first node or listener beyond the limit.
 #[test]
-#[ignore = "fix in config/ (config refactor): planner limits not checked by check-config"]
 fn an_accepted_config_stays_within_the_planner_limits() {
     let mut nodes = String::from("[[cluster]]\nname = \"pg\"\nchecks = \"static\"\n");
     for i in 0..33 {
@@ -191,7 +217,12 @@ fn an_accepted_config_stays_within_the_planner_limits() {
             1000 + i
         ));
     }
-    for text in [nodes, listeners] {
-        props::strictly(|| props::config_text(&text)).expect("accepted and applied");
+    for (text, limit) in [
+        (nodes, "more than 32 nodes"),
+        (listeners, "more than 256 listeners"),
+    ] {
+        props::config_text(&text).expect("refused with positions, or accepted and applied");
+        let e = pgrouter::config::parse(&text, "big.toml").expect_err("beyond a limit");
+        assert!(e.to_string().contains(limit), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! Atomic read-modify-write on map memory. `core::sync::atomic` has no RMW types for the BPF
 //! target, so the intrinsics are used directly; LLVM lowers them to BPF_ATOMIC instructions.
-use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd, atomic_xsub};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd, atomic_xsub};
 
 /// Adds `v` and returns the previous value (BPF_ADD | BPF_FETCH): the maxconn slot test and
 /// the taking of the slot are one instruction, so two CPUs can't both take the last slot.
@@ -19,4 +19,10 @@ pub fn sub(p: *mut u32, v: u32) {
 #[inline(always)]
 pub fn fetch_or(p: *mut u64, v: u64) -> u64 {
     unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
+}
+
+/// ANDs `v` in (clears bits) and returns the previous value (BPF_AND | BPF_FETCH).
+#[inline(always)]
+pub fn fetch_and(p: *mut u64, v: u64) -> u64 {
+    unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
 }

@@ -24,7 +24,7 @@ use crate::{
         timeouts,
     },
     parse::{Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, get32, put32},
-    reset, select, xmit,
+    reset, select, sync, xmit,
 };
 
 mod established;
@@ -133,6 +133,7 @@ pub fn entry_expired(key: &FlowKey, e: &Flow, now: u64, t: &Timeouts) -> bool {
 fn close(fwd: *mut Flow, backend_id: u32) {
     if atomic::fetch_or(unsafe { &raw mut (*fwd).flags }, FLOW_F_CLOSED) & FLOW_F_CLOSED == 0 {
         select::release(backend_id);
+        sync::closed(fwd);
     }
 }
 
@@ -212,6 +213,11 @@ pub fn forward(ctx: &XdpContext, h: &Headers, key: &FlowKey, svc: &Service) -> u
     }
     if tcp_flags & TCP_RST != 0 {
         count(counter::DROP_RST_NO_FLOW);
+        return xdp_action::XDP_DROP;
+    }
+    if sync::in_grace(now, None) {
+        // Just took the VIP over: the peer's sync of this flow may still be in flight, and
+        // the client retransmits a dropped packet; a RST would end its session.
         return xdp_action::XDP_DROP;
     }
     count(counter::RST_UNKNOWN_FLOW);

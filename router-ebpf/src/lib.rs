@@ -17,6 +17,9 @@
 #[cfg(feature = "status")]
 pub mod status;
 
+pub mod replication;
+pub use replication::*;
+
 /// A 16-bit value in network byte order.
 pub type Be16 = u16;
 /// A 32-bit value in network byte order.
@@ -84,8 +87,11 @@ pub mod map_names {
     pub const IFACE_MACS: &str = "PGR_IFACE_MACS";
     pub const HANDSHAKE: &str = "PGR_HANDSHAKE";
     pub const TIMEOUTS: &str = "PGR_TIMEOUTS";
+    pub const FLOW_EVENTS: &str = "PGR_FLOW_EVENTS";
+    pub const SYNC: &str = "PGR_SYNC";
+    pub const SYNC_STATS: &str = "PGR_SYNC_STATS";
     /// Every map pgrouter pins, in a stable order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKEND_SETS,
         BACKENDS,
@@ -99,6 +105,9 @@ pub mod map_names {
         IFACE_MACS,
         HANDSHAKE,
         TIMEOUTS,
+        FLOW_EVENTS,
+        SYNC,
+        SYNC_STATS,
     ];
 }
 
@@ -254,6 +263,12 @@ pub const FLOW_F_PEER_FIN_ACKED: u64 = 1 << 6;
 pub const FLOW_F_BACKEND_CLOSED_FIRST: u64 = 1 << 7;
 /// Forward entry: the client has sent a FIN (acknowledged or not), so the flow is closing.
 pub const FLOW_F_CLIENT_FIN_SEEN: u64 = 1 << 8;
+/// Installed by flow-state sync from a peer edge host and not yet seen a packet here: its
+/// sequence numbers are as of the peer's last report, so its next packet in this direction
+/// sets them afresh (instead of being judged out of window), and its close is not reported
+/// back to the peers (they own it). Cleared by that packet: from then on the flow is this
+/// host's.
+pub const FLOW_F_SYNCED: u64 = 1 << 9;
 
 /// Value of `PGR_CONNTRACK` (established flows) and `PGR_HANDSHAKE` (flows whose handshake has
 /// not completed): how to rewrite a packet whose tuple is the key. A flow has two entries,
@@ -333,6 +348,18 @@ pub const GC_OP_REAP: u32 = 1;
 /// [`GcRequest::op`]: add `delta` to backend `backend_id`'s open-flow count atomically
 /// (a drift correction found by the controller's recount). Verdict `XDP_DROP`.
 pub const GC_OP_ADJUST: u32 = 2;
+/// `pgrouter_gc`'s verdicts (XDP action codes), as the controller reads them.
+pub mod gc_verdict {
+    /// `XDP_ABORTED`: a malformed request.
+    pub const MALFORMED: u32 = 0;
+    /// `XDP_DROP`: done (reaped, adjusted, installed, removed).
+    pub const DONE: u32 = 1;
+    /// `XDP_PASS`: nothing to do (alive, gone, nothing newer, live here).
+    pub const KEPT: u32 = 2;
+    /// `XDP_TX`: a sync install that conflicts with another flow here.
+    pub const CONFLICT: u32 = 3;
+}
+
 /// [`GcRequest::flags`]: reap even if not expired.
 pub const GC_F_FORCE: u32 = 1;
 
@@ -560,6 +587,12 @@ impl_accumulate!(ServiceStats {
     established,
     drop_ct_full
 });
+impl_accumulate!(SyncStats {
+    events,
+    events_lost,
+    grace_drops,
+    adopted
+});
 impl_accumulate!(BackendStats {
     packets_in,
     bytes_in,
@@ -586,4 +619,8 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for Timeouts {}
     unsafe impl aya::Pod for GcRequest {}
+    unsafe impl aya::Pod for SyncRequest {}
+    unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for SyncState {}
+    unsafe impl aya::Pod for SyncStats {}
 }

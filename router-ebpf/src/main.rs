@@ -26,6 +26,8 @@ mod select;
 #[cfg(target_arch = "bpf")]
 mod snat;
 #[cfg(target_arch = "bpf")]
+mod sync;
+#[cfg(target_arch = "bpf")]
 mod xmit;
 
 #[cfg(not(target_arch = "bpf"))]
@@ -40,6 +42,7 @@ mod entry {
         flow, gc,
         maps::{PGR_IFACE_MACS, PGR_SERVICES, count},
         parse::{self, Skip},
+        sync,
     };
 
     /// Service packets go to `flow::forward`, reply packets of tracked flows to `flow::reply`;
@@ -79,6 +82,13 @@ mod entry {
                 return xdp_action::XDP_PASS;
             }
             return flow::reply(&ctx, &h, &key, table, entry);
+        }
+        if unsafe { (*h.tcp).flags } & parse::TCP_SYN == 0
+            && sync::in_grace(crate::maps::now(), Some(u16::from_be(key.dport)))
+        {
+            // A node's packet to a SNAT port without a flow, just after taking the VIP over:
+            // its flow's sync may still be in flight (see `flow::forward`).
+            return xdp_action::XDP_DROP;
         }
         count(counter::PASS_NOT_OURS);
         xdp_action::XDP_PASS

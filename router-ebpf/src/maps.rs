@@ -1,14 +1,14 @@
 //! The program's maps. Types and names come from the shared ABI (`router_ebpf`); sizes here are
 //! defaults that userspace may override at load time (`conntrack_entries`).
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     helpers::bpf_ktime_get_coarse_ns,
     macros::btf_map,
 };
 use router_ebpf::{
-    Backend, BackendSet, BackendStats, DEFAULT_CT_ENTRIES, DEFAULT_HS_ENTRIES, Flow, FlowKey,
-    IfaceMac, MAX_BACKENDS, MAX_IFACES, MAX_SERVICES, Service, ServiceKey, ServiceStats, Timeouts,
-    counter,
+    Backend, BackendSet, BackendStats, DEFAULT_CT_ENTRIES, DEFAULT_HS_ENTRIES, FLOW_EVENTS_BYTES,
+    Flow, FlowEvent, FlowKey, IfaceMac, MAX_BACKENDS, MAX_IFACES, MAX_SERVICES, Service,
+    ServiceKey, ServiceStats, SyncState, SyncStats, Timeouts, counter,
 };
 
 /// VIP:port → service. Written by userspace.
@@ -134,4 +134,22 @@ pub fn may_log(now: u64) -> bool {
         *p = now;
     }
     true
+}
+
+/// Flow events for flow-state sync (see `sync`): established and closed flows, read by the
+/// controller and sent to the peer edge hosts. Written only while the controller enables it.
+#[btf_map]
+pub static PGR_FLOW_EVENTS: RingBuf<FlowEvent, { FLOW_EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Whether events are reported, and the takeover grace window (key 0). Written by userspace.
+#[btf_map]
+pub static PGR_SYNC: Array<SyncState, 1> = Array::new();
+
+/// Sync counters, per CPU (key 0).
+#[btf_map]
+pub static PGR_SYNC_STATS: PerCpuArray<SyncStats, 1> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn sync_stats() -> Option<&'static mut SyncStats> {
+    PGR_SYNC_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

@@ -12,7 +12,9 @@
 //!   kernel maps and the flow GC.
 //! - [`cluster`]: health checks per cluster ([`ClusterStatus`]).
 //! - [`vrrp`]: one VRRP instance ([`InstanceStatus`]).
+//! - [`sync`]: flow-state sync with the peer edge hosts ([`SyncStatus`]).
 pub mod cluster;
+pub mod sync;
 pub mod vrrp;
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -23,6 +25,7 @@ pub use cluster::{
     CheckStatus, Checks, ClusterStatus, HealthCounters, LastCheck, ListenerKind, ListenerSet,
     NodeStatus, Verdict,
 };
+pub use sync::{PeerStatus, SyncStatus};
 pub use vrrp::{InstanceStatus, VrrpCounters, VrrpState};
 
 /// The control socket's answer to anything but `status` (`reload`, an unknown request).
@@ -45,6 +48,10 @@ pub struct Status {
     pub clusters: Vec<ClusterStatus>,
     pub listeners: Vec<ListenerStatus>,
     pub vrrp: Vec<InstanceStatus>,
+    /// Flow-state sync, with `[sync]` configured (absent from the JSON without it, so
+    /// readers of an earlier version see the same answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
     pub last_error: Option<String>,
 }
 

@@ -89,7 +89,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::CheckConfig { config } => match config::check(&config) {
             Ok(summary) => {
+                let summary = summary.to_string();
                 print!("{summary}");
+                if !summary.ends_with('\n') {
+                    println!();
+                }
+                // The daemon reads the sync key file at start and on reload: so does this.
+                if let Ok(cfg) = config::load(&config)
+                    && let Some(s) = &cfg.sync
+                {
+                    let keys = pgrouter::sync::auth::Keys::load(&s.key_file)
+                        .map_err(|e| anyhow::anyhow!("sync.key_file: {e}"))?;
+                    println!(
+                        "sync: listen {}, {} peer(s), {} key(s), this host's SNAT ports {}",
+                        s.listen,
+                        s.peers.len(),
+                        keys.len(),
+                        {
+                            let r = s.snat_share(cfg.datapath.snat_ports);
+                            format!("{}-{}", r.first, r.last)
+                        }
+                    );
+                }
                 Ok(())
             }
             Err(e) => {

@@ -229,7 +229,59 @@ pub fn render(st: &Status) -> String {
             v.counters.two_masters_seen
         );
     }
+    if let Some(sy) = &st.sync {
+        sync(&mut o, sy);
+    }
     o
+}
+
+/// `pgrouter_sync_*`: readiness, per peer (connected each way, full syncs, queue, lag,
+/// bytes, entries installed, removed, rejected, authentication failures), and the data
+/// path's sync counters.
+fn sync(o: &mut String, sy: &crate::status::SyncStatus) {
+    let _ = writeln!(
+        o,
+        "# TYPE pgrouter_sync_ready gauge\npgrouter_sync_ready {}",
+        u8::from(sy.ready)
+    );
+    for (name, kind, v) in [
+        ("pgrouter_sync_events_total", "counter", sy.events),
+        ("pgrouter_sync_events_lost_total", "counter", sy.events_lost),
+        ("pgrouter_sync_grace_drops_total", "counter", sy.grace_drops),
+        ("pgrouter_sync_adopted_total", "counter", sy.adopted),
+        (
+            "pgrouter_sync_unknown_peer_failures_total",
+            "counter",
+            sy.unknown_peer_failures,
+        ),
+    ] {
+        let _ = writeln!(o, "# TYPE {name} {kind}\n{name} {v}");
+    }
+    for p in &sy.peers {
+        let peer = esc(&p.addr);
+        for (name, v) in [
+            ("pgrouter_sync_peer_sending", u64::from(p.sending)),
+            ("pgrouter_sync_peer_receiving", u64::from(p.receiving)),
+            ("pgrouter_sync_peer_ready", u64::from(p.ready)),
+            ("pgrouter_sync_peer_full_syncs_total", p.full_syncs),
+            ("pgrouter_sync_peer_pending", p.pending),
+            ("pgrouter_sync_peer_lag_ms", p.lag_ms),
+            ("pgrouter_sync_peer_sent_bytes_total", p.bytes_sent),
+            ("pgrouter_sync_peer_received_bytes_total", p.bytes_received),
+            ("pgrouter_sync_peer_installed_total", p.installed),
+            ("pgrouter_sync_peer_removed_total", p.removed),
+            ("pgrouter_sync_peer_rejected_total", p.rejected),
+            ("pgrouter_sync_peer_auth_failures_total", p.auth_failures),
+        ] {
+            let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {v}");
+        }
+        if let Some(s) = p.last_full_sync_s {
+            let _ = writeln!(
+                o,
+                "pgrouter_sync_peer_last_full_sync_seconds{{peer=\"{peer}\"}} {s}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +328,41 @@ mod tests {
             "pgrouter_snat_exhausted_total{listener=\"pg/PG1\"} 2",
             "pgrouter_handshake_entries 4",
             "pgrouter_handshake_capacity 16384",
+        ] {
+            assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+        }
+    }
+
+    /// Each sync peer's state is exported with the peer's address as label.
+    #[test]
+    fn sync_peers_are_exported() {
+        let st = Status {
+            sync: Some(crate::status::SyncStatus {
+                ready: true,
+                grace_drops: 4,
+                peers: vec![crate::status::PeerStatus {
+                    addr: "198.18.0.22:7800".into(),
+                    sending: true,
+                    installed: 50,
+                    rejected: 2,
+                    auth_failures: 1,
+                    last_full_sync_s: Some(3),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = render(&st);
+        for line in [
+            "pgrouter_sync_ready 1",
+            "pgrouter_sync_grace_drops_total 4",
+            "pgrouter_sync_peer_sending{peer=\"198.18.0.22:7800\"} 1",
+            "pgrouter_sync_peer_receiving{peer=\"198.18.0.22:7800\"} 0",
+            "pgrouter_sync_peer_installed_total{peer=\"198.18.0.22:7800\"} 50",
+            "pgrouter_sync_peer_rejected_total{peer=\"198.18.0.22:7800\"} 2",
+            "pgrouter_sync_peer_auth_failures_total{peer=\"198.18.0.22:7800\"} 1",
+            "pgrouter_sync_peer_last_full_sync_seconds{peer=\"198.18.0.22:7800\"} 3",
         ] {
             assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
         }

@@ -895,3 +895,114 @@ fn observe_refusals_is_a_bool_and_can_be_turned_off() {
         "",
     );
 }
+
+/// A character TOML forbids (a control character in a comment) is named, at its position;
+/// the parser itself gives no message for it.
+#[test]
+fn a_control_character_is_named_where_it_is() {
+    let text = BASE.replace("[[cluster]]", "# pg\u{1}1\n[[cluster]]");
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].line, d[0].col), (line_of(&text, "# pg"), 5), "{d:?}");
+    assert!(d[0].message.contains("control character U+0001"), "{d:?}");
+}
+
+/// The data path serves IPv4 only; the planner would refuse an IPv6 listener, so check-config
+/// does, at the VIP.
+#[test]
+fn ipv6_listeners_are_refused_until_the_data_path_serves_them() {
+    let text = BASE
+        .replace("host = \"198.18.0.11\"", "host = \"2001:db8::11\"")
+        .replace("host = \"198.18.0.12\"", "host = \"2001:db8::12\"")
+        .replace(
+            "vip = \"198.18.0.100\"\nport = 5000",
+            "vip = \"2001:db8::100\"\nport = 5000",
+        );
+    let d = errors(&text);
+    expect(
+        &d,
+        &text,
+        "cluster[0].listener[0].vip",
+        "2001:db8::100",
+        "2001:db8::100: IPv6 listeners are not served by the data path yet",
+    );
+}
+
+/// A cluster with `n` static nodes (198.18.x.y) and `listeners` listeners on ports 1000, 1001, …
+fn big_cluster(name: &str, base: u8, n: usize, listeners: usize, first_port: usize) -> String {
+    let mut t = format!("[[cluster]]\nname = \"{name}\"\nchecks = \"static\"\n");
+    for i in 0..n {
+        t.push_str(&format!(
+            "[[cluster.node]]\nname = \"n{i}\"\nhost = \"198.18.{base}.{}\"\nrole = \"replica\"\n",
+            i + 1
+        ));
+    }
+    for i in 0..listeners {
+        t.push_str(&format!(
+            "[[cluster.listener]]\nname = \"l{i}\"\nvip = \"198.18.100.{base}\"\nport = {}\nkind = \"replica\"\n",
+            first_port + i
+        ));
+    }
+    t
+}
+
+/// The data path's maps bound a config: 32 nodes per listener (`MAX_SET`), 256 listeners
+/// (`MAX_SERVICES`), 4096 backend entries (one per node of each listener, `MAX_BACKENDS`).
+/// Each is refused at the first node or listener beyond it, naming the limit.
+#[test]
+fn the_data_path_limits_are_checked() {
+    // At the limits: accepted.
+    let ok = big_cluster("pg", 0, 32, 1, 1000);
+    if let Err(e) = config::parse(&ok, "ok.toml") {
+        panic!("{e}");
+    }
+
+    let text = big_cluster("pg", 0, 33, 1, 1000);
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].field, "cluster[0].node[32]");
+    assert_eq!(d[0].line, line_of(&text, "name = \"n32\"") - 1, "{d:?}");
+    assert!(
+        d[0].message.contains("more than 32 nodes") && d[0].message.contains("MAX_SET"),
+        "{d:?}"
+    );
+
+    // 256 listeners in two clusters pass, the 257th does not.
+    let ok = format!(
+        "{}{}",
+        big_cluster("a", 0, 1, 128, 1000),
+        big_cluster("b", 1, 1, 128, 2000)
+    );
+    if let Err(e) = config::parse(&ok, "ok.toml") {
+        panic!("{e}");
+    }
+    let text = format!(
+        "{}{}",
+        big_cluster("a", 0, 1, 128, 1000),
+        big_cluster("b", 1, 1, 129, 2000)
+    );
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].field, "cluster[1].listener[128]");
+    assert_eq!(d[0].line, line_of(&text, "name = \"l128\"") - 1, "{d:?}");
+    assert!(
+        d[0].message.contains("more than 256 listeners") && d[0].message.contains("MAX_SERVICES"),
+        "{d:?}"
+    );
+
+    // 32 nodes × 128 listeners = 4096 entries pass; a 129th listener needs 4128.
+    let ok = big_cluster("pg", 0, 32, 128, 1000);
+    if let Err(e) = config::parse(&ok, "ok.toml") {
+        panic!("{e}");
+    }
+    let text = big_cluster("pg", 0, 32, 129, 1000);
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].field, "cluster[0].listener[128]");
+    assert!(
+        d[0].message.contains("more than 4096 backend entries")
+            && d[0].message.contains("4128")
+            && d[0].message.contains("MAX_BACKENDS"),
+        "{d:?}"
+    );
+}

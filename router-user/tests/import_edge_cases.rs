@@ -87,20 +87,80 @@ fn keepalived_variants() {
     assert_eq!(tracks, vec![("xdp-attached", 0), ("patroni:PG1", -50)]);
 }
 
-/// IPv6 VIPs: keepalived speaks VRRPv3 for them, and `bind *` takes the IPv6 VIP when the
-/// nodes are IPv6.
+/// The data path serves IPv4 only: an IPv6-only setup is refused with the reason (check-config
+/// would refuse its listeners); keepalived still speaks VRRPv3 for IPv6 VIPs, and `bind :::PORT`
+/// (every address, IPv4 too) over IPv4 servers takes keepalived's IPv4 VIP.
 #[test]
 fn ipv6_vip() {
     let h = "listen rw\n bind :::5000\n option httpchk\n \
              server a [2001:db8::11]:5432 check port 8008\n server b [2001:db8::12]:5432 check port 8008\n";
-    let k = "vrrp_instance V6 {\n interface eth0\n virtual_router_id 9\n \
+    let k6 = "vrrp_instance V6 {\n interface eth0\n virtual_router_id 9\n \
              virtual_ipaddress {\n 2001:db8::100/64\n }\n}\n";
-    let out = run(h, Some(k));
+    let e = import::import(
+        &Source {
+            path: "haproxy.cfg",
+            text: h,
+        },
+        Some(&Source {
+            path: "keepalived.conf",
+            text: k6,
+        }),
+    )
+    .map(|o| o.toml)
+    .expect_err("nothing pgrouter serves");
+    assert!(
+        e.contains("IPv6 listeners are not served by the data path yet"),
+        "{e}"
+    );
+
+    let h = "listen rw\n bind :::5000\n option httpchk\n \
+             server a 10.0.0.11:5432 check port 8008\n server b 10.0.0.12:5432 check port 8008\n";
+    let k = format!(
+        "{k6}vrrp_instance V4 {{\n interface eth0\n virtual_router_id 10\n \
+         virtual_ipaddress {{\n 10.0.0.100/24\n }}\n}}\n"
+    );
+    let out = run(h, Some(&k));
     let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cfg.vrrp[0].version, 3);
-    assert_eq!(
-        cfg.clusters[0].listeners[0].vip.to_string(),
-        "2001:db8::100"
+    assert_eq!(cfg.vrrp[0].version, 3, "VRRPv3 for the IPv6 VIP");
+    let vips: Vec<String> = cfg.clusters[0]
+        .listeners
+        .iter()
+        .map(|l| l.vip.to_string())
+        .collect();
+    assert_eq!(vips, ["10.0.0.100"]);
+}
+
+/// An IPv6 bind over IPv4 servers: keepalived's only IPv4 VIP when there is exactly one (with
+/// a warning); otherwise the listener is written commented out, with a warning, and the rest of
+/// the output still passes check-config.
+#[test]
+fn an_ipv6_bind_over_ipv4_servers() {
+    let servers = " option httpchk GET /primary\n server a 10.0.0.11:5432 check port 8008\n";
+    let k4 = "vrrp_instance V4 {\n interface eth0\n virtual_router_id 10\n \
+              virtual_ipaddress {\n 10.0.0.100/24\n }\n}\n";
+    let out = run(
+        &format!("listen rw\n bind [2001:db8::100]:5000\n{servers}"),
+        Some(k4),
+    );
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.clusters[0].listeners[0].vip.to_string(), "10.0.0.100");
+    assert!(warned(&out, "takes keepalived's only IPv4 VIP 10.0.0.100"));
+
+    let out = run(
+        &format!("listen rw\n bind 10.0.0.100:5000\n bind [2001:db8::100]:5001\n{servers}"),
+        None,
+    );
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.clusters[0].listeners.len(), 1);
+    assert!(warned(
+        &out,
+        "[2001:db8::100]:5001: IPv6 listeners are not served by the data path yet"
+    ));
+    assert!(
+        out.toml
+            .contains("# [[cluster.listener]]\n# name = \"rw-2\"\n# vip = \"2001:db8::100\"\n"),
+        "{}",
+        out.toml
     );
 }
 
@@ -430,4 +490,131 @@ fn keepalived_values_that_are_not_addresses_are_warned_at_their_line() {
     assert_eq!(v.unicast_peer.len(), 1);
     assert_eq!(v.notify_master.as_deref(), Some("/bin/m"));
     assert_eq!(v.notify_fault.as_deref(), Some("/bin/f x"));
+}
+
+/// Every warning is in the output, also one whose listener is never written (a bind that does
+/// not parse, a proxy name used twice): it goes to the cluster, not to the next listener.
+#[test]
+fn warnings_of_listeners_that_are_not_written_stay_in_the_output() {
+    let servers = " option httpchk GET /primary\n server a 10.0.0.11:5432 check port 8008\n";
+    let h = format!(
+        "listen bad\n bind 10.0.0.1:x\n{servers}listen good\n bind 10.0.0.1:5001\n{servers}\
+         listen good\n bind 10.0.0.1:5002\n{servers}"
+    );
+    let out = run(&h, None);
+    for w in &out.warnings {
+        assert!(
+            out.toml.contains(&format!("# WARNING: {w}")),
+            "{w} missing:\n{}",
+            out.toml
+        );
+    }
+    let bind = out
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("bind 10.0.0.1:x"))
+        .unwrap_or_else(|| panic!("{:?}", out.warnings));
+    assert_eq!(bind.place, pgrouter::import::Place::Cluster(0));
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = cfg.clusters[0]
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(names, ["good", "good-2"], "one name each");
+}
+
+/// keepalived values `[[vrrp]]` refuses are fitted with a warning (an interval v2 cannot
+/// carry, a weight beyond ±254, an unknown `vrrp_version`) or left out (a bad prefix length,
+/// an address of the other family, an instance whose name or VRID is taken, commented out at
+/// the end of the file); the output passes check-config.
+#[test]
+fn keepalived_values_check_config_refuses_are_fitted_or_left_out() {
+    let k = "global_defs {\n vrrp_version 4\n}\n\
+             vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n advert_int 0.5\n \
+             unicast_src_ip fd00::1\n unicast_peer {\n 10.0.0.3\n fd00::2\n }\n \
+             virtual_ipaddress {\n 10.0.0.100/33\n 10.0.0.101/24\n fd00::100/64\n }\n \
+             track_script {\n chk weight 300\n }\n}\n\
+             vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 52\n \
+             virtual_ipaddress {\n 10.0.0.102\n }\n}\n\
+             vrrp_instance VI_3 {\n interface eth0\n virtual_router_id 51\n \
+             virtual_ipaddress {\n 10.0.0.103\n }\n}\n";
+    let out = run(SEED_RW, Some(k));
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.vrrp.len(), 1, "{}", out.toml);
+    let v = &cfg.vrrp[0];
+    assert_eq!(v.version, 2);
+    assert_eq!(v.advert_int, Duration::from_secs(1));
+    assert_eq!(
+        v.virtual_ipaddress
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        ["10.0.0.101/24"]
+    );
+    assert_eq!(v.unicast_peer.len(), 1);
+    assert_eq!(
+        v.unicast_src_ip.map(|a| a.to_string()).as_deref(),
+        Some("192.0.2.254")
+    );
+    assert!(v.track.iter().all(|t| t.weight == 254), "{:?}", v.track);
+    for needle in [
+        "`vrrp_version 4` in global_defs: not 2 or 3; ignored",
+        "advert_int 0.5: VRRPv2 carries whole seconds 1..=255; set to 1s",
+        "10.0.0.100/33: invalid prefix length",
+        "fd00::100/64: another address family",
+        "unicast_src_ip fd00::1 is not of the VIPs' address family",
+        "unicast_peer fd00::2 is not of the VIPs' address family",
+        "weight 300 is outside -254..=254; set to 254",
+        "vrrp_instance VI_1: its name is the one of the vrrp_instance at line 4",
+        "vrrp_instance VI_3: virtual_router_id 51 on eth0 is already the one of vrrp_instance VI_1",
+    ] {
+        assert!(
+            warned(&out, needle),
+            "no warning {needle:?}: {:#?}",
+            out.warnings
+        );
+    }
+    assert!(
+        out.toml.contains("\n# [[vrrp]]\n# name = \"VI_3\"\n"),
+        "{}",
+        out.toml
+    );
+}
+
+/// A listener port inside the default SNAT ports moves the SNAT ports; a port range binds at
+/// most the 256 listeners the data path serves, the rest commented out.
+#[test]
+fn listener_ports_fit_the_data_path() {
+    let h = SEED_RW.replace("bind *:5000", "bind 10.0.0.1:50000");
+    let out = run(&h, None);
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (cfg.datapath.snat_ports.first, cfg.datapath.snat_ports.last),
+        (40000, 49999)
+    );
+    assert!(warned(&out, "snat_ports set to 40000-49999"));
+
+    let h = SEED_RW.replace("bind *:5000", "bind 10.0.0.1:1000-1299");
+    let out = run(&h, None);
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.clusters[0].listeners.len(), 256);
+    assert!(warned(
+        &out,
+        "the data path serves at most 256 listeners; 10.0.0.1:1256 and the rest"
+    ));
+
+    let servers: String = (1..=33)
+        .map(|i| format!(" server n{i} 10.0.1.{i}:5432 check port 8008\n"))
+        .collect();
+    let out = run(
+        &format!("listen rw\n bind 10.0.0.1:5000\n option httpchk\n{servers}"),
+        None,
+    );
+    let cfg = config::parse(&out.toml, "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.clusters[0].nodes.len(), 32);
+    assert!(warned(
+        &out,
+        "server `n33` (10.0.1.33:5432): a cluster has at most 32 nodes"
+    ));
 }

@@ -78,8 +78,9 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// What `pgrouter import` prints: the config on stdout, one `warning:` line per warning on stderr.
-fn output(haproxy: &str, keepalived: Option<&str>) -> (String, String) {
+/// What `pgrouter import` prints: the config on stdout, one `warning:` line per warning on
+/// stderr; for an input it refuses, no config and its `error:` line.
+fn output(haproxy: &str, keepalived: Option<&str>) -> (Option<String>, String) {
     let htext = read(&dir().join(haproxy));
     let ktext = keepalived.map(|k| read(&dir().join(k)));
     let h = Source {
@@ -89,13 +90,16 @@ fn output(haproxy: &str, keepalived: Option<&str>) -> (String, String) {
     let k = keepalived
         .zip(ktext.as_deref())
         .map(|(path, text)| Source { path, text });
-    let out = import::import(&h, k.as_ref()).unwrap_or_else(|e| panic!("{haproxy}: {e}"));
+    let out = match import::import(&h, k.as_ref()) {
+        Ok(out) => out,
+        Err(e) => return (None, format!("error: {e}\n")),
+    };
     let stderr: String = out
         .warnings
         .iter()
         .map(|w| format!("warning: {w}\n"))
         .collect();
-    (out.toml, stderr)
+    (Some(out.toml), stderr)
 }
 
 /// Every fixture's output equals its golden file (or rewrites it with UPDATE_GOLDEN=1).
@@ -105,6 +109,28 @@ fn import_output_matches_the_golden_files() {
     let mut failed = Vec::new();
     for &(name, haproxy, keepalived) in CASES {
         let (toml, stderr) = output(haproxy, keepalived);
+        let toml_path = dir().join("golden").join(format!("{name}.toml"));
+        let Some(toml) = toml else {
+            // Refused: the golden is the error, and there is no config to compare.
+            if update && toml_path.exists() {
+                std::fs::remove_file(&toml_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", toml_path.display()));
+            }
+            if toml_path.exists() {
+                failed.push(format!(
+                    "{}: import refused the input ({}), but the golden config exists",
+                    toml_path.display(),
+                    stderr.trim_end()
+                ));
+            }
+            check(
+                update,
+                &dir().join("golden").join(format!("{name}.stderr")),
+                &stderr,
+                &mut failed,
+            );
+            continue;
+        };
         for (ext, got) in [("toml", &toml), ("stderr", &stderr)] {
             let path = dir().join("golden").join(format!("{name}.{ext}"));
             if update {
@@ -133,4 +159,19 @@ fn import_output_matches_the_golden_files() {
         "import output differs from the golden files (UPDATE_GOLDEN=1 rewrites them):\n{}",
         failed.join("\n")
     );
+}
+
+/// Compares one golden file (or rewrites it).
+fn check(update: bool, path: &Path, got: &str, failed: &mut Vec<String>) {
+    if update {
+        std::fs::write(path, got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return;
+    }
+    let want = read(path);
+    if want != got {
+        failed.push(format!(
+            "{}: differs\n  want: {want:?}\n  got:  {got:?}",
+            path.display()
+        ));
+    }
 }

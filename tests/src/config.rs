@@ -190,6 +190,7 @@ macro_rules! section {
 pub struct Config {
     datapath: Option<Datapath>,
     control: Option<Control>,
+    sync: Option<Sync>,
     clusters: Vec<Cluster>,
     vrrp: Vec<Vrrp>,
 }
@@ -204,6 +205,11 @@ impl Config {
     }
     pub fn control(mut self, c: Control) -> Self {
         self.control = Some(c);
+        self
+    }
+    /// `[sync]`: flow-state sync with the other edge hosts.
+    pub fn sync(mut self, s: Sync) -> Self {
+        self.sync = Some(s);
         self
     }
     pub fn cluster(mut self, c: Cluster) -> Self {
@@ -225,6 +231,10 @@ impl Config {
         }
         if let Some(c) = &self.control {
             c.table.write(&mut out, "[control]");
+            out.push('\n');
+        }
+        if let Some(s) = &self.sync {
+            s.table.write(&mut out, "[sync]");
             out.push('\n');
         }
         for c in &self.clusters {
@@ -292,6 +302,39 @@ impl Control {
     /// Serves `/metrics` on `addr` (`"127.0.0.1:9188"`).
     pub fn metrics(self, addr: &str) -> Self {
         self.set("metrics", addr)
+    }
+}
+
+/// `[sync]`: this edge host's flow-state sync with its peers (the other edge hosts).
+#[derive(Clone, Debug, Default)]
+pub struct Sync {
+    table: Table,
+}
+section!(Sync);
+
+impl Sync {
+    /// Listens on `listen` (`IP:PORT`, this host's own address), syncs with `peers`
+    /// (`IP:PORT` each), authenticated with the keys in `key_file` (one hex key a line: the
+    /// first signs what is sent, every line is accepted).
+    pub fn new<'a>(
+        listen: &str,
+        peers: impl IntoIterator<Item = &'a str>,
+        key_file: impl AsRef<Path>,
+    ) -> Self {
+        let mut table = Table::default();
+        table.set("listen", listen);
+        let peers: Vec<Value> = peers.into_iter().map(Into::into).collect();
+        table.set("peers", peers);
+        table.set("key_file", key_file.as_ref());
+        Self { table }
+    }
+    /// `grace`.
+    pub fn grace(self, d: Duration) -> Self {
+        self.set("grace", d)
+    }
+    /// `refresh`.
+    pub fn refresh(self, d: Duration) -> Self {
+        self.set("refresh", d)
     }
 }
 
@@ -517,6 +560,27 @@ mod tests {
              [[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 61\n\
              priority = 150\nadvert_int = \"100ms\"\nvirtual_ipaddress = [\"198.18.0.100/24\"]\n\
              track = [{ name = \"xdp-attached\" }, { name = \"patroni:pg\", weight = -60 }]\n\n"
+        );
+    }
+
+    /// `[sync]` comes after `[control]`, before the clusters.
+    #[test]
+    fn a_sync_section_renders_as_toml() {
+        let text = Config::new()
+            .control(Control::new("/x/s.sock"))
+            .sync(
+                Sync::new("198.18.0.21:7800", ["198.18.0.22:7800"], "/x/sync.key")
+                    .grace(Duration::from_secs(2))
+                    .refresh(Duration::from_secs(5)),
+            )
+            .cluster(Cluster::new("pg").checks("static"))
+            .to_toml();
+        assert_eq!(
+            text,
+            "[control]\nsocket = \"/x/s.sock\"\nmetrics = \"\"\n\n\
+             [sync]\nlisten = \"198.18.0.21:7800\"\npeers = [\"198.18.0.22:7800\"]\n\
+             key_file = \"/x/sync.key\"\ngrace = \"2s\"\nrefresh = \"5s\"\n\n\
+             [[cluster]]\nname = \"pg\"\nchecks = \"static\"\n\n"
         );
     }
 

@@ -1,11 +1,12 @@
 //! Shared helpers for pgrouter's root-only tests: network namespaces that clean up after
-//! themselves, the daemon's configs, commands with bounded waits, frame builders and
-//! `BPF_PROG_TEST_RUN`.
+//! themselves, the daemon's configs, commands with bounded waits, frame builders,
+//! `BPF_PROG_TEST_RUN`, and a real PostgreSQL server with its clients (`postgres`).
 pub mod config;
 pub mod flows;
 pub mod frames;
 pub mod netns;
 pub mod pinned;
+pub mod postgres;
 pub mod raw;
 pub mod xdp;
 

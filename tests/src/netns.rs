@@ -47,6 +47,8 @@ pub struct Lab {
     /// Per-test folder: pidfiles, logs, configs, pins.
     pub dir: PathBuf,
     children: Vec<Child>,
+    /// Children Drop first asks to stop with a signal (see [`Lab::stop_on_drop`]).
+    graceful: Vec<(u32, i32)>,
     veth_count: u32,
 }
 
@@ -112,6 +114,7 @@ impl Lab {
             prefix: prefix.to_string(),
             dir,
             children: Vec::new(),
+            graceful: Vec::new(),
             veth_count: 0,
         })
     }
@@ -155,6 +158,13 @@ impl Lab {
             "ip netns exec {ns} ethtool -K {ifname} tx off >/dev/null"
         ))?;
         Ok(())
+    }
+
+    /// The bridge-side end of the veth the last [`Lab::connect`] (or [`Lab::add_host`])
+    /// made: setting it down cuts that host off the bridge, as a dead host or switch port
+    /// looks to the others (the host sees its carrier go: a veth's follows its peer).
+    pub fn last_bridge_port(&self) -> String {
+        format!("{}v{}", self.prefix, self.veth_count)
     }
 
     /// A new namespace `short` joined to bridge `br` as `eth0` with address `cidr`.
@@ -288,6 +298,36 @@ impl Lab {
         false
     }
 
+    /// Waits up to `timeout` (zero: only looks) for a process this lab started to exit;
+    /// returns its exit status once it has (and forgets it), `None` while it runs or when it
+    /// is not one of this lab's.
+    pub fn wait_exit(
+        &mut self,
+        pid: u32,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|c| c.id() == pid)?;
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.children[i].try_wait() {
+                // Reaped already: wait() only hands back the status.
+                let _ = self.children.remove(i).wait();
+                return Some(st);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// On drop, sends `signal` to this lab's process `pid` and gives it 10 s to exit before
+    /// the SIGKILL every child gets (a server that must remove what it holds, as PostgreSQL
+    /// its System V shared memory segment on a fast shutdown).
+    pub fn stop_on_drop(&mut self, pid: u32, signal: i32) {
+        self.graceful.push((pid, signal));
+    }
+
     pub fn log(&self, name: &str) -> String {
         fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -343,6 +383,9 @@ impl Topology {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for (pid, sig) in std::mem::take(&mut self.graceful) {
+            self.signal_and_wait(pid, sig, std::time::Duration::from_secs(10));
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();

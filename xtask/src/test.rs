@@ -30,6 +30,18 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         unit.push(f);
         root.push(f);
     }
+    if filter.is_none() {
+        // Lints are part of the test: `-D warnings`, and router-user's deny of unwrap, expect
+        // and indexing/slicing outside tests (input is judged with errors, never a panic).
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
     cargo(&unit)?;
     if filter.is_none() {
         // The ABI crate's host-side tests (the status contract); its binary is BPF-only.

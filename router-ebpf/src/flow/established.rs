@@ -4,13 +4,14 @@
 use aya_ebpf::programs::XdpContext;
 use router_ebpf::{
     FLOW_F_BACKEND_CLOSED_FIRST, FLOW_F_CLIENT_FIN_SEEN, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT,
-    FLOW_F_PEER_FIN, FLOW_F_PEER_FIN_ACKED, FLOW_F_REPLY, Flow, counter,
+    FLOW_F_PEER_FIN, FLOW_F_PEER_FIN_ACKED, FLOW_F_REPLY, FLOW_F_SYNCED, Flow, counter,
 };
 
 use crate::{
     atomic,
     maps::{PGR_CONNTRACK, count, now},
     parse::{Headers, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_RST, get32},
+    sync,
 };
 
 use super::{close, send, seq_ge};
@@ -42,8 +43,17 @@ pub(super) fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u3
     // The segment's sequence number near what the other side acknowledged last, and its
     // acknowledgement near what this side acknowledged last (acks only move forward by what
     // was received; the first one is learned as it comes): a blind spoofer must guess both.
-    let in_window = near(seq, u32::from_be(unsafe { (*peer).last_ack }))
-        && (f.last_ack == 0 || near(u32::from_be(ack_be), u32::from_be(f.last_ack)));
+    // A flow installed by sync carries the peer's last report of its numbers, perhaps long
+    // behind: its first packet here in this direction sets them afresh (`sync::adopt`).
+    let synced = f.flags & FLOW_F_SYNCED != 0;
+    if synced {
+        sync::adopt(entry);
+    }
+    // The other entry's acknowledgement is stale too until that direction's first packet.
+    let peer_synced = unsafe { (*peer).flags } & FLOW_F_SYNCED != 0;
+    let in_window = synced
+        || ((peer_synced || near(seq, u32::from_be(unsafe { (*peer).last_ack })))
+            && (f.last_ack == 0 || near(u32::from_be(ack_be), u32::from_be(f.last_ack))));
     if !in_window {
         count(counter::SEQ_OUT_OF_WINDOW);
     }
@@ -52,7 +62,7 @@ pub(super) fn established(ctx: &XdpContext, h: &Headers, entry: *mut Flow) -> u3
         // (see `track_close`).
         let fin = u32::from(tcp_flags & TCP_FIN != 0);
         let end = seq.wrapping_add(payload_len(h)).wrapping_add(fin);
-        if f.seq == 0 || seq_ge(end, f.seq) {
+        if synced || f.seq == 0 || seq_ge(end, f.seq) {
             unsafe { (*entry).seq = end };
         }
     }

@@ -265,6 +265,7 @@ pub(super) fn establish(key: &FlowKey, f: &Flow, r: *const Flow) -> u32 {
         select::release(f.backend_id);
         return ct_full(f.service_id);
     }
+    crate::sync::established(key, nf, nr);
     let service_id = f.service_id;
     // `f` and `r` point into the handshake entries, dead from here.
     let _ = PGR_HANDSHAKE.remove(rkey);

@@ -13,6 +13,7 @@
 pub mod raw;
 mod span;
 mod summary;
+pub mod sync;
 pub mod units;
 mod validate;
 pub mod vrrp;
@@ -26,6 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Balance;
 pub use summary::Summary;
+/// What the data path's maps hold, checked by validation (`router_ebpf::MAX_SET`,
+/// `MAX_SERVICES`, `MAX_BACKENDS`).
+pub use validate::{MAX_BACKEND_ENTRIES, MAX_LISTENERS, MAX_NODES};
 /// Limits `pgrouter import` clamps to, so that what it writes passes validation.
 pub use validate::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
 pub use vrrp::{Cidr, StateHint, Track, VrrpInstance};
@@ -50,6 +54,8 @@ pub struct Config {
     pub control: Control,
     pub clusters: Vec<Cluster>,
     pub vrrp: Vec<VrrpInstance>,
+    /// `[sync]`: flow-state sync with the other edge hosts; `None` without the section.
+    pub sync: Option<sync::Sync>,
 }
 
 /// `[datapath]`: where and how the XDP program runs.

@@ -30,6 +30,8 @@ pub struct File {
     pub cluster: Vec<Cluster>,
     #[serde(default)]
     pub vrrp: Vec<RawInstance>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<super::sync::RawSync>,
 }
 
 /// `[datapath]`; a missing key takes its value from `Default`.

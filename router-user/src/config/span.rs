@@ -59,7 +59,7 @@ impl Spans {
     pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
-        let start = self.line_starts[line - 1];
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
         let col = self
             .text
             .get(start..offset)

@@ -6,7 +6,7 @@
 mod cluster;
 mod datapath;
 
-pub use cluster::{MAX_RISE_FALL, MIN_CHECK_PERIOD};
+pub use cluster::{MAX_BACKEND_ENTRIES, MAX_LISTENERS, MAX_NODES, MAX_RISE_FALL, MIN_CHECK_PERIOD};
 
 use std::path::Path;
 
@@ -75,6 +75,30 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// A positive duration at `path`, or `default` when unset; a zero or unparsable one is
+    /// reported there (and `default` stands in, so validation goes on).
+    pub(super) fn positive_duration(
+        &mut self,
+        path: Vec<Seg>,
+        text: Option<&super::units::DurationText>,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
+        let Some(text) = text else {
+            return default;
+        };
+        match text.parse() {
+            Ok(d) if d.is_zero() => {
+                self.err(path, format!("{text} must be more than 0"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(path, e);
+                default
+            }
+        }
+    }
+
     /// `Ok(value)` if nothing was reported, else every diagnostic, sorted by position.
     fn finish<T>(self, value: T) -> Result<T, ConfigError> {
         if self.diags.is_empty() {
@@ -123,10 +147,34 @@ fn deserialize<T: DeserializeOwned>(
                 line,
                 col,
                 field,
-                message: e.message().trim().replace('\n', " "),
+                message: syntax_message(text, e.message(), e.span().map(|s| s.start)),
             }],
         }
     })
+}
+
+/// The TOML parser's message on one line; when it has none (a character no rule accepts, such
+/// as a control character in a comment), what is at the error's position.
+fn syntax_message(text: &str, message: &str, at: Option<usize>) -> String {
+    let message = message.trim().replace('\n', " ");
+    if !message.is_empty() {
+        return message;
+    }
+    let at = at.unwrap_or(0);
+    if at >= text.len() {
+        return "invalid TOML syntax: unexpected end of file".to_owned();
+    }
+    match text.get(at..).and_then(|rest| rest.chars().next()) {
+        Some('\n' | '\r') => "invalid TOML syntax: unexpected end of line".to_owned(),
+        Some(c) if c.is_control() => format!(
+            "control character U+{:04X} is not allowed here (TOML allows only tab in comments and \
+             strings; inside a string write it escaped, \\u{:04X})",
+            u32::from(c),
+            u32::from(c)
+        ),
+        Some(c) => format!("invalid TOML syntax at {c:?}"),
+        None => "invalid TOML syntax".to_owned(),
+    }
 }
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -137,12 +185,14 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let control = datapath::control(&mut ctx, file.control);
     let clusters = cluster::clusters(&mut ctx, file.cluster, &datapath);
     let vrrp = vrrp::validate(&mut ctx, file.vrrp, Some(&clusters));
+    let sync = super::sync::validate(&mut ctx, file.sync, datapath.snat_ports);
     let cfg = Config {
         path: path.to_owned(),
         datapath,
         control,
         clusters,
         vrrp,
+        sync,
     };
     ctx.finish(cfg)
 }

@@ -28,11 +28,13 @@ pub const DEFAULT_GARP_MASTER_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_GARP_MASTER_REPEAT: u32 = 5;
 
 /// RFC 5798 §5.2.1: at most 20 addresses per advert.
-const MAX_VIPS: usize = 20;
+pub const MAX_VIPS: usize = 20;
+/// Gratuitous ARPs per burst: more is a typo (and a flood).
+pub const MAX_GARP_MASTER_REPEAT: u32 = 100;
 /// The longest `preempt_delay` / `garp_master_*` accepted: a day is already a typo.
 const MAX_DELAY: Duration = Duration::from_secs(86_400);
 /// keepalived clamps track weights to ±254.
-const MAX_TRACK_WEIGHT: i32 = 254;
+pub const MAX_TRACK_WEIGHT: i32 = 254;
 
 /// keepalived `state`: only the start-up hint; the election decides after that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -390,8 +392,11 @@ fn instance(ctx: &mut Ctx<'_>, i: usize, r: RawInstance) -> VrrpInstance {
             "required with unicast_peer",
         );
     }
-    if r.garp_master_repeat > 100 {
-        ctx.err(at("garp_master_repeat"), "at most 100");
+    if r.garp_master_repeat > MAX_GARP_MASTER_REPEAT {
+        ctx.err(
+            at("garp_master_repeat"),
+            format!("at most {MAX_GARP_MASTER_REPEAT}"),
+        );
     }
     let preempt_delay = r
         .preempt_delay

@@ -29,6 +29,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+mod peers;
 mod policy;
 
 use crate::{
@@ -94,6 +95,11 @@ struct Daemon {
     gc: Gc,
     /// The flow timeouts written to PGR_TIMEOUTS.
     timeouts: Timeouts,
+    /// Flow-state sync with the peer edge hosts (`[sync]`).
+    sync: Option<crate::sync::Sync>,
+    /// Retired backend id → the GC's full-cycle count when it was first seen retired: freed
+    /// once a whole later cycle found no entry naming it (`free_retired`).
+    retired_at: BTreeMap<u32, u64>,
 }
 
 /// Runs until SIGTERM/SIGINT. The XDP program and its maps stay pinned afterwards, so a
@@ -109,6 +115,19 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         handshake_entries: cfg.datapath.handshake_entries,
     })?;
     let mut maps = Maps::take(&mut dp.ebpf)?;
+    let (sync, mut sync_io) = match &cfg.sync {
+        Some(sc) => {
+            let (s, io) = crate::sync::Sync::start(sc, cfg.datapath.snat_ports, &mut dp.ebpf)
+                .await
+                .context("starting flow-state sync")?;
+            (Some(s), Some(io))
+        }
+        None => {
+            // A pinned PGR_SYNC from a run with [sync] would keep filling the event ring.
+            crate::sync::disable(&mut dp.ebpf)?;
+            (None, None)
+        }
+    };
     let timeouts = cfg.datapath.timeouts.to_abi();
     maps.set_timeouts(&timeouts)?;
     let mode = cfg.datapath.mode;
@@ -159,6 +178,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         refused_seen: Default::default(),
         gc: Gc::default(),
         timeouts,
+        sync,
+        retired_at: BTreeMap::new(),
     };
     d.hold_until_warm = !d.applied.services.is_empty();
     d.adopt_pinned();
@@ -182,7 +203,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut refusals = tokio::time::interval(Duration::from_millis(100));
     refusals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks = 0u64;
-    d.sync();
+    let _ = d.sync();
     // systemd's Type=notify: the program is attached and the control socket listens.
     sdnotify::notify_ready();
     info!(config = %config_path.display(), "pgrouter running");
@@ -190,7 +211,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             Some(()) = changed_rx.recv() => {
                 while changed_rx.try_recv().is_ok() {}
-                d.sync();
+                let _ = d.sync();
             }
             Some(req) = req_rx.recv() => match req {
                 Request::Status(reply) => {
@@ -215,13 +236,19 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     l.flush();
                 }
                 d.collect_flows();
+                d.free_retired();
+                d.sync_tick();
                 d.update_tracks();
                 if ticks % 5 == 1 {
                     dataplane::host::warm_neighbours(&d.backend_addrs());
                 }
                 d.refresh_status();
             }
-            _ = refusals.tick() => d.poll_refusals(),
+            _ = refusals.tick() => {
+                d.poll_refusals();
+                d.sync_grace();
+            }
+            ev = crate::sync::next(&mut sync_io) => d.on_sync(ev),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -332,8 +359,10 @@ impl Daemon {
         }
     }
 
-    /// Publishes the current desired sets; on failure the running maps stay as they are.
-    fn sync(&mut self) {
+    /// Publishes the current desired sets; on failure the running maps stay as they are and
+    /// the error is returned (a reload reports it) and shown in status until a publication
+    /// succeeds.
+    fn sync(&mut self) -> Result<(), String> {
         self.promote_warmed();
         if self.hold_until_warm {
             let warm = self
@@ -341,16 +370,18 @@ impl Daemon {
                 .iter()
                 .all(|c| policy::warmed_up(&c.handle.desired().borrow().status));
             if !warm {
-                return;
+                return Ok(());
             }
             self.hold_until_warm = false;
             info!("first checks complete; taking over the pinned data path");
         }
         let desired = self.desired();
-        let snat = (
-            self.cfg.datapath.snat_ports.first,
-            self.cfg.datapath.snat_ports.last,
-        );
+        // With sync, each host allocates from its own share of the range.
+        let share = match &self.cfg.sync {
+            Some(s) => s.snat_share(self.cfg.datapath.snat_ports),
+            None => self.cfg.datapath.snat_ports,
+        };
+        let snat = (share.first, share.last);
         let (delta, next) = match dataplane::plan(
             &desired,
             &self.applied,
@@ -360,17 +391,20 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => {
                 error!("cannot publish backend sets: {e}; keeping the running ones");
-                self.last_error = Some(e.to_string());
-                return;
+                let e = format!("cannot publish backend sets: {e}; the running ones stay");
+                self.last_error = Some(e.clone());
+                return Err(e);
             }
         };
         if delta.is_empty() {
-            return;
+            self.last_error = None;
+            return Ok(());
         }
         if let Err(e) = self.maps.apply(&delta) {
             error!("writing maps: {e:#}");
-            self.last_error = Some(format!("{e:#}"));
-            return;
+            let e = format!("writing maps: {e:#}");
+            self.last_error = Some(e.clone());
+            return Err(e);
         }
         for l in &desired {
             let active: Vec<&str> = l
@@ -384,6 +418,8 @@ impl Daemon {
         self.applied = next;
         let down: BTreeSet<u32> = delta.newly_shutdown.iter().copied().collect();
         dataplane::sweep::shutdown_sessions(&mut self.maps, &down);
+        self.last_error = None;
+        Ok(())
     }
 
     fn reload(&mut self, path: &std::path::Path) -> Result<String, String> {
@@ -433,8 +469,23 @@ impl Daemon {
         if new.vrrp != self.cfg.vrrp {
             warn!("vrrp settings changed; they apply at the next restart");
         }
+        if new.sync != self.cfg.sync {
+            warn!("sync settings changed; they apply at the next restart");
+        }
+        // Key rotation: the key file is read again on every reload.
+        if let Some(s) = &self.sync
+            && let Err(e) = s.reload_keys()
+        {
+            error!("reload refused, running configuration kept: {e}");
+            return Err(e);
+        }
         self.cfg = new;
-        self.sync();
+        // The file is in force, but if its sets cannot be published, `reload` must not say
+        // "reloaded": failovers would silently stop being followed.
+        if let Err(e) = self.sync() {
+            error!(config = %path.display(), "reloaded, but not applied: {e}");
+            return Err(format!("{} loaded, but not applied: {e}", path.display()));
+        }
         info!(config = %path.display(), "reloaded");
         Ok(format!("reloaded {}", path.display()))
     }
@@ -443,6 +494,9 @@ impl Daemon {
         let snaps: Vec<ClusterSnapshot> = self.clusters.iter().map(Cluster::latest).collect();
         let t = policy::tracks(
             !self.attached.is_empty(),
+            self.sync
+                .as_ref()
+                .map(|s| policy::sync_track(s.ready(), &self.masters())),
             self.clusters.iter().zip(&snaps).map(|(c, s)| ClusterView {
                 name: &c.cfg.name,
                 checks: c.cfg.checks,
@@ -484,6 +538,42 @@ impl Daemon {
             &self.timeouts,
             dataplane::host::monotonic_ns(),
         );
+    }
+
+    /// Frees the ids of retired backends that no flow names any more, so reloads that
+    /// remove nodes never use ids up. Safe: a retired backend is in no set, so no new flow
+    /// can name it, and the GC cycle judged started after its retirement.
+    fn free_retired(&mut self) {
+        let cycles = self.gc.counters.full_cycles;
+        let retired = dataplane::plan::retired(&self.applied);
+        self.retired_at.retain(|id, _| retired.contains(id));
+        for id in &retired {
+            self.retired_at.entry(*id).or_insert(cycles);
+        }
+        let Some(last) = &self.gc.last else {
+            return;
+        };
+        let free: BTreeSet<u32> = self
+            .retired_at
+            .iter()
+            .filter(|(id, at)| cycles >= **at + 2 && !last.tally.referenced.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        if free.is_empty() {
+            return;
+        }
+        let (delta, next) = dataplane::plan::free_retired(&self.applied, &free);
+        match self.maps.apply(&delta) {
+            Ok(()) => {
+                self.applied = next;
+                for id in &free {
+                    self.retired_at.remove(id);
+                    self.refused_seen.remove(id);
+                }
+                info!(ids = ?free, "retired backend ids freed (no flow names them)");
+            }
+            Err(e) => warn!("freeing retired backend ids: {e:#}"),
+        }
     }
 
     /// Full cycles back to back at start, bounded by the table sizes.
@@ -535,6 +625,11 @@ impl Daemon {
             self.started.elapsed(),
             self.last_error.clone(),
         );
+        let mut st = st;
+        st.sync = self
+            .sync
+            .as_ref()
+            .map(|s| s.status(dataplane::host::monotonic_ns()));
         if let Ok(mut s) = self.shared.lock() {
             *s = st;
         }

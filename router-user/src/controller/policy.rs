@@ -5,6 +5,10 @@ use crate::{config::Checks, status::ClusterStatus, vrrp::Tracks};
 
 /// Track name: the XDP program is attached on this host.
 pub const TRACK_XDP: &str = "xdp-attached";
+/// With `[sync]`: true while this host is master (it holds the flows) or holds every peer's
+/// full sync; a host that weights it negatively preempts only when it holds the flows it is
+/// about to serve.
+pub const TRACK_SYNC: &str = "sync";
 
 /// Track name of a cluster: this host reaches its Patroni API.
 pub fn patroni_track(cluster: &str) -> String {
@@ -28,12 +32,26 @@ pub struct ClusterView<'a> {
     pub status: &'a ClusterStatus,
 }
 
+/// The `sync` track: a master holds the flows it serves; a backup is ready to take over once
+/// every peer's full sync is here (`ready`). So a returning master waits for its peer's flows,
+/// and a master never loses priority because its peer went away.
+pub fn sync_track(ready: bool, masters: &[bool]) -> bool {
+    ready || masters.iter().any(|m| *m)
+}
+
 /// The tracks the controller publishes: `xdp-attached`, and per cluster `patroni:<name>`,
 /// healthy when some node's Patroni API gave an HTTP answer to its last check, whatever the
 /// role (a static cluster is always reachable: nothing is checked).
-pub fn tracks<'a>(attached: bool, clusters: impl IntoIterator<Item = ClusterView<'a>>) -> Tracks {
+pub fn tracks<'a>(
+    attached: bool,
+    sync_ready: Option<bool>,
+    clusters: impl IntoIterator<Item = ClusterView<'a>>,
+) -> Tracks {
     let mut t = Tracks::default();
     t.named.insert(TRACK_XDP.into(), attached);
+    if let Some(ready) = sync_ready {
+        t.named.insert(TRACK_SYNC.into(), ready);
+    }
     for c in clusters {
         let reachable = c.status.nodes.iter().any(|n| {
             n.checks
@@ -142,10 +160,10 @@ mod tests {
             vec![check(false, 0, Some(Some(503)))],
             vec![check(false, 0, Some(None))],
         ]);
-        let t = tracks(true, [view(&answered, Checks::Patroni)]);
+        let t = tracks(true, None, [view(&answered, Checks::Patroni)]);
         assert_eq!(t.named.get(TRACK_XDP), Some(&true));
         assert_eq!(t.named.get("patroni:pg"), Some(&true));
-        let t = tracks(false, []);
+        let t = tracks(false, None, []);
         assert_eq!(t.named.get(TRACK_XDP), Some(&false));
     }
 
@@ -156,7 +174,7 @@ mod tests {
             vec![check(false, 0, Some(None))],
             vec![check(false, 0, None)],
         ]);
-        let t = tracks(true, [view(&silent, Checks::Patroni)]);
+        let t = tracks(true, None, [view(&silent, Checks::Patroni)]);
         assert_eq!(t.named.get("patroni:pg"), Some(&false));
     }
 
@@ -164,7 +182,28 @@ mod tests {
     #[test]
     fn a_static_cluster_is_always_reachable() {
         let none = cluster(vec![vec![]]);
-        let t = tracks(true, [view(&none, Checks::Static)]);
+        let t = tracks(true, None, [view(&none, Checks::Static)]);
         assert_eq!(t.named.get("patroni:pg"), Some(&true));
+    }
+
+    /// With `[sync]`, the `sync` track says whether every peer's flows are here; without it
+    /// there is no such track (a configured `sync` track then stays unknown, as any other).
+    #[test]
+    fn the_sync_track_exists_only_with_sync() {
+        let t = tracks(true, Some(false), []);
+        assert_eq!(t.named.get(TRACK_SYNC), Some(&false));
+        let t = tracks(true, Some(true), []);
+        assert_eq!(t.named.get(TRACK_SYNC), Some(&true));
+        let t = tracks(true, None, []);
+        assert_eq!(t.named.get(TRACK_SYNC), None);
+    }
+
+    /// A master keeps its `sync` track whatever its peers do; a backup needs their flows.
+    #[test]
+    fn the_sync_track_holds_on_a_master_and_waits_on_a_backup() {
+        assert!(sync_track(false, &[true]));
+        assert!(!sync_track(false, &[false]));
+        assert!(!sync_track(false, &[]));
+        assert!(sync_track(true, &[false]));
     }
 }

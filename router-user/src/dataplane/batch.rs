@@ -182,7 +182,7 @@ pub fn delete_batch<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize>
         match (rc, errno) {
             (0, _) => break,
             // The key at `done` is gone already: skip it and go on.
-            (_, libc::ENOENT) => rest = &rest[done + 1..],
+            (_, libc::ENOENT) => rest = rest.get(done + 1..).unwrap_or_default(),
             (_, e) => return Err(io::Error::from_raw_os_error(e)),
         }
     }

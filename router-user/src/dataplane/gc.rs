@@ -41,8 +41,7 @@ pub const ENTRIES_PER_TICK: usize = 65_536;
 /// later. (Reaps are re-checked by the kernel and need no slack.)
 const CLOCK_SLACK_NS: u64 = 50_000_000;
 
-/// `XDP_DROP`: `pgrouter_gc` did what was asked.
-const VERDICT_DONE: u32 = 1;
+use router_ebpf::gc_verdict::DONE as VERDICT_DONE;
 
 /// How many full cycles the controller runs back to back at start, so the recount (which
 /// needs the same drift twice) settles before the first tick.
@@ -115,9 +114,20 @@ pub struct Tally {
     pub conntrack_entries: u64,
     /// Entries read from both tables.
     pub walked: u64,
+    /// Backend ids named by any entry read, live or not, either direction: a retired id
+    /// none names in a whole cycle can be given to a new backend (`plan::free_retired`).
+    pub referenced: BTreeSet<u32>,
 }
 
 impl Tally {
+    /// One more flow of `backend_id` in `state` (its two bits index the per-state counts).
+    fn count(&mut self, backend_id: u32, state: u8) {
+        let counts = self.flows.entry(backend_id).or_default();
+        if let Some(n) = counts.get_mut(usize::from(state & 3)) {
+            *n += 1;
+        }
+    }
+
     fn live(&mut self, f: &Flow, state: u8, table: Table) {
         match table {
             Table::Handshake => self.handshake_entries += 1,
@@ -126,7 +136,7 @@ impl Tally {
         if f.flags & FLOW_F_REPLY != 0 {
             return;
         }
-        self.flows.entry(f.backend_id).or_default()[usize::from(state & 3)] += 1;
+        self.count(f.backend_id, state);
         if f.flags & FLOW_F_CLOSED == 0 {
             *self.snat_ports.entry(f.service_id).or_default() += 1;
             if table == Table::Conntrack {
@@ -142,7 +152,7 @@ impl Tally {
         if r.orphan {
             return;
         }
-        self.flows.entry(r.backend_id).or_default()[usize::from(r.state & 3)] += 1;
+        self.count(r.backend_id, r.state);
         if r.open {
             *self.open.entry(r.backend_id).or_default() += 1;
             *self.snat_ports.entry(r.service_id).or_default() += 1;
@@ -182,6 +192,7 @@ pub fn classify(
     let mut deleted: BTreeSet<FlowKey> = BTreeSet::new();
     for (key, f) in batch {
         tally.walked += 1;
+        tally.referenced.insert(f.backend_id);
         let reply = f.flags & FLOW_F_REPLY != 0;
         match table {
             Table::Handshake => {

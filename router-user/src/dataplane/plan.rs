@@ -52,6 +52,9 @@ pub struct MapDelta {
     pub services: Vec<(ServiceKey, Service)>,
     pub remove_services: Vec<ServiceKey>,
     pub remove_sets: Vec<u32>,
+    /// Retired backends no flow names any more: their entries are cleared (unused) and
+    /// their ids free for new backends.
+    pub free_backends: Vec<u32>,
 }
 
 impl MapDelta {
@@ -65,10 +68,9 @@ pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
     match ip {
         IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_IPV4),
         IpAddr::V6(v6) => {
-            let o = v6.octets();
             let mut w = [0u32; 4];
-            for (i, c) in o.chunks_exact(4).enumerate() {
-                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            for (w, c) in w.iter_mut().zip(v6.octets().as_chunks::<4>().0) {
+                *w = u32::from_ne_bytes(*c);
             }
             (w, FAMILY_IPV6)
         }
@@ -198,8 +200,12 @@ pub fn plan(
                     maxconn: b.maxconn,
                 },
             );
-            if state == BACKEND_ACTIVE {
-                set.ids[set.count as usize] = bid;
+            // A slot is always free: a listener with more backends than a set holds was
+            // refused above.
+            if state == BACKEND_ACTIVE
+                && let Some(slot) = set.ids.get_mut(set.count as usize)
+            {
+                *slot = bid;
                 set.count += 1;
             }
         }
@@ -280,6 +286,39 @@ pub fn plan(
         }
     }
     Ok((delta, next))
+}
+
+/// Retired backends (shut down, named by no listener's node any more) among `unreferenced`
+/// — ids no flow entry named during a whole GC cycle that started after the retirement —
+/// are freed: cleared in the map, removed from what is applied, so `plan` can give the id to
+/// a new backend. Without this, every reload that removes a node would use up an id for
+/// good, and after 4,096 of them no plan could be published.
+pub fn free_retired(applied: &Applied, unreferenced: &BTreeSet<u32>) -> (MapDelta, Applied) {
+    let named: BTreeSet<u32> = applied.backend_ids.values().copied().collect();
+    let mut next = applied.clone();
+    let mut delta = MapDelta::default();
+    for id in unreferenced {
+        let retired = applied
+            .backends
+            .get(id)
+            .is_some_and(|b| b.state == BACKEND_SHUTDOWN && !named.contains(id));
+        if retired {
+            next.backends.remove(id);
+            delta.free_backends.push(*id);
+        }
+    }
+    (delta, next)
+}
+
+/// Backend ids that are retired in `applied`: shut down and named by no listener's node.
+pub fn retired(applied: &Applied) -> BTreeSet<u32> {
+    let named: BTreeSet<u32> = applied.backend_ids.values().copied().collect();
+    applied
+        .backends
+        .iter()
+        .filter(|(id, b)| b.state == BACKEND_SHUTDOWN && !named.contains(id))
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 impl Applied {
@@ -563,5 +602,81 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, PlanError::TooManyNodes("pg/big".into()));
+    }
+
+    /// A node removed by a reload retires its backend; once no flow names it, its id is
+    /// freed and the next new backend gets it: ids never run out however often reloads add
+    /// and remove nodes.
+    #[test]
+    fn a_retired_backend_id_is_freed_once_unreferenced_and_reused() {
+        let key = ListenerKey::new("pg", "PG1");
+        let lst = |nodes: Vec<DesiredBackend>| DesiredListener {
+            key: key.clone(),
+            vip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
+            port: 5000,
+            balance: Balance::RoundRobin,
+            shutdown_sessions: true,
+            snat_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)),
+            empty_hold_ms: 0,
+            backends: nodes,
+        };
+        let (_, a1) = plan(
+            &[lst(vec![
+                be("pg1", 11, BackendState::Active),
+                be("pg2", 12, BackendState::Active),
+            ])],
+            &Applied::default(),
+            (40000, 44999),
+            1,
+        )
+        .unwrap();
+        let pg2 = a1.backend_ids[&BackendKey::new(key.clone(), "pg2")];
+        // pg2 leaves the config: retired (shut down), its id still held.
+        let (_, a2) = plan(
+            &[lst(vec![be("pg1", 11, BackendState::Active)])],
+            &a1,
+            (40000, 44999),
+            2,
+        )
+        .unwrap();
+        assert_eq!(retired(&a2), BTreeSet::from([pg2]));
+        // A flow still names it: nothing freed.
+        let (d, a3) = free_retired(&a2, &BTreeSet::new());
+        assert!(d.is_empty() && a3 == a2);
+        // An id that is not retired (pg1, live) is never freed, even if unreferenced.
+        let pg1 = a2.backend_ids[&BackendKey::new(key.clone(), "pg1")];
+        let (d, a3) = free_retired(&a2, &BTreeSet::from([pg1, pg2]));
+        assert_eq!(d.free_backends, vec![pg2]);
+        assert!(!a3.backends.contains_key(&pg2) && a3.backends.contains_key(&pg1));
+        // A new node gets the freed id.
+        let (_, a4) = plan(
+            &[lst(vec![
+                be("pg1", 11, BackendState::Active),
+                be("pg3", 13, BackendState::Active),
+            ])],
+            &a3,
+            (40000, 44999),
+            3,
+        )
+        .unwrap();
+        assert_eq!(a4.backend_ids[&BackendKey::new(key.clone(), "pg3")], pg2);
+        // Thousands of reloads swapping a node in and out never exhaust the ids.
+        let mut a = a4;
+        for i in 0..(MAX_BACKENDS as usize * 2) {
+            let node = if i % 2 == 0 { "pg4" } else { "pg5" };
+            let (_, n) = plan(
+                &[lst(vec![
+                    be("pg1", 11, BackendState::Active),
+                    be(node, 14, BackendState::Active),
+                ])],
+                &a,
+                (40000, 44999),
+                4 + i as u64,
+            )
+            .unwrap_or_else(|e| panic!("reload {i}: {e}"));
+            let unref = retired(&n);
+            a = free_retired(&n, &unref).1;
+        }
+        assert!(a.backends.len() <= 3, "{} entries held", a.backends.len());
     }
 }

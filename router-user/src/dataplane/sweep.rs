@@ -93,12 +93,12 @@ pub fn rst_segment(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq_be: u32) -> [
     p[16..20].copy_from_slice(&dst.0.octets());
     let ipc = !fold(sum(&p[..20]));
     p[10..12].copy_from_slice(&ipc.to_be_bytes());
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&src.1.to_be_bytes());
-    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    t[4..8].copy_from_slice(&seq_be.to_ne_bytes());
-    t[12] = 5 << 4;
-    t[13] = 0x04; // RST
+    // TCP from byte 20.
+    p[20..22].copy_from_slice(&src.1.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.1.to_be_bytes());
+    p[24..28].copy_from_slice(&seq_be.to_ne_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x04; // RST
     let mut pseudo = [0u8; 12];
     pseudo[0..4].copy_from_slice(&src.0.octets());
     pseudo[4..8].copy_from_slice(&dst.0.octets());
@@ -110,9 +110,12 @@ pub fn rst_segment(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq_be: u32) -> [
 }
 
 fn sum(b: &[u8]) -> u64 {
-    b.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
+    let (words, odd) = b.as_chunks::<2>();
+    let words: u64 = words
+        .iter()
+        .map(|&w| u64::from(u16::from_be_bytes(w)))
+        .sum();
+    words + odd.first().map_or(0, |&l| u64::from(l) << 8)
 }
 
 fn fold(mut s: u64) -> u16 {

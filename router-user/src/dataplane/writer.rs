@@ -80,6 +80,14 @@ impl Maps {
         for id in &d.remove_sets {
             let _ = self.sets.remove(id);
         }
+        for id in &d.free_backends {
+            self.backends
+                .set(*id, Backend::default(), 0)
+                .with_context(|| format!("clearing retired backend {id}"))?;
+            self.conns
+                .set(*id, 0, 0)
+                .with_context(|| format!("zeroing retired backend {id}'s count"))?;
+        }
         Ok(())
     }
 

@@ -125,7 +125,9 @@ pub fn spawn_cluster(cfg: &config::Cluster) -> ClusterHandle {
             for i in state.take_due(Instant::now()) {
                 // Capacity 1 and a node is never asked twice while in flight, so this only
                 // fails if the node task is gone (shutdown).
-                let _ = cmd_txs[i].try_send(());
+                if let Some(cmd_tx) = cmd_txs.get(i) {
+                    let _ = cmd_tx.try_send(());
+                }
             }
             let wake = state.next_due();
             tokio::select! {
@@ -208,7 +210,11 @@ pub fn static_snapshot(cfg: &config::Cluster) -> ClusterSnapshot {
         status: ClusterStatus {
             cluster: cfg.name.clone(),
             checks: cfg.checks.into(),
-            primary: computed.primary.chosen.map(|i| cfg.nodes[i].name.clone()),
+            primary: computed
+                .primary
+                .chosen
+                .and_then(|i| cfg.nodes.get(i))
+                .map(|n| n.name.clone()),
             split_brain: false,
             writes_blocked: false,
             nodes: cfg

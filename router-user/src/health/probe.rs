@@ -137,8 +137,10 @@ pub async fn probe_node(client: &Arc<reqwest::Client>, target: &Arc<Target>) -> 
     }
     let mut out: Vec<Option<CheckOutcome>> = vec![None; target.kinds.len()];
     while let Some(r) = set.join_next().await {
-        if let Ok((i, o)) = r {
-            out[i] = Some(o);
+        if let Ok((i, o)) = r
+            && let Some(slot) = out.get_mut(i)
+        {
+            *slot = Some(o);
         }
     }
     out.into_iter()
@@ -250,14 +252,23 @@ mod tests {
     use super::*;
     use crate::config;
 
+    /// A cluster whose node has an IPv6 address (its URL needs brackets). The data path
+    /// serves IPv4 listeners only, so the config is IPv4 and the address set afterwards: the
+    /// checks themselves reach Patroni over either family.
     fn cluster(api: &str, node_extra: &str) -> Cluster {
         let text = format!(
             "[[cluster]]\nname = \"pg\"\n{api}\n[[cluster.node]]\nname = \"a\"\n\
-             host = \"2001:db8::11\"\napi_port = 8443\n{node_extra}\n[[cluster.listener]]\n\
-             name = \"W\"\nvip = \"2001:db8::100\"\nport = 5000\nkind = \"primary\"\n"
+             host = \"198.18.0.11\"\napi_port = 8443\n{node_extra}\n[[cluster.listener]]\n\
+             name = \"W\"\nvip = \"198.18.0.100\"\nport = 5000\nkind = \"primary\"\n"
         );
         match config::parse(&text, "t.toml") {
-            Ok(mut c) => c.clusters.remove(0),
+            Ok(mut c) => {
+                let mut c = c.clusters.remove(0);
+                c.nodes[0].host = std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                    0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11,
+                ));
+                c
+            }
             Err(e) => panic!("{e}"),
         }
     }

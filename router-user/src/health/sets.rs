@@ -72,7 +72,7 @@ pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
         .filter(|(_, v)| v.verdict(&CheckKind::Primary) == Verdict::Up)
         .map(|(i, _)| i)
         .collect();
-    let eligible = |i: usize| (!views[i].refusing).then_some(i);
+    let eligible = |i: usize| views.get(i).is_some_and(|v| !v.refusing).then_some(i);
     match candidates.as_slice() {
         [] => PrimaryChoice::default(),
         [one] => PrimaryChoice {
@@ -81,7 +81,10 @@ pub fn choose_primary(views: &[NodeView]) -> PrimaryChoice {
             ..Default::default()
         },
         many => {
-            let tls: Option<Vec<u64>> = many.iter().map(|&i| views[i].timeline).collect();
+            let tls: Option<Vec<u64>> = many
+                .iter()
+                .map(|&i| views.get(i).and_then(|v| v.timeline))
+                .collect();
             let chosen = tls.and_then(|tls| {
                 let max = tls.iter().copied().max()?;
                 let mut at_max = many.iter().zip(&tls).filter(|(_, t)| **t == max);
@@ -156,7 +159,11 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
         let (members, fallback_active): (Vec<usize>, bool) = match l.kind {
             ListenerKind::Primary => (primary.chosen.into_iter().collect(), false),
             ListenerKind::Replica | ListenerKind::ReadOnly => {
-                let ups: Vec<usize> = (0..views.len()).filter(|&i| up[i]).collect();
+                let ups: Vec<usize> = up
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &u)| u.then_some(i))
+                    .collect();
                 if ups.is_empty()
                     && l.kind == ListenerKind::Replica
                     && l.fallback == Fallback::Primary
@@ -171,8 +178,9 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
             .nodes
             .iter()
             .zip(views)
+            .zip(&up)
             .enumerate()
-            .map(|(i, (node, view))| {
+            .map(|(i, ((node, view), &node_up))| {
                 let state = if members.contains(&i) {
                     BackendState::Active
                 } else if l.kind == ListenerKind::Primary {
@@ -180,13 +188,13 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
                     {
                         // Writes must never reach a non-primary or the stale side of a split.
                         BackendState::Shutdown
-                    } else if up[i] || view.verdict(&kind) == Verdict::Unknown {
+                    } else if node_up || view.verdict(&kind) == Verdict::Unknown {
                         // Undecided split brain, or not judged yet.
                         BackendState::Drain
                     } else {
                         marked_down
                     }
-                } else if up[i]
+                } else if node_up
                     || view.verdict(&kind) == Verdict::Unknown
                     || (l.fallback == Fallback::Primary && primary.chosen == Some(i))
                 {
@@ -208,7 +216,8 @@ fn compute_padded(cluster: &Cluster, views: &[NodeView]) -> Computed {
             kind: l.kind.into(),
             members: members
                 .iter()
-                .map(|&i| cluster.nodes[i].name.clone())
+                .filter_map(|&i| cluster.nodes.get(i))
+                .map(|n| n.name.clone())
                 .collect(),
             fallback_active,
         });

@@ -175,27 +175,23 @@ impl ClusterState {
             );
         }
         let mut result_changed = false;
-        for (k, outcome) in probe
-            .outcomes
-            .into_iter()
-            .enumerate()
-            .take(self.kinds.len())
-        {
-            let kind = &self.kinds[k];
+        // `checks` and `last` have one entry per kind; outcomes beyond the kinds are ignored.
+        let per_kind = self
+            .kinds
+            .iter()
+            .zip(node.checks.iter_mut().zip(node.last.iter_mut()));
+        for (outcome, (kind, (check, last))) in probe.outcomes.into_iter().zip(per_kind) {
             self.counters.checks_total += 1;
             if !outcome.ok {
                 self.counters.checks_failed += 1;
             }
-            if node.last[k]
-                .as_ref()
-                .is_some_and(|prev| prev.ok != outcome.ok)
-            {
+            if last.as_ref().is_some_and(|prev| prev.ok != outcome.ok) {
                 result_changed = true;
             }
             let t = if *kind == CheckKind::Primary && outcome.not_primary {
-                node.checks[k].force_down()
+                check.force_down()
             } else {
-                node.checks[k].observe(outcome.ok, h.rise, h.fall)
+                check.observe(outcome.ok, h.rise, h.fall)
             };
             match t {
                 Some(Transition::Up) => info!(
@@ -205,7 +201,7 @@ impl ClusterState {
                 Some(Transition::Down) => warn!(
                     cluster = %self.cfg.name, node = %node_name, check = %kind,
                     "node DOWN for {kind} after {} failure(s): {}",
-                    node.checks[k].failures, outcome.detail
+                    check.failures, outcome.detail
                 ),
                 None => {}
             }
@@ -219,7 +215,7 @@ impl ClusterState {
             if let Some(info) = &outcome.info {
                 node.info = info.clone();
             }
-            node.last[k] = Some(outcome);
+            *last = Some(outcome);
         }
 
         // Schedule the node's next check (HAProxy: fastinter while transitioning, downinter
@@ -291,14 +287,15 @@ impl ClusterState {
                 .primary
                 .candidates
                 .iter()
-                .map(|&i| self.cfg.nodes[i].name.as_str())
+                .filter_map(|&i| self.cfg.nodes.get(i))
+                .map(|n| n.name.as_str())
                 .collect();
-            match new.primary.chosen {
-                Some(c) => error!(
+            match new.primary.chosen.and_then(|c| self.cfg.nodes.get(c)) {
+                Some(chosen) => error!(
                     cluster = %self.cfg.name,
                     "SPLIT BRAIN: nodes {names:?} all pass the primary check; writes go only to {} \
                      (highest timeline)",
-                    self.cfg.nodes[c].name
+                    chosen.name
                 ),
                 None => error!(
                     cluster = %self.cfg.name,
@@ -381,7 +378,10 @@ impl ClusterState {
             status: ClusterStatus {
                 cluster: self.cfg.name.clone(),
                 checks: self.cfg.checks.into(),
-                primary: p.chosen.map(|i| self.cfg.nodes[i].name.clone()),
+                primary: p
+                    .chosen
+                    .and_then(|i| self.cfg.nodes.get(i))
+                    .map(|n| n.name.clone()),
                 split_brain: p.split_brain,
                 writes_blocked: p.undecided,
                 nodes,

@@ -334,8 +334,7 @@ const IGNORED_WITH_ARG: &[&str] = &[
 /// `opts`, overriding what is already there (a server line overrides `default-server`).
 pub fn parse_server_opts(words: &[String], opts: &mut ServerOpts) {
     let mut i = 0;
-    while i < words.len() {
-        let kw = words[i].as_str();
+    while let Some(kw) = words.get(i).map(String::as_str) {
         let arg = words.get(i + 1).map(String::as_str);
         let mut takes_arg = true;
         let mut need = |what: &str| -> Option<&str> {

@@ -20,6 +20,10 @@ impl Item {
     pub fn arg(&self, i: usize) -> Option<&str> {
         self.words.get(i).map(String::as_str)
     }
+    /// Every word after the key.
+    pub fn args(&self) -> &[String] {
+        self.words.get(1..).unwrap_or_default()
+    }
 }
 
 /// The parsed file plus problems found on the way (line, message).
@@ -208,7 +212,7 @@ pub fn scripts(file: &File) -> Vec<Script> {
             };
             for c in i.block.iter().flatten() {
                 match c.key() {
-                    "script" => s.script = Some(c.words[1..].join(" ")),
+                    "script" => s.script = Some(c.args().join(" ")),
                     "weight" => s.weight = c.arg(1).and_then(|w| w.parse().ok()),
                     _ => {}
                 }

@@ -15,6 +15,7 @@ pub mod haproxy;
 pub mod keepalived;
 pub(crate) mod plan;
 mod render;
+mod repair;
 pub mod translate;
 mod vrrp_plan;
 
@@ -84,29 +85,59 @@ pub struct Imported {
     pub warnings: Vec<Warning>,
 }
 
+/// Rounds of [`repair`]: each leaves out everything the config's checks named, so a few
+/// suffice (a cluster left without listeners, then a track naming that cluster, …).
+const REPAIR_ROUNDS: usize = 8;
+
 /// Translates the sources. `Err` only when nothing usable comes out (no listener).
+///
+/// What is written passes `pgrouter check-config`: the config's own checks run on the exact
+/// text, and what they refuse is left out (commented out, with a warning naming the reason).
 pub fn import(haproxy: &Source<'_>, keepalived: Option<&Source<'_>>) -> Result<Imported, String> {
     let mut sink = Sink::default();
-    let plan = translate::plan(haproxy, keepalived, &mut sink)?;
+    let mut plan = translate::plan(haproxy, keepalived, &mut sink)?;
     let mut warnings = sink.warnings;
-    let mut toml = render::render(&plan, haproxy, keepalived, &warnings)?;
-    // The output must be a config pgrouter accepts; if it is not, say exactly why. This runs
-    // the config's own checks on the exact text, so the messages can name its lines.
+    for _ in 0..REPAIR_ROUNDS {
+        if plan.config.cluster.iter().all(|c| c.listener.is_empty()) {
+            return Err(no_listener(haproxy, &plan));
+        }
+        let toml = render::render(&plan, haproxy, keepalived, &warnings)?;
+        match crate::config::parse(&toml, "<imported>") {
+            Ok(_) => return Ok(Imported { toml, warnings }),
+            Err(e) => {
+                if !repair::repair(&mut plan, &mut warnings, &e.diagnostics) {
+                    break;
+                }
+            }
+        }
+    }
+    // Not repairable (a bug of the translation): the output says exactly why it fails.
+    let toml = render::render(&plan, haproxy, keepalived, &warnings)?;
     if let Err(e) = crate::config::parse(&toml, "<imported>") {
         for d in e.diagnostics {
             warnings.push(Warning {
                 file: "<imported>".into(),
                 line: 0,
                 place: Place::Top,
-                message: format!(
+                message: plan::comment_text(&format!(
                     "the result does not pass `pgrouter check-config`: line {}: {}: {}",
                     d.line, d.field, d.message
-                ),
+                )),
             });
         }
-        toml = render::render(&plan, haproxy, keepalived, &warnings)?;
     }
+    let toml = render::render(&plan, haproxy, keepalived, &warnings)?;
     Ok(Imported { toml, warnings })
+}
+
+/// The error when no listener is left, with the reasons listeners were left out.
+fn no_listener(haproxy: &Source<'_>, plan: &plan::Plan) -> String {
+    let mut e = format!("{}: no listener could be translated", haproxy.path);
+    if !plan.refused.is_empty() {
+        e.push_str(": ");
+        e.push_str(&plan.refused.join("; "));
+    }
+    e
 }
 
 /// `pgrouter import`: reads the files, prints warnings to stderr and the config to stdout (or

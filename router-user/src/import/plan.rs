@@ -14,32 +14,71 @@ pub struct Plan {
     pub notes: Notes,
     /// Directives that have no meaning for an L4 NAT, listed once (not warnings).
     pub dropped: Vec<String>,
+    /// Why listeners were left out; the error names them when no listener is left.
+    pub refused: Vec<String>,
 }
 
 /// Comments the translation attaches to what it wrote. A key is a dotted path inside the
 /// place's table (`"health.timeout"` in a cluster, `"timeouts.handshake"` in the datapath).
+/// Every text is made fit for a TOML comment ([`comment_text`]).
 #[derive(Clone, Debug, Default)]
 pub struct Notes {
     above: Vec<(Place, String)>,
     after: Vec<(Place, &'static str, String)>,
     suggested: Vec<(Place, &'static str, String)>,
+    /// Items left out because check-config would refuse them, as commented-out TOML (each
+    /// line without the `# `); written at the end of the file.
+    left_out: Vec<String>,
 }
 
 impl Notes {
     /// A comment line above the item at `place` (e.g. the HAProxy lines it comes from).
     pub fn above(&mut self, place: Place, text: impl Into<String>) {
-        self.above.push((place, text.into()));
+        self.above.push((place, comment_text(&text.into())));
     }
 
     /// A comment after `key`'s value (e.g. the directive it was translated from).
     pub fn after(&mut self, place: Place, key: &'static str, text: impl Into<String>) {
-        self.after.push((place, key, text.into()));
+        self.after.push((place, key, comment_text(&text.into())));
     }
 
     /// A key the translation left out but the reader should consider, written as a
     /// commented-out line (`line` without the `# `) where `key` would be.
     pub fn suggest(&mut self, place: Place, key: &'static str, line: impl Into<String>) {
-        self.suggested.push((place, key, line.into()));
+        self.suggested
+            .push((place, key, comment_text(&line.into())));
+    }
+
+    /// An item left out of the config (TOML text, one item), written commented out at the end
+    /// of the file so that the reader can fix and restore it.
+    pub fn left_out(&mut self, toml: &str) {
+        let text: String = toml
+            .lines()
+            .map(|l| match l {
+                "" => "#\n".to_owned(),
+                l => format!("# {}\n", comment_text(l)),
+            })
+            .collect();
+        self.left_out.push(text);
+    }
+
+    pub fn left_out_items(&self) -> &[String] {
+        &self.left_out
+    }
+
+    /// Moves every note to the place `f` gives (`None`: the item is gone, its notes with it).
+    /// Used when an item is removed and the ones after it move up.
+    pub fn remap(&mut self, f: impl Fn(&Place) -> Option<Place>) {
+        let keep = |p: &mut Place| match f(p) {
+            Some(q) => {
+                *p = q;
+                true
+            }
+            None => false,
+        };
+        self.above.retain_mut(|(p, _)| keep(p));
+        self.after.retain_mut(|(p, _, _)| keep(p));
+        self.suggested.retain_mut(|(p, _, _)| keep(p));
     }
 
     pub fn above_at<'a>(&'a self, place: &'a Place) -> impl Iterator<Item = &'a str> + 'a {
@@ -75,7 +114,9 @@ impl Sink {
     /// Records a warning, once: the same message at the same place (e.g. for each server of
     /// a pool) adds nothing but noise; the first line it applies to is kept.
     pub fn warn(&mut self, file: &str, line: usize, place: Place, message: impl Into<String>) {
-        let message = message.into();
+        let message = comment_text(&message.into());
+        let file = comment_text(file);
+        let file = file.as_str();
         if self
             .warnings
             .iter()
@@ -90,4 +131,22 @@ impl Sink {
             message,
         });
     }
+}
+
+/// `text` as it can stand in a TOML comment (and on a terminal): every control character but
+/// tab written as its escape (`\u{1}`). TOML forbids them in comments, and input files can
+/// carry them into warnings and notes.
+pub fn comment_text(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use toml_edit::{Item, Table, Value};
 
-use super::plan::{Notes, Plan};
+use super::plan::{Notes, Plan, comment_text};
 use super::{Place, Source, Warning};
 use crate::config::raw;
 use crate::config::units::DurationText;
@@ -56,9 +56,20 @@ pub fn render(
     for (_, item) in doc.as_table_mut().iter_mut() {
         expand(item);
     }
-    let root = doc.as_table_mut();
-    let w = Warnings(warnings);
+    let w = Warnings::new(warnings, &plan.config);
     let notes = &plan.notes;
+    if !notes.left_out_items().is_empty() {
+        let mut t = String::from(
+            "\n# Left out: `pgrouter check-config` refuses these as translated (each has a WARNING \
+             above); fix one and remove its `# ` to restore it.\n",
+        );
+        for item in notes.left_out_items() {
+            t.push_str("#\n");
+            t.push_str(item);
+        }
+        doc.set_trailing(t);
+    }
+    let root = doc.as_table_mut();
 
     if let Some(dp) = table(root, "datapath") {
         datapath(dp, &header(plan, hsrc, ksrc, warnings), &w, notes)?;
@@ -90,16 +101,43 @@ pub fn render(
     Ok(doc.to_string())
 }
 
-/// The warnings, written as `# WARNING:` lines at their place.
-struct Warnings<'a>(&'a [Warning]);
+/// The warnings, written as `# WARNING:` lines at their place; a warning whose item is not
+/// in the output (a listener left out, a node never written) goes to the nearest enclosing
+/// place that is, so that none is lost.
+struct Warnings<'a>(Vec<(Place, &'a Warning)>);
 
-impl Warnings<'_> {
+impl<'a> Warnings<'a> {
+    fn new(warnings: &'a [Warning], cfg: &raw::File) -> Self {
+        Self(
+            warnings
+                .iter()
+                .map(|w| (written_place(&w.place, cfg), w))
+                .collect(),
+        )
+    }
+
     fn at(&self, place: &Place) -> String {
         self.0
             .iter()
-            .filter(|w| &w.place == place)
-            .map(|w| format!("# WARNING: {w}\n"))
+            .filter(|(p, _)| p == place)
+            .map(|(_, w)| format!("# WARNING: {}\n", comment_text(&w.to_string())))
             .collect()
+    }
+}
+
+/// `place`, or the nearest enclosing place the output has.
+fn written_place(place: &Place, cfg: &raw::File) -> Place {
+    let cluster = |c: usize| cfg.cluster.get(c);
+    match place {
+        Place::Top | Place::Datapath => place.clone(),
+        Place::Cluster(c) if cluster(*c).is_some() => place.clone(),
+        Place::Node(c, n) if cluster(*c).is_some_and(|x| *n < x.node.len()) => place.clone(),
+        Place::Listener(c, l) if cluster(*c).is_some_and(|x| *l < x.listener.len()) => {
+            place.clone()
+        }
+        Place::Node(c, _) | Place::Listener(c, _) if cluster(*c).is_some() => Place::Cluster(*c),
+        Place::Vrrp(v) if *v < cfg.vrrp.len() => place.clone(),
+        _ => Place::Top,
     }
 }
 
@@ -113,8 +151,9 @@ fn header(
     let mut o = format!(
         "# pgrouter configuration translated by `pgrouter import` from {}{}.\n\
          # Keys: docs/config.md; the mapping: docs/import.md. Check with `pgrouter check-config FILE`.\n",
-        hsrc.path,
-        ksrc.map(|k| format!(" and {}", k.path)).unwrap_or_default()
+        comment_text(hsrc.path),
+        ksrc.map(|k| format!(" and {}", comment_text(k.path)))
+            .unwrap_or_default()
     );
     if warnings.is_empty() {
         o.push_str("# No warnings: everything carried over.\n");
@@ -131,10 +170,10 @@ fn header(
              or logs; sessions live in the conntrack map):\n",
         );
         for d in &plan.dropped {
-            o.push_str(&format!("#   {d}\n"));
+            o.push_str(&format!("#   {}\n", comment_text(d)));
         }
     }
-    o.push_str(&Warnings(warnings).at(&Place::Top));
+    o.push_str(&Warnings::new(warnings, &plan.config).at(&Place::Top));
     o
 }
 

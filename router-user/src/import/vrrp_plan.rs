@@ -11,9 +11,11 @@ use super::translate::{
     PATRONI_TRACK_WEIGHT, PLACEHOLDER_SRC, PLACEHOLDER_VIP, fmt_duration, sanitize,
 };
 use super::{Place, Source};
-use crate::config::StateHint;
 use crate::config::units::DurationText;
-use crate::config::vrrp::{RawInstance, RawTrack};
+use crate::config::vrrp::{
+    MAX_GARP_MASTER_REPEAT, MAX_TRACK_WEIGHT, MAX_VIPS, RawInstance, RawTrack,
+};
+use crate::config::{Cidr, StateHint};
 
 /// keepalived `vrrp_instance`s → `[[vrrp]]` plans. Scripts become pgrouter's own tracks.
 pub(super) fn vrrp_plans(
@@ -26,7 +28,21 @@ pub(super) fn vrrp_plans(
         sink.warn(k.path, *line, Place::Top, e.clone());
     }
     let scripts = keepalived::scripts(file);
-    let global_version = keepalived::global_vrrp_version(file);
+    let global_version = match keepalived::global_vrrp_version(file) {
+        Some((_, n @ (2 | 3))) => Some(n),
+        Some((line, n)) => {
+            sink.warn(
+                k.path,
+                line,
+                Place::Top,
+                format!("`vrrp_version {n}` in global_defs: not 2 or 3; ignored"),
+            );
+            None
+        }
+        None => None,
+    };
+    // keepalived.conf line of each instance written.
+    let mut lines: Vec<usize> = Vec::new();
     for item in &file.items {
         match item.key() {
             "vrrp_instance" => {}
@@ -67,6 +83,7 @@ pub(super) fn vrrp_plans(
         }
         let vi = plan.config.vrrp.len();
         let place = Place::Vrrp(vi);
+        let first_warning = sink.warnings.len();
         let mut v = RawInstance {
             name: sanitize(item.arg(1).unwrap_or("VI")),
             ..RawInstance::default()
@@ -80,7 +97,8 @@ pub(super) fn vrrp_plans(
                 item.line
             ),
         );
-        let mut version: Option<u8> = global_version.map(|(_, n)| n);
+        let mut version: Option<u8> = global_version;
+        let mut advert: Option<(usize, f64)> = None;
         let mut auth: Option<(usize, String, Option<String>)> = None;
         let mut track_scripts: Vec<(usize, String, Option<i32>)> = Vec::new();
         for c in item.block.iter().flatten() {
@@ -109,7 +127,10 @@ pub(super) fn vrrp_plans(
                     _ => bad(sink, "1..=255"),
                 },
                 "advert_int" => match a1.parse::<f64>() {
-                    Ok(x) if x > 0.0 => v.advert_int = seconds(x),
+                    Ok(x) if x > 0.0 && x.is_finite() => {
+                        advert = Some((c.line, x));
+                        v.advert_int = seconds(x);
+                    }
                     _ => bad(sink, "a number of seconds"),
                 },
                 "version" => match a1.parse::<u8>() {
@@ -142,9 +163,29 @@ pub(super) fn vrrp_plans(
                             sink.warn(k.path, a.line, place.clone(), format!("virtual_ipaddress {addr:?} is not an address; left out"));
                             continue;
                         }
+                        // What `[[vrrp]]` accepts: the config's own parser, one family (the
+                        // first address's), at most 20 (RFC 5798).
+                        let cidr = match addr.parse::<Cidr>() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                sink.warn(k.path, a.line, place.clone(), format!("virtual_ipaddress {addr}: {e}; left out"));
+                                continue;
+                            }
+                        };
+                        let first_v6 = v.virtual_ipaddress.first().and_then(|f| f.parse::<Cidr>().ok()).map(|f| f.addr.is_ipv6());
+                        if first_v6.is_some_and(|f6| f6 != cidr.addr.is_ipv6()) {
+                            sink.warn(k.path, a.line, place.clone(), format!(
+                                "virtual_ipaddress {addr}: another address family than the instance's first VIP; pgrouter runs one family per instance: left out (give it an instance of its own)"));
+                            continue;
+                        }
+                        if v.virtual_ipaddress.len() >= MAX_VIPS {
+                            sink.warn(k.path, a.line, place.clone(), format!(
+                                "virtual_ipaddress {addr}: more than {MAX_VIPS} addresses (a VRRP advert carries {MAX_VIPS}); left out"));
+                            continue;
+                        }
                         let mut i = 1;
-                        while i < a.words.len() {
-                            match a.words[i].as_str() {
+                        while let Some(word) = a.arg(i) {
+                            match word {
                                 "dev" => {
                                     let dev = a.arg(i + 1).unwrap_or_default();
                                     if !v.interface.is_empty() && dev != v.interface {
@@ -155,7 +196,7 @@ pub(super) fn vrrp_plans(
                                 }
                                 "label" | "brd" | "scope" | "broadcast" => {
                                     sink.warn(k.path, a.line, place.clone(), format!(
-                                        "{addr}: `{} {}` is not translated", a.words[i], a.arg(i + 1).unwrap_or_default()));
+                                        "{addr}: `{word} {}` is not translated", a.arg(i + 1).unwrap_or_default()));
                                     i += 2;
                                 }
                                 w => {
@@ -181,7 +222,7 @@ pub(super) fn vrrp_plans(
                             }
                         }
                         if a.words.len() > 1 {
-                            sink.warn(k.path, a.line, place.clone(), format!("unicast_peer {}: `{}` is not translated", a.key(), a.words[1..].join(" ")));
+                            sink.warn(k.path, a.line, place.clone(), format!("unicast_peer {}: `{}` is not translated", a.key(), a.args().join(" ")));
                         }
                     }
                 }
@@ -198,14 +239,19 @@ pub(super) fn vrrp_plans(
                     Ok(x) if x >= 0.0 => v.garp_master_delay = seconds(x),
                     _ => bad(sink, "a number of seconds"),
                 },
-                "garp_master_repeat" => match a1.parse() {
+                "garp_master_repeat" => match a1.parse::<u32>() {
+                    Ok(n) if n > MAX_GARP_MASTER_REPEAT => {
+                        sink.warn(k.path, c.line, place.clone(), format!(
+                            "`garp_master_repeat {n}`: pgrouter sends at most {MAX_GARP_MASTER_REPEAT} per burst; set to {MAX_GARP_MASTER_REPEAT}"));
+                        v.garp_master_repeat = MAX_GARP_MASTER_REPEAT;
+                    }
                     Ok(n) => v.garp_master_repeat = n,
                     Err(_) => bad(sink, "a count"),
                 },
                 "garp_master_refresh" => v.garp_master_refresh = a1.parse::<f64>().ok().filter(|x| *x > 0.0).map(seconds),
-                "notify_master" => v.notify_master = Some(c.words[1..].join(" ")),
-                "notify_backup" => v.notify_backup = Some(c.words[1..].join(" ")),
-                "notify_fault" => v.notify_fault = Some(c.words[1..].join(" ")),
+                "notify_master" => v.notify_master = Some(c.args().join(" ")),
+                "notify_backup" => v.notify_backup = Some(c.args().join(" ")),
+                "notify_fault" => v.notify_fault = Some(c.args().join(" ")),
                 "track_interface" => sink.warn(k.path, c.line, place.clone(),
                     "track_interface: pgrouter watches only the instance's own interface carrier (FAULT when it is down); other interfaces are not tracked"),
                 "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => sink.warn(k.path, c.line, place.clone(), format!(
@@ -250,13 +296,46 @@ pub(super) fn vrrp_plans(
             .is_some_and(|ip| ip.is_ipv6());
         // keepalived's default is VRRPv2 for IPv4 (vrrp_version), v3 for IPv6.
         v.version = if v6 { 3 } else { version.unwrap_or(2) };
+        if let Some((aline, x)) = advert {
+            fit_advert_int(k, aline, &place, &mut v, x, sink);
+        }
+        if let Some(src) = v.unicast_src_ip
+            && src.is_ipv6() != v6
+        {
+            sink.warn(
+                k.path,
+                item.line,
+                place.clone(),
+                format!("unicast_src_ip {src} is not of the VIPs' address family; left out"),
+            );
+            v.unicast_src_ip = None;
+        }
+        let mut peers = std::mem::take(&mut v.unicast_peer);
+        peers.retain(|p| {
+            let same = p.is_ipv6() == v6;
+            if !same {
+                sink.warn(
+                    k.path,
+                    item.line,
+                    place.clone(),
+                    format!("unicast_peer {p} is not of the VIPs' address family; left out"),
+                );
+            }
+            same
+        });
+        v.unicast_peer = peers;
         if let Some((aline, t, pass)) = auth {
             match (t.as_str(), pass, v.version) {
                 ("PASS", Some(p), 2) => {
                     if p.len() > 8 {
                         sink.warn(k.path, aline, place.clone(), "auth_pass is longer than 8 bytes; keepalived sends only the first 8, and so does this translation");
                     }
-                    v.auth_pass = Some(p.chars().take(8).collect());
+                    // The first 8 bytes, on a character boundary.
+                    let mut cut = p.len().min(8);
+                    while !p.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    v.auth_pass = Some(p[..cut].to_owned());
                 }
                 ("PASS", _, 3) => sink.warn(k.path, aline, place.clone(),
                     "authentication with VRRPv3: keepalived ignores it (RFC 5798 has none); dropped"),
@@ -267,18 +346,28 @@ pub(super) fn vrrp_plans(
             }
         }
         if !v.unicast_peer.is_empty() && v.unicast_src_ip.is_none() {
+            let ph: IpAddr = if v6 {
+                PLACEHOLDER_SRC6.into()
+            } else {
+                PLACEHOLDER_SRC.into()
+            };
             sink.warn(k.path, item.line, place.clone(), format!(
-                "unicast_peer without unicast_src_ip: keepalived uses the interface's address, pgrouter needs it written down; replace the placeholder {PLACEHOLDER_SRC}"));
-            v.unicast_src_ip = Some(PLACEHOLDER_SRC.into());
+                "unicast_peer without unicast_src_ip: keepalived uses the interface's address, pgrouter needs it written down; replace the placeholder {ph}"));
+            v.unicast_src_ip = Some(ph);
         }
         if v.priority == 255 && v.state == Some(StateHint::Backup) {
             sink.warn(k.path, item.line, place.clone(), "priority 255 makes this host the address owner (MASTER at once), whatever `state BACKUP` says");
         }
         // Scripts: pgrouter tracks the data path and Patroni itself.
-        if !track_scripts.is_empty() {
-            let (tline, tname, tweight) = &track_scripts[0];
+        if let [(tline, tname, tweight), others @ ..] = track_scripts.as_slice() {
             let script = scripts.iter().find(|s| &s.name == tname);
-            let weight = tweight.or(script.and_then(|s| s.weight)).unwrap_or(0);
+            let mut weight = tweight.or(script.and_then(|s| s.weight)).unwrap_or(0);
+            if weight.abs() > MAX_TRACK_WEIGHT {
+                let clamped = weight.clamp(-MAX_TRACK_WEIGHT, MAX_TRACK_WEIGHT);
+                sink.warn(k.path, *tline, place.clone(), format!(
+                    "track_script {tname}: weight {weight} is outside -{MAX_TRACK_WEIGHT}..={MAX_TRACK_WEIGHT}; set to {clamped}"));
+                weight = clamped;
+            }
             let what = script
                 .and_then(|s| s.script.clone())
                 .unwrap_or_else(|| "(vrrp_script not found)".into());
@@ -289,7 +378,7 @@ pub(super) fn vrrp_plans(
                 } else {
                     "the same weight".to_owned()
                 }));
-            for (line, name, _) in track_scripts.iter().skip(1) {
+            for (line, name, _) in others {
                 sink.warn(k.path, *line, place.clone(), format!(
                     "track_script {name} is not run either; pgrouter's two built-in tracks replace every script"));
             }
@@ -307,10 +396,65 @@ pub(super) fn vrrp_plans(
             v.track.push(track(XDP_TRACK, 0));
             v.track.push(track(PATRONI_TRACKS, PATRONI_TRACK_WEIGHT));
         }
+        // `[[vrrp]]` needs one instance per name and per VRID on an interface (and family):
+        // a second one is left out before its VIPs become listeners.
+        let family = |o: &RawInstance| {
+            o.virtual_ipaddress
+                .first()
+                .and_then(|a| a.parse::<Cidr>().ok())
+                .is_some_and(|c| c.addr.is_ipv6())
+        };
+        let clash = plan.config.vrrp.iter().zip(&lines).find_map(|(o, l)| {
+            if o.name == v.name {
+                Some(format!(
+                    "its name is the one of the vrrp_instance at line {l}"
+                ))
+            } else if o.interface == v.interface
+                && o.virtual_router_id == v.virtual_router_id
+                && family(o) == v6
+            {
+                Some(format!(
+                    "virtual_router_id {} on {} is already the one of vrrp_instance {} (line {l})",
+                    v.virtual_router_id, v.interface, o.name
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(why) = clash {
+            // Not written: what was said about it goes to the top, its notes with the text.
+            for w in sink.warnings.iter_mut().skip(first_warning) {
+                if w.place == place {
+                    w.place = Place::Top;
+                }
+            }
+            sink.notes.remap(|p| (p != &place).then(|| p.clone()));
+            sink.warn(k.path, item.line, Place::Top, format!(
+                "vrrp_instance {}: {why}; pgrouter needs one instance per name and per VRID on an interface: left out (commented out at the end of the file)",
+                item.arg(1).unwrap_or_default()));
+            #[derive(serde::Serialize)]
+            struct One<'a> {
+                vrrp: [&'a RawInstance; 1],
+            }
+            let shown = RawInstance {
+                track: Vec::new(),
+                ..v
+            };
+            if let Ok(text) = toml::to_string(&One { vrrp: [&shown] }) {
+                sink.notes.left_out(&format!(
+                    "# keepalived `vrrp_instance {}` ({}:{}); tracks as for the others:\n{text}",
+                    item.arg(1).unwrap_or_default(),
+                    k.path,
+                    item.line
+                ));
+            }
+            continue;
+        }
         if !plan.config.datapath.interfaces.contains(&v.interface) {
             plan.config.datapath.interfaces.push(v.interface.clone());
         }
         plan.config.vrrp.push(v);
+        lines.push(item.line);
     }
     if plan.config.vrrp.is_empty() {
         sink.warn(
@@ -318,6 +462,45 @@ pub(super) fn vrrp_plans(
             1,
             Place::Top,
             "no vrrp_instance found; no [[vrrp]] written",
+        );
+    }
+}
+
+/// RFC 3849 documentation prefix: the IPv6 counterpart of `PLACEHOLDER_SRC`.
+const PLACEHOLDER_SRC6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+
+/// `advert_int` as the version can carry it: VRRPv2 whole seconds 1..=255, VRRPv3
+/// centiseconds 10ms..=40.95s; anything else is rounded into that range, with a warning.
+fn fit_advert_int(
+    k: &Source<'_>,
+    line: usize,
+    place: &Place,
+    v: &mut RawInstance,
+    x: f64,
+    sink: &mut Sink,
+) {
+    let (fitted, what) = if v.version == 2 {
+        (
+            x.round().clamp(1.0, 255.0),
+            "VRRPv2 carries whole seconds 1..=255",
+        )
+    } else {
+        (
+            (x * 100.0).round().clamp(1.0, 4095.0) / 100.0,
+            "VRRPv3 carries centiseconds, 10ms..=40.95s",
+        )
+    };
+    if (fitted * 1e6).round() != (x * 1e6).round() {
+        v.advert_int = seconds(fitted);
+        sink.warn(
+            k.path,
+            line,
+            place.clone(),
+            format!(
+                "advert_int {x}: {what}; set to {} — the other hosts must use the same",
+                fmt_duration(Duration::from_micros((fitted * 1e6).round() as u64))
+            ),
         );
     }
 }

@@ -133,6 +133,8 @@ pub fn collect(
         clusters: snaps.iter().map(|s| s.status.clone()).collect(),
         listeners,
         vrrp,
+        // Filled in by the controller, which owns the sync state.
+        sync: None,
         last_error,
     }
 }

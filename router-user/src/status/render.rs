@@ -1,7 +1,7 @@
 //! `pgrouter status` as tables, from the typed [`Status`] the daemon answers.
 use std::fmt::{Display, Write as _};
 
-use super::{ClusterStatus, InstanceStatus, ListenerStatus, Status};
+use super::{ClusterStatus, InstanceStatus, ListenerStatus, Status, SyncStatus};
 
 /// `-` for a value not known (yet).
 fn opt<T: Display>(v: &Option<T>) -> String {
@@ -25,6 +25,9 @@ pub fn render(st: &Status) -> String {
     }
     for i in &st.vrrp {
         vrrp(&mut o, i);
+    }
+    if let Some(sy) = &st.sync {
+        sync(&mut o, sy);
     }
     if let Some(e) = &st.last_error {
         let _ = writeln!(o, "\nlast error: {e}");
@@ -180,6 +183,68 @@ fn listener(o: &mut String, l: &ListenerStatus) {
     }
 }
 
+fn sync(o: &mut String, sy: &SyncStatus) {
+    let _ = writeln!(
+        o,
+        "\nsync: {} (snat ports {}-{}{}), events {} lost {}, grace drops {}, adopted {}",
+        if sy.ready {
+            "ready"
+        } else {
+            "NOT READY (a peer's full sync is missing)"
+        },
+        sy.snat_first,
+        sy.snat_last,
+        if sy.grace_open {
+            ", grace window open"
+        } else {
+            ""
+        },
+        sy.events,
+        sy.events_lost,
+        sy.grace_drops,
+        sy.adopted
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {:>4} {:>4} {:>5} {:>9} {:>7} {:>6} {:>9} {:>7} {:>8} {:>4}",
+        "peer",
+        "out",
+        "in",
+        "ready",
+        "last full",
+        "pending",
+        "lag ms",
+        "installed",
+        "removed",
+        "rejected",
+        "auth"
+    );
+    for p in &sy.peers {
+        let yn = |b: bool| if b { "up" } else { "down" };
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>4} {:>4} {:>5} {:>9} {:>7} {:>6} {:>9} {:>7} {:>8} {:>4}",
+            p.addr,
+            yn(p.sending),
+            yn(p.receiving),
+            if p.ready { "yes" } else { "no" },
+            p.last_full_sync_s
+                .map_or_else(|| "-".into(), |s| format!("{s}s")),
+            p.pending,
+            p.lag_ms,
+            p.installed,
+            p.removed,
+            p.rejected,
+            p.auth_failures
+        );
+        if let Some(e) = &p.last_error
+            && !p.sending
+        {
+            let _ = writeln!(o, "    last error: {e}");
+        }
+    }
+}
+
 fn vrrp(o: &mut String, i: &InstanceStatus) {
     let _ = writeln!(
         o,
@@ -252,5 +317,41 @@ mod tests {
             ),
             "{row}"
         );
+    }
+
+    /// The sync table names each peer and what it is missing.
+    #[test]
+    fn the_table_shows_each_sync_peer() {
+        let st = Status {
+            sync: Some(SyncStatus {
+                ready: false,
+                snat_first: 40000,
+                snat_last: 42499,
+                peers: vec![super::super::PeerStatus {
+                    addr: "198.18.0.22:7800".into(),
+                    sending: false,
+                    receiving: true,
+                    installed: 50,
+                    last_error: Some("connect: refused".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = render(&st);
+        assert!(t.contains("sync: NOT READY"), "{t}");
+        assert!(t.contains("snat ports 40000-42499"), "{t}");
+        let row = t
+            .lines()
+            .find(|l| l.contains("198.18.0.22:7800"))
+            .unwrap_or("");
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols.get(..4),
+            Some(&["198.18.0.22:7800", "down", "up", "no"][..]),
+            "{row}"
+        );
+        assert!(t.contains("last error: connect: refused"), "{t}");
     }
 }

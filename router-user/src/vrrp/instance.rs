@@ -255,7 +255,7 @@ impl Runner {
                 Wake::Packet(Ok(r)) => {
                     let end = r.end.min(buf.len());
                     let start = r.start.min(end);
-                    let payload = buf[start..end].to_vec();
+                    let payload = buf.get(start..end).unwrap_or_default().to_vec();
                     self.on_packet(r.info, &payload).await;
                 }
                 Wake::Packet(Err(e)) => {

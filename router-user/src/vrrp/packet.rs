@@ -2,6 +2,9 @@
 //! password). Only bytes in, bytes out: no sockets, no instance state. The receive checks of
 //! RFC 5798 §7.1 that need nothing but the packet and its IP header live here; the checks that
 //! compare against an instance's configuration live in [`check_local`].
+//!
+//! Every byte read here comes off the LAN: fields come out of slice patterns and checked
+//! splits, never indexing that could panic (denied crate-wide).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -256,7 +259,10 @@ impl Packet {
             Version::V2 => checksum(&b, 0),
             Version::V3 => checksum(&b, pseudo_sum(src, dst, b.len())),
         };
-        b[6..8].copy_from_slice(&sum.to_be_bytes());
+        // The checksum field of the fixed header pushed above.
+        if let Some(field) = b.get_mut(6..8) {
+            field.copy_from_slice(&sum.to_be_bytes());
+        }
         b
     }
 
@@ -265,31 +271,30 @@ impl Packet {
     /// address count, checksum. v3 over IPv4 accepts the checksum with and without the
     /// pseudo-header (older keepalived unicast sends the latter); IPv6 requires it.
     pub fn decode(buf: &[u8], ip: &IpInfo) -> Result<Packet, DecodeError> {
-        if buf.len() < MIN_LEN {
+        let Some((&[vt, vrid, priority, count, b4, b5, _, _], body)) =
+            buf.split_first_chunk::<MIN_LEN>()
+        else {
             return Err(DecodeError::Truncated {
                 need: MIN_LEN,
                 got: buf.len(),
             });
-        }
+        };
         // §7.1: "MUST verify that the IPv4 TTL / IPv6 Hop Limit is 255".
         if ip.ttl != TTL {
             return Err(DecodeError::BadTtl(ip.ttl));
         }
-        let version = match buf[0] >> 4 {
+        let version = match vt >> 4 {
             2 => Version::V2,
             3 => Version::V3,
             v => return Err(DecodeError::BadVersion(v)),
         };
-        let typ = buf[0] & 0x0f;
+        let typ = vt & 0x0f;
         if typ != TYPE_ADVERTISEMENT {
             return Err(DecodeError::BadType(typ));
         }
-        let vrid = buf[1];
         if vrid == 0 {
             return Err(DecodeError::BadVrid);
         }
-        let priority = buf[2];
-        let count = buf[3];
         let v6 = ip.src.is_ipv6();
         if v6 && version == Version::V2 {
             return Err(DecodeError::V2OverIpv6);
@@ -300,13 +305,15 @@ impl Packet {
         } else {
             0
         };
-        let expected = MIN_LEN + per * usize::from(count) + auth_len;
+        let addrs_len = per * usize::from(count);
+        let expected = MIN_LEN + addrs_len + auth_len;
+        let truncated = || DecodeError::Truncated {
+            need: expected,
+            got: buf.len(),
+        };
         if buf.len() != expected {
             if buf.len() < expected {
-                return Err(DecodeError::Truncated {
-                    need: expected,
-                    got: buf.len(),
-                });
+                return Err(truncated());
             }
             return Err(DecodeError::BadLength {
                 len: buf.len(),
@@ -324,36 +331,27 @@ impl Packet {
         if !ok {
             return Err(DecodeError::BadChecksum);
         }
+        // The length matched: `body` is the addresses, then (v2) exactly the authentication
+        // data, so these splits cannot fail.
+        let (addr_bytes, auth_data) = body.split_at_checked(addrs_len).ok_or_else(truncated)?;
         let (adver_int_cs, auth) = match version {
-            Version::V3 => (
-                u16::from_be_bytes([buf[4], buf[5]]) & MAX_ADVER_INT_CS,
-                Auth::None,
-            ),
+            Version::V3 => (u16::from_be_bytes([b4, b5]) & MAX_ADVER_INT_CS, Auth::None),
             Version::V2 => {
-                let auth = match buf[4] {
+                let auth = match b4 {
                     0 => Auth::None,
-                    1 => {
-                        let mut p = [0u8; 8];
-                        p.copy_from_slice(&buf[expected - V2_AUTH_LEN..expected]);
-                        Auth::Pass(p)
-                    }
+                    1 => Auth::Pass(auth_data.try_into().map_err(|_| truncated())?),
                     t => return Err(DecodeError::BadAuthType(t)),
                 };
-                (u16::from(buf[5]) * 100, auth)
+                (u16::from(b5) * 100, auth)
             }
         };
-        let addrs = buf[MIN_LEN..MIN_LEN + per * usize::from(count)]
-            .chunks_exact(per)
-            .map(|c| {
-                if v6 {
-                    let mut o = [0u8; 16];
-                    o.copy_from_slice(c);
-                    IpAddr::V6(Ipv6Addr::from(o))
-                } else {
-                    IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-                }
-            })
-            .collect();
+        let addrs = if v6 {
+            let (octets, _) = addr_bytes.as_chunks::<16>();
+            octets.iter().map(|&o| IpAddr::V6(o.into())).collect()
+        } else {
+            let (octets, _) = addr_bytes.as_chunks::<4>();
+            octets.iter().map(|&o| IpAddr::V4(o.into())).collect()
+        };
         Ok(Packet {
             version,
             vrid,
@@ -410,34 +408,40 @@ pub fn check_local(p: &Packet, src: IpAddr, l: &Local<'_>) -> Result<(), DecodeE
 /// information and the VRRP payload.
 pub fn split_ipv4(buf: &[u8]) -> Result<(IpInfo, &[u8]), DecodeError> {
     const IPV4_MIN: usize = 20;
-    if buf.len() < IPV4_MIN {
+    // Fixed fields (version to checksum), source, destination; options are skipped by `ihl`.
+    let Some((&[vihl, _, len_hi, len_lo, _, _, _, _, ttl, proto, _, _], src, dst)) =
+        buf.split_first_chunk::<12>().and_then(|(fixed, rest)| {
+            let (src, rest) = rest.split_first_chunk::<4>()?;
+            let (dst, _) = rest.split_first_chunk::<4>()?;
+            Some((fixed, src, dst))
+        })
+    else {
         return Err(DecodeError::Truncated {
             need: IPV4_MIN,
             got: buf.len(),
         });
-    }
-    if buf[0] >> 4 != 4 || buf[9] != PROTO {
+    };
+    if vihl >> 4 != 4 || proto != PROTO {
         return Err(DecodeError::NotVrrp);
     }
-    let ihl = usize::from(buf[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([len_hi, len_lo]));
     if ihl < IPV4_MIN || total < ihl {
         return Err(DecodeError::NotVrrp);
     }
-    if buf.len() < total {
+    // `ihl <= total`: only a datagram shorter than its total length fails here.
+    let Some(payload) = buf.get(ihl..total) else {
         return Err(DecodeError::Truncated {
             need: total,
             got: buf.len(),
         });
-    }
-    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-    let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
-    let info = IpInfo {
-        src: src.into(),
-        dst: dst.into(),
-        ttl: buf[8],
     };
-    Ok((info, &buf[ihl..total]))
+    let info = IpInfo {
+        src: Ipv4Addr::from(*src).into(),
+        dst: Ipv4Addr::from(*dst).into(),
+        ttl,
+    };
+    Ok((info, payload))
 }
 
 /// Splits a full IPv6 packet (as captured on the wire) into header information and payload.
@@ -445,32 +449,35 @@ pub fn split_ipv4(buf: &[u8]) -> Result<(IpInfo, &[u8]), DecodeError> {
 /// Extension headers are not followed: VRRP is sent without them.
 pub fn split_ipv6(buf: &[u8]) -> Result<(IpInfo, &[u8]), DecodeError> {
     const IPV6_LEN: usize = 40;
-    if buf.len() < IPV6_LEN {
+    // Fixed fields (version to hop limit), source, destination.
+    let Some((&[vtc, _, _, _, len_hi, len_lo, next, hop], src, dst, rest)) =
+        buf.split_first_chunk::<8>().and_then(|(fixed, rest)| {
+            let (src, rest) = rest.split_first_chunk::<16>()?;
+            let (dst, rest) = rest.split_first_chunk::<16>()?;
+            Some((fixed, src, dst, rest))
+        })
+    else {
         return Err(DecodeError::Truncated {
             need: IPV6_LEN,
             got: buf.len(),
         });
-    }
-    if buf[0] >> 4 != 6 || buf[6] != PROTO {
+    };
+    if vtc >> 4 != 6 || next != PROTO {
         return Err(DecodeError::NotVrrp);
     }
-    let payload = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
-    if buf.len() < IPV6_LEN + payload {
+    let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    let Some(payload) = rest.get(..len) else {
         return Err(DecodeError::Truncated {
-            need: IPV6_LEN + payload,
+            need: IPV6_LEN + len,
             got: buf.len(),
         });
-    }
-    let mut s = [0u8; 16];
-    let mut d = [0u8; 16];
-    s.copy_from_slice(&buf[8..24]);
-    d.copy_from_slice(&buf[24..40]);
-    let info = IpInfo {
-        src: Ipv6Addr::from(s).into(),
-        dst: Ipv6Addr::from(d).into(),
-        ttl: buf[7],
     };
-    Ok((info, &buf[IPV6_LEN..IPV6_LEN + payload]))
+    let info = IpInfo {
+        src: Ipv6Addr::from(*src).into(),
+        dst: Ipv6Addr::from(*dst).into(),
+        ttl: hop,
+    };
+    Ok((info, payload))
 }
 
 /// One's-complement sum of the pseudo-header (RFC 5798 §5.2.8 points at RFC 2460 §8.1 for
@@ -498,11 +505,11 @@ fn pseudo_sum(src: IpAddr, dst: IpAddr, len: usize) -> u32 {
 
 fn sum_words(data: &[u8], init: u32) -> u32 {
     let mut sum = init;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    let (words, rest) = data.as_chunks::<2>();
+    for &w in words {
+        sum += u32::from(u16::from_be_bytes(w));
     }
-    if let [last] = chunks.remainder() {
+    if let [last] = rest {
         sum += u32::from(*last) << 8;
     }
     sum

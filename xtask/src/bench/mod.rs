@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: speed figures as ratios against a baseline measured in the same run,
 //! written to BENCHMARKS.md. Never timed assertions.
 pub mod churn;
+pub mod edge_failover;
 pub mod flood;
 pub mod gc;
 pub mod hairpin;
@@ -230,8 +231,13 @@ pub fn run() -> anyhow::Result<()> {
         Ok("gc") => {
             return only(&[(GC, gc::markdown(&gc::run()?))]);
         }
+        Ok("sync") => {
+            return only(&[(SYNC, edge_failover::markdown(&edge_failover::run()?))]);
+        }
         Ok(other) => {
-            bail!("PGR_BENCH_ONLY={other:?}: one of pgbench, failover, micro, churn, flood, gc")
+            bail!(
+                "PGR_BENCH_ONLY={other:?}: one of pgbench, failover, micro, churn, flood, gc, sync"
+            )
         }
         Err(_) => {}
     }
@@ -246,6 +252,7 @@ pub fn run() -> anyhow::Result<()> {
     let pg = pgbench::run();
     let churn = churn::run();
     let flood = flood::run();
+    let sync = edge_failover::run();
     let mut md = String::new();
     let _ = writeln!(md, "# pgrouter benchmarks\n");
     let _ = writeln!(
@@ -258,6 +265,7 @@ pub fn run() -> anyhow::Result<()> {
     md.push_str(&section(CHURN, &churn, churn::ChurnReport::markdown));
     md.push_str(&section(FLOOD, &flood, flood::FloodReport::markdown));
     md.push_str(&section(GC, &gc, gc::markdown));
+    md.push_str(&section(SYNC, &sync, edge_failover::markdown));
     // Failover scenarios: they take the lab session lock themselves, after the sections
     // above have released it, write target/bench/failover-*.json and return the outage table.
     let failover = crate::demo::bench_failover();
@@ -275,6 +283,7 @@ pub fn run() -> anyhow::Result<()> {
         ("churn", churn.err()),
         ("flood", flood.err()),
         ("GC", gc.err()),
+        ("edge-host failover", sync.err()),
     ]
     .into_iter()
     .filter_map(|(n, e)| e.map(|e| format!("{n}: {e:#}")))
@@ -290,6 +299,7 @@ const MICRO: &str = "XDP per-packet cost (BPF_PROG_TEST_RUN)";
 const CHURN: &str = "Connection churn: `pgbench -S -C` through the VIP, far past the SNAT range";
 const FLOOD: &str = "SYN flood: spoofed SYNs while sessions run";
 const GC: &str = "GC: controller CPU with a million flows";
+const SYNC: &str = "Edge-host failover: sessions kept with flow-state sync";
 
 /// A section's closing lines: why a run failed (the end of pgbench's output), if it did.
 pub(crate) fn failed_run_tail(md: &mut String, target: impl std::fmt::Display, tail: Option<&str>) {

@@ -20,6 +20,14 @@ pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(10);
 const MAX_EMPTY_HOLD: Duration = Duration::from_secs(60);
 /// More than this many consecutive results is almost certainly a typo (HAProxy has no limit).
 pub const MAX_RISE_FALL: u32 = 1000;
+/// Nodes per cluster: every node is a backend of each of the cluster's listeners, and a
+/// listener's backend set holds at most this many (`router_ebpf::MAX_SET`).
+pub const MAX_NODES: usize = router_ebpf::MAX_SET;
+/// Listeners in one file: the data path's service map holds this many (`MAX_SERVICES`).
+pub const MAX_LISTENERS: usize = router_ebpf::MAX_SERVICES as usize;
+/// Backend entries (every listener's nodes, summed over the listeners): the size of the
+/// data path's backend array (`MAX_BACKENDS`).
+pub const MAX_BACKEND_ENTRIES: usize = router_ebpf::MAX_BACKENDS as usize;
 
 /// Every cluster, then the names and VIP:ports that must be unique across them.
 pub(super) fn clusters(ctx: &mut Ctx<'_>, raw: Vec<raw::Cluster>, dp: &Datapath) -> Vec<Cluster> {
@@ -29,7 +37,45 @@ pub(super) fn clusters(ctx: &mut Ctx<'_>, raw: Vec<raw::Cluster>, dp: &Datapath)
         .map(|(i, c)| cluster(ctx, i, c, dp))
         .collect();
     cross_cluster(ctx, &clusters);
+    limits(ctx, &clusters);
     clusters
+}
+
+/// What the data path's maps hold (the planner refuses more): listeners in the file, and
+/// backend entries, one per node of each listener's cluster. Nodes per cluster are checked
+/// with the cluster. Each limit is reported once, at the first listener beyond it.
+fn limits(ctx: &mut Ctx<'_>, clusters: &[Cluster]) {
+    let mut listeners = 0usize;
+    let mut entries = 0usize;
+    let mut listeners_reported = false;
+    for (ci, c) in clusters.iter().enumerate() {
+        for li in 0..c.listeners.len() {
+            listeners += 1;
+            entries += c.nodes.len();
+            if listeners == MAX_LISTENERS + 1 && !listeners_reported {
+                listeners_reported = true;
+                ctx.err(
+                    p!["cluster", ci, "listener", li],
+                    format!(
+                        "more than {MAX_LISTENERS} listeners: the data path serves at most \
+                         {MAX_LISTENERS} (router_ebpf::MAX_SERVICES); this is listener {listeners}"
+                    ),
+                );
+            }
+            if entries > MAX_BACKEND_ENTRIES && entries - c.nodes.len() <= MAX_BACKEND_ENTRIES {
+                ctx.err(
+                    p!["cluster", ci, "listener", li],
+                    format!(
+                        "more than {MAX_BACKEND_ENTRIES} backend entries: every listener takes one \
+                         per node of its cluster, and with this listener's {} the file needs \
+                         {entries}; the data path holds at most {MAX_BACKEND_ENTRIES} \
+                         (router_ebpf::MAX_BACKENDS)",
+                        c.nodes.len()
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// A health-check period: at least [`MIN_CHECK_PERIOD`].
@@ -161,6 +207,16 @@ fn cluster(ctx: &mut Ctx<'_>, ci: usize, c: raw::Cluster, dp: &Datapath) -> Clus
         ctx.err(
             p!["cluster", ci, "name"],
             "cluster has no [[cluster.listener]]",
+        );
+    }
+    if c.node.len() > MAX_NODES {
+        ctx.err(
+            p!["cluster", ci, "node", MAX_NODES],
+            format!(
+                "more than {MAX_NODES} nodes: each listener forwards to at most {MAX_NODES} \
+                 (router_ebpf::MAX_SET); this cluster has {}",
+                c.node.len()
+            ),
         );
     }
     let nodes = nodes(ctx, ci, c.node, c.checks, &api);
@@ -395,6 +451,16 @@ fn listener(
     {
         ctx.err(at("snat"), format!("{s} cannot be a source address"));
     }
+    if l.vip.is_ipv6() {
+        // The planner refuses it; the daemon would start and serve nothing on it.
+        ctx.err(
+            at("vip"),
+            format!(
+                "{}: IPv6 listeners are not served by the data path yet (IPv4 VIPs only)",
+                l.vip
+            ),
+        );
+    }
     for (ni, n) in nodes.iter().enumerate() {
         if n.host.is_ipv4() != l.vip.is_ipv4() || n.host.is_ipv4() != snat.is_ipv4() {
             ctx.err(
@@ -427,7 +493,8 @@ fn listener(
 
 fn cross_cluster(ctx: &mut Ctx<'_>, clusters: &[Cluster]) {
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut binds: HashMap<(IpAddr, u16), (usize, usize)> = HashMap::new();
+    // (vip, port) → the first listener binding it: cluster index, listener index, names.
+    let mut binds: HashMap<(IpAddr, u16), (usize, usize, &str, &str)> = HashMap::new();
     for (ci, c) in clusters.iter().enumerate() {
         if let Some(prev) = names.insert(&c.name, ci) {
             ctx.err(
@@ -436,12 +503,13 @@ fn cross_cluster(ctx: &mut Ctx<'_>, clusters: &[Cluster]) {
             );
         }
         for (li, l) in c.listeners.iter().enumerate() {
-            if let Some((pc, pl)) = binds.insert((l.vip, l.port), (ci, li)) {
+            let first = (ci, li, c.name.as_str(), l.name.as_str());
+            if let Some((pc, pl, pc_name, pl_name)) = binds.insert((l.vip, l.port), first) {
                 ctx.err(
                     p!["cluster", ci, "listener", li, "port"],
                     format!(
-                        "{}:{} is already used by cluster[{pc}].listener[{pl}] ({}/{})",
-                        l.vip, l.port, clusters[pc].name, clusters[pc].listeners[pl].name
+                        "{}:{} is already used by cluster[{pc}].listener[{pl}] ({pc_name}/{pl_name})",
+                        l.vip, l.port
                     ),
                 );
             }

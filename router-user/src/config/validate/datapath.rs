@@ -149,19 +149,5 @@ fn timeout(
     text: Option<&DurationText>,
     default: Duration,
 ) -> Duration {
-    let Some(text) = text else {
-        return default;
-    };
-    let path = p!["datapath", "timeouts", key];
-    match text.parse() {
-        Ok(d) if d.is_zero() => {
-            ctx.err(path, format!("{text} must be more than 0"));
-            default
-        }
-        Ok(d) => d,
-        Err(e) => {
-            ctx.err(path, e);
-            default
-        }
-    }
+    ctx.positive_duration(p!["datapath", "timeouts", key], text, default)
 }

@@ -106,8 +106,9 @@ pub fn request_bytes(r: &GcRequest) -> [u8; size_of::<GcRequest>()] {
     b[8..12].copy_from_slice(&r.backend_id.to_ne_bytes());
     b[12..16].copy_from_slice(&r.delta.to_ne_bytes());
     let k = &r.key;
-    for (i, w) in k.saddr.iter().chain(k.daddr.iter()).enumerate() {
-        b[16 + 4 * i..20 + 4 * i].copy_from_slice(&w.to_ne_bytes());
+    let (addr_words, _) = b[16..48].as_chunks_mut::<4>();
+    for (slot, w) in addr_words.iter_mut().zip(k.saddr.iter().chain(&k.daddr)) {
+        *slot = w.to_ne_bytes();
     }
     b[48..50].copy_from_slice(&k.sport.to_ne_bytes());
     b[50..52].copy_from_slice(&k.dport.to_ne_bytes());
@@ -166,6 +167,11 @@ fn backend_name(applied: &Applied, id: u32) -> (String, String) {
         .unwrap_or_else(|| ("?".into(), format!("backend {id}")))
 }
 
+/// The name of a flow state's expiry counter: `FLOW_STATE_NAMES` by the state's two bits.
+fn state_name(state: u8) -> Option<&'static str> {
+    FLOW_STATE_NAMES.get(usize::from(state & 3)).copied()
+}
+
 impl Gc {
     pub fn new(per_tick: usize) -> Self {
         let mut counters = GcCounters::default();
@@ -212,10 +218,13 @@ impl Gc {
             self.started = Some((now_ns, conns));
         }
         for (i, table) in [Table::Handshake, Table::Conntrack].into_iter().enumerate() {
-            if self.walks[i].done {
+            let Some(walk) = self.walks.get(i).copied() else {
+                continue;
+            };
+            if walk.done {
                 continue;
             }
-            let mut cursor = self.walks[i].cursor;
+            let mut cursor = walk.cursor;
             let b = match tables.walk(table, &mut cursor, self.per_tick) {
                 Ok(b) => b,
                 Err(e) => {
@@ -224,10 +233,12 @@ impl Gc {
                     continue;
                 }
             };
-            self.walks[i] = Walk {
-                cursor,
-                done: b.end,
-            };
+            if let Some(walk) = self.walks.get_mut(i) {
+                *walk = Walk {
+                    cursor,
+                    done: b.end,
+                };
+            }
             self.counters.entries_walked += b.entries.len() as u64;
             let actions = {
                 let tbl: &dyn Tables = tables;
@@ -286,8 +297,7 @@ impl Gc {
                         self.counters.reaped += 1;
                         if r.orphan {
                             self.counters.orphans += 1;
-                        } else {
-                            let name = FLOW_STATE_NAMES[usize::from(r.state & 3)];
+                        } else if let Some(name) = state_name(r.state) {
                             *self.counters.expiries.entry(name.into()).or_default() += 1;
                         }
                     }
@@ -330,11 +340,9 @@ impl Gc {
         if !hs.is_empty() {
             match tables.delete_handshake(&hs) {
                 Ok(_) => {
-                    *self
-                        .counters
-                        .expiries
-                        .entry(FLOW_STATE_NAMES[usize::from(FLOW_STATE_HANDSHAKE)].into())
-                        .or_default() += hs_flows;
+                    if let Some(name) = state_name(FLOW_STATE_HANDSHAKE) {
+                        *self.counters.expiries.entry(name.into()).or_default() += hs_flows;
+                    }
                 }
                 Err(e) => self.error("deleting expired handshakes", &e),
             }

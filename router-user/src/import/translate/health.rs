@@ -72,15 +72,12 @@ pub(super) fn cluster_health(
     route_ids: &[usize],
     cluster: &mut raw::Cluster,
 ) {
-    let Inputs {
-        hsrc,
-        proxies,
-        routes,
-        ..
-    } = *inp;
+    let Inputs { hsrc, .. } = *inp;
     let mut timings: Vec<(String, usize, Timing)> = Vec::new();
     for &ri in route_ids {
-        let pool = &proxies[routes[ri].pool];
+        let Some((_, _, pool)) = inp.route(ri) else {
+            continue;
+        };
         if let Some(h) = pool_health(pool, hsrc, ci, sink) {
             timings.push((pool.name.clone(), pool.line, h));
         }

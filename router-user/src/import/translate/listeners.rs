@@ -6,8 +6,11 @@ use std::net::IpAddr;
 use super::super::haproxy;
 use super::proxies::Proxy;
 use super::role::{Role, role_of};
-use super::{Inputs, PLACEHOLDER_VIP, Place, Route, Sink, Source, State, config_word, sanitize};
-use crate::config::{Fallback, ListenerKind, OnMarkedDown, raw};
+use super::{
+    Inputs, PLACEHOLDER_VIP, Place, Route, Sink, Source, State, config_word, free_name, sanitize,
+    with_suffix,
+};
+use crate::config::{Fallback, ListenerKind, MAX_LISTENERS, OnMarkedDown, raw};
 use crate::model::Balance;
 
 /// A read listener's fallback as the source has it.
@@ -29,19 +32,15 @@ pub(super) fn cluster_listeners(
     node_by_addr: &BTreeMap<String, usize>,
     cluster: &mut raw::Cluster,
 ) {
-    let Inputs {
-        hsrc,
-        proxies,
-        routes,
-        ..
-    } = *inp;
+    let hsrc = inp.hsrc;
     let all_nodes: BTreeSet<String> = node_by_addr.keys().cloned().collect();
     for &ri in route_ids {
-        let r = &routes[ri];
-        let f = &proxies[r.front];
-        let pool = &proxies[r.pool];
+        let Some((r, f, pool)) = inp.route(ri) else {
+            continue;
+        };
         let li0 = cluster.listener.len();
         let place = Place::Listener(ci, li0);
+        let first_warning = sink.warnings.len();
         let role = role_of(pool, hsrc, &place, sink);
         let here = Here {
             hsrc,
@@ -113,8 +112,14 @@ pub(super) fn cluster_listeners(
                 &mut source,
                 sink,
             );
-            for vip in &hosts {
+            'binds: for vip in &hosts {
                 for port in p0..=p1 {
+                    if st.listeners >= MAX_LISTENERS {
+                        sink.warn(hsrc.path, *bline, place.clone(), format!(
+                            "bind {b}: the data path serves at most {MAX_LISTENERS} listeners; {} and the rest of this bind are left out",
+                            std::net::SocketAddr::new(*vip, port)));
+                        break 'binds;
+                    }
                     if !st.bind_seen.insert((*vip, port)) {
                         sink.warn(
                             hsrc.path,
@@ -124,30 +129,17 @@ pub(super) fn cluster_listeners(
                         );
                         continue;
                     }
-                    let snat = crate::config::DEFAULT_SNAT_PORTS;
-                    if snat.contains(port) {
-                        sink.warn(hsrc.path, *bline, Place::Datapath, format!(
-                                "port {port} is inside pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without it", snat.first, snat.last));
-                    }
                     let base = sanitize(&f.name);
-                    let name = if made == 0 {
-                        base
+                    let first = if made == 0 {
+                        base.clone()
                     } else {
-                        format!("{base}-{}", made + 1)
+                        with_suffix(&base, made + 1)
                     };
+                    let name = free_name(first, &base, made + 2, |n| {
+                        cluster.listener.iter().any(|l| l.name == n)
+                    });
                     made += 1;
-                    let lplace = Place::Listener(ci, cluster.listener.len());
-                    for line in &source {
-                        sink.notes.above(lplace.clone(), line.clone());
-                    }
-                    if fallback == Some(FallbackFound::Missing) {
-                        sink.notes.suggest(
-                            lplace,
-                            "fallback",
-                            "fallback = \"primary\"           # not in the source: reads fail while no replica is up",
-                        );
-                    }
-                    cluster.listener.push(raw::Listener {
+                    let listener = raw::Listener {
                         name,
                         vip: *vip,
                         port,
@@ -161,7 +153,24 @@ pub(super) fn cluster_listeners(
                             .then_some(Fallback::Primary),
                         lag: role.lag.clone().map(raw::Lag::Text),
                         snat: None,
-                    });
+                    };
+                    if vip.is_ipv6() {
+                        leave_out_ipv6(&here, st, sink, cluster, (*bline, b), &listener);
+                        continue;
+                    }
+                    let lplace = Place::Listener(ci, cluster.listener.len());
+                    for line in &source {
+                        sink.notes.above(lplace.clone(), line.clone());
+                    }
+                    if fallback == Some(FallbackFound::Missing) {
+                        sink.notes.suggest(
+                            lplace,
+                            "fallback",
+                            "fallback = \"primary\"           # not in the source: reads fail while no replica is up",
+                        );
+                    }
+                    cluster.listener.push(listener);
+                    st.listeners += 1;
                 }
             }
         }
@@ -170,11 +179,62 @@ pub(super) fn cluster_listeners(
             sink.warn(
                 hsrc.path,
                 f.line,
-                place,
+                place.clone(),
                 format!("`{}`: no usable bind address; no listener", f.name),
             );
         }
+        if cluster.listener.len() == li0 {
+            // No listener came of this section: its warnings belong to the cluster, not to
+            // the listener the next section writes at this index.
+            for w in sink.warnings.iter_mut().skip(first_warning) {
+                if w.place == place {
+                    w.place = Place::Cluster(ci);
+                }
+            }
+        }
     }
+}
+
+/// The data path serves IPv4 only: a listener on an IPv6 VIP is written commented out, with
+/// a warning, instead of a config check-config refuses.
+fn leave_out_ipv6(
+    h: &Here<'_>,
+    st: &mut State,
+    sink: &mut Sink,
+    cluster: &raw::Cluster,
+    (bline, b): (usize, &str),
+    l: &raw::Listener,
+) {
+    let sa = std::net::SocketAddr::new(l.vip, l.port).to_string();
+    let bind = if sa == b {
+        format!("bind {b}")
+    } else {
+        format!("bind {b} ({sa})")
+    };
+    let why = format!(
+        "`{}` {bind}: IPv6 listeners are not served by the data path yet (IPv4 only)",
+        h.f.name
+    );
+    let ci = match h.place {
+        Place::Listener(ci, _) => ci,
+        _ => 0,
+    };
+    sink.warn(
+        h.hsrc.path,
+        bline,
+        Place::Cluster(ci),
+        format!(
+            "{why}; listener `{}` is commented out at the end of the file",
+            l.name
+        ),
+    );
+    if let Ok(body) = toml::to_string(l) {
+        sink.notes.left_out(&format!(
+            "# listener of [[cluster]] {:?}:\n[[cluster.listener]]\n{body}",
+            cluster.name
+        ));
+    }
+    st.refused.push(why);
 }
 
 /// One frontend/listen being translated: its sections, and where its warnings go.
@@ -292,9 +352,8 @@ fn fallback_of(
                     if exists { "" } else { ", which does not exist" },
                     f.name));
         }
-        match target {
-            Some(t) => {
-                let tp = &proxies[*t];
+        match target.and_then(|t| proxies.get(t)) {
+            Some(tp) => {
                 let tplace = place.clone();
                 // Only its kind matters here; its own warnings are not this listener's.
                 let mut scratch = Sink::default();
@@ -357,6 +416,25 @@ fn bind_vips(
     let Inputs { ksrc, vips, .. } = *inp;
     match host {
         Some(h) => match h.parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv6() && cluster.node.first().is_some_and(|n| n.host.is_ipv4()) => {
+                // The data path serves IPv4 only: an IPv6 bind over IPv4 servers becomes the
+                // IPv4 VIP when keepalived has exactly one; otherwise it is left out.
+                let mut v4: Vec<IpAddr> = vips
+                    .iter()
+                    .map(|(_, v)| *v)
+                    .filter(IpAddr::is_ipv4)
+                    .collect();
+                v4.sort();
+                v4.dedup();
+                match v4.as_slice() {
+                    [only] => {
+                        sink.warn(hsrc.path, bline, place.clone(), format!(
+                            "bind {b}: IPv6 listeners are not served by the data path yet (IPv4 only); the servers are IPv4, so this listener takes keepalived's only IPv4 VIP {only} instead of {ip} — IPv6 clients must connect to {only}"));
+                        vec![*only]
+                    }
+                    _ => vec![ip],
+                }
+            }
             Ok(ip) => {
                 if ksrc.is_some() && !vips.iter().any(|(_, v)| *v == ip) {
                     sink.warn(hsrc.path, bline, place.clone(), format!(
@@ -412,7 +490,9 @@ fn report_unknown(inp: &Inputs<'_>, st: &mut State, r: &Route, place: &Place, si
         if !st.reported.insert(pi) {
             continue;
         }
-        let p = &proxies[pi];
+        let Some(p) = proxies.get(pi) else {
+            continue;
+        };
         for d in &p.unknown {
             sink.warn(
                 hsrc.path,

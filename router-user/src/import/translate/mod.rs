@@ -59,6 +59,15 @@ struct Inputs<'a> {
     vips: &'a [(String, IpAddr)],
 }
 
+impl<'a> Inputs<'a> {
+    /// Route `ri` with its frontend/listen and its pool. The earlier steps made these indices
+    /// from the same slices, so they always resolve; a route that did not would be skipped.
+    fn route(&self, ri: usize) -> Option<(&'a Route, &'a Proxy, &'a Proxy)> {
+        let r = self.routes.get(ri)?;
+        Some((r, self.proxies.get(r.front)?, self.proxies.get(r.pool)?))
+    }
+}
+
 /// What the per-cluster steps accumulate across clusters.
 #[derive(Default)]
 struct State {
@@ -67,6 +76,10 @@ struct State {
     /// Proxies whose unknown directives were already reported.
     reported: BTreeSet<usize>,
     dropped: Vec<String>,
+    /// Why listeners were left out (for the error when none is left).
+    refused: Vec<String>,
+    /// Listeners written so far, in every cluster (at most `config::MAX_LISTENERS`).
+    listeners: usize,
 }
 
 /// The translation: HAProxy (and keepalived) sources → a plan; warnings and notes go to `sink`.
@@ -135,13 +148,16 @@ pub(crate) fn plan(
     let mut st = State::default();
     for (gi, route_ids) in groups.iter().enumerate() {
         let ci = plan.config.cluster.len();
-        let Some(first) = route_ids.first().map(|&ri| &proxies[routes[ri].front]) else {
+        let Some((_, first, _)) = route_ids.first().and_then(|&ri| inp.route(ri)) else {
             continue;
         };
         let mut cname = sanitize(&first.name);
-        if multi && !used_names.insert(cname.clone()) {
-            cname = format!("{cname}-{gi}");
+        if multi && used_names.contains(&cname) {
+            cname = free_name(with_suffix(&cname, gi), &cname, gi + 1, |n| {
+                used_names.contains(n)
+            });
         }
+        used_names.insert(cname.clone());
         let mut cluster = raw::Cluster {
             name: cname,
             checks: Checks::Patroni,
@@ -165,6 +181,8 @@ pub(crate) fn plan(
     }
 
     plan.dropped = st.dropped;
+    plan.refused = st.refused;
+    snat_ports_without_listeners(&mut plan, hsrc, sink);
     if plan.config.datapath.interfaces.is_empty() {
         sink.warn(
             hsrc.path,
@@ -191,11 +209,90 @@ pub(crate) fn plan(
         }
         v.track = tracks;
     }
-    if plan.config.cluster.iter().all(|c| c.listener.is_empty()) {
-        return Err(format!("{}: no listener could be translated", hsrc.path));
-    }
     plan.notes = std::mem::take(&mut sink.notes);
     Ok(plan)
+}
+
+/// Listener ports inside the default SNAT source ports would catch the replies of SNATed
+/// flows (check-config refuses them): the SNAT ports become the largest part of the default
+/// range without a listener port.
+fn snat_ports_without_listeners(plan: &mut Plan, hsrc: &Source<'_>, sink: &mut Sink) {
+    let snat = crate::config::DEFAULT_SNAT_PORTS;
+    let inside: BTreeSet<u16> = plan
+        .config
+        .cluster
+        .iter()
+        .flat_map(|c| &c.listener)
+        .map(|l| l.port)
+        .filter(|p| snat.contains(*p))
+        .collect();
+    if inside.is_empty() {
+        return;
+    }
+    // The gaps between the ports (and the range's ends): the widest one, the first if tied.
+    let mut best: Option<(u16, u16)> = None;
+    let mut start = u32::from(snat.first);
+    for p in inside
+        .iter()
+        .map(|p| u32::from(*p))
+        .chain([u32::from(snat.last) + 1])
+    {
+        if p > start {
+            let (a, b) = (start, p - 1);
+            if best.is_none_or(|(x, y)| b - a > u32::from(y) - u32::from(x)) {
+                best = u16::try_from(a).ok().zip(u16::try_from(b).ok());
+            }
+        }
+        start = p + 1;
+    }
+    let ports = inside
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Too few ports left would refuse connections (each flow holds one); then the listeners
+    // inside stay and check-config's refusal of them applies.
+    const MIN_SNAT_PORTS: u16 = 1024;
+    match best.filter(|(a, b)| b - a + 1 >= MIN_SNAT_PORTS) {
+        Some((a, b)) => {
+            plan.config.datapath.snat_ports = format!("{a}-{b}");
+            sink.warn(hsrc.path, 0, Place::Datapath, format!(
+                "listener port{} {ports} inside pgrouter's default SNAT source ports {}-{}: snat_ports set to {a}-{b}, the largest part without them (replies to SNATed flows would hit a listener)",
+                if inside.len() == 1 { " is" } else { "s are" }, snat.first, snat.last));
+        }
+        None => sink.warn(hsrc.path, 0, Place::Datapath, format!(
+            "listener ports {ports} leave no {MIN_SNAT_PORTS} consecutive ports of pgrouter's default SNAT source ports {}-{}; set datapath.snat_ports to a range without listener ports",
+            snat.first, snat.last)),
+    }
+}
+
+/// `base-N` within the 64 characters a name may have (`base` shortened when needed).
+pub(super) fn with_suffix(base: &str, n: usize) -> String {
+    let suffix = format!("-{n}");
+    let head: String = base
+        .chars()
+        .take(64usize.saturating_sub(suffix.len()))
+        .collect();
+    format!("{head}{suffix}")
+}
+
+/// `first` unless `taken`, else the first `base-N` (from `n` on) that is not.
+pub(super) fn free_name(
+    first: String,
+    base: &str,
+    mut n: usize,
+    taken: impl Fn(&str) -> bool,
+) -> String {
+    if !taken(&first) {
+        return first;
+    }
+    loop {
+        let name = with_suffix(base, n);
+        if !taken(&name) {
+            return name;
+        }
+        n += 1;
+    }
 }
 
 /// A name pgrouter accepts (`A-Z a-z 0-9 - _ .`, 1..=64).

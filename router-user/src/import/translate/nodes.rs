@@ -1,10 +1,10 @@
 //! HAProxy servers → `[[cluster.node]]` (one per address, across the cluster's pools) and
 //! `[cluster.api]` (the Patroni REST API: check port, TLS).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Inputs, PLACEHOLDER_NODE_BASE, Place, Sink, State, sanitize};
-use crate::config::{Scheme, raw};
+use super::{Inputs, PLACEHOLDER_NODE_BASE, Place, Sink, State, free_name, sanitize};
+use crate::config::{MAX_NODES, Scheme, raw};
 
 /// `host:port` of a server → (host, port).
 fn split_host_port(addr: &str) -> (String, Option<u16>) {
@@ -44,17 +44,17 @@ pub(super) fn cluster_nodes(
         ..
     } = *inp;
     let mut pools: Vec<usize> = Vec::new();
-    for &ri in route_ids {
-        pools.push(routes[ri].pool);
-        if let Some((_, Some(t), _)) = &routes[ri].fallback {
+    for r in route_ids.iter().filter_map(|&ri| routes.get(ri)) {
+        pools.push(r.pool);
+        if let Some((_, Some(t), _)) = &r.fallback {
             pools.push(*t);
         }
     }
     let mut node_by_addr: BTreeMap<String, usize> = BTreeMap::new();
     let mut api_ports: Vec<(usize, u16)> = Vec::new();
     let mut https: Option<bool> = None;
-    for &pi in &pools {
-        let pool = &proxies[pi];
+    let mut left_out: BTreeSet<String> = BTreeSet::new();
+    for pool in pools.iter().filter_map(|&pi| proxies.get(pi)) {
         for s in &pool.servers {
             let place = Place::Cluster(ci);
             for e in &s.opts.errors {
@@ -70,16 +70,46 @@ pub(super) fn cluster_nodes(
                 // (No `port N`: HAProxy checks the server's own port.)
                 let api = s.opts.check_port.or(split_host_port(&s.addr).1);
                 if let Some(p) = api
-                    && cluster.node[ni].api_port.is_some_and(|q| q != p)
+                    && let Some(q) = cluster.node.get(ni).and_then(|n| n.api_port)
+                    && q != p
                 {
                     sink.warn(hsrc.path, s.line, place, format!(
-                            "server `{}` ({}) is checked on port {p} here but on {} elsewhere; pgrouter checks each node on one API port",
-                            s.name, s.addr, cluster.node[ni].api_port.unwrap_or_default()));
+                            "server `{}` ({}) is checked on port {p} here but on {q} elsewhere; pgrouter checks each node on one API port",
+                            s.name, s.addr));
                 }
+                continue;
+            }
+            if cluster.node.len() >= MAX_NODES {
+                sink.warn(hsrc.path, s.line, place.clone(), format!(
+                    "server `{}` ({}): a cluster has at most {MAX_NODES} nodes (the data path forwards a listener to at most {MAX_NODES}); left out", s.name, s.addr));
                 continue;
             }
             let (host, port) = split_host_port(&s.addr);
             let host = match host.parse::<IpAddr>() {
+                Ok(ip) if ip.is_ipv6() => {
+                    // The data path forwards IPv4 only; a node it cannot reach is left out
+                    // (once, though it may be in several pools).
+                    if !left_out.insert(s.addr.clone()) {
+                        continue;
+                    }
+                    sink.warn(hsrc.path, s.line, place.clone(), format!(
+                        "server `{}` ({ip}): IPv6 nodes are not served by the data path yet (IPv4 only); left out, commented out at the end of the file", s.name));
+                    let node = raw::Node {
+                        name: sanitize(&s.name),
+                        host: ip,
+                        port: port.filter(|p| *p != 0).unwrap_or(5432),
+                        api_port: s.opts.check_port,
+                        role: None,
+                        tls_name: None,
+                    };
+                    if let Ok(body) = toml::to_string(&node) {
+                        sink.notes.left_out(&format!(
+                            "# node of [[cluster]] {:?} ({}:{}):\n[[cluster.node]]\n{body}",
+                            cluster.name, hsrc.path, s.line
+                        ));
+                    }
+                    continue;
+                }
                 Ok(ip) => {
                     if ip.is_loopback() {
                         sink.warn(hsrc.path, s.line, place.clone(), format!(
@@ -100,11 +130,26 @@ pub(super) fn cluster_nodes(
                     ph
                 }
             };
-            let port = port.unwrap_or_else(|| {
+            let port = match port {
+                Some(0) => {
+                    sink.warn(
+                        hsrc.path,
+                        s.line,
+                        Place::Node(ci, cluster.node.len()),
+                        format!(
+                            "server `{}` has port 0, which pgrouter cannot forward to; set to 5432",
+                            s.name
+                        ),
+                    );
+                    5432
+                }
+                Some(p) => p,
+                None => {
                     sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.node.len()), format!(
                         "server `{}` has no port (HAProxy then uses the client's destination port); set to 5432", s.name));
                     5432
-                });
+                }
+            };
             let check_port = match (s.opts.check, s.opts.check_port) {
                 (Some(false) | None, _) => {
                     sink.warn(hsrc.path, s.line, Place::Node(ci, cluster.node.len()), format!(
@@ -179,10 +224,10 @@ pub(super) fn cluster_nodes(
                             "`check-sni {sni}`: set tls_name = {sni:?} on this node if its certificate has no IP SAN"));
                 }
             }
-            let mut name = sanitize(&s.name);
-            if cluster.node.iter().any(|n| n.name == name) {
-                name = format!("{name}-{}", cluster.node.len() + 1);
-            }
+            let base = sanitize(&s.name);
+            let name = free_name(base.clone(), &base, cluster.node.len() + 1, |n| {
+                cluster.node.iter().any(|x| x.name == n)
+            });
             node_by_addr.insert(s.addr.clone(), cluster.node.len());
             api_ports.push((cluster.node.len(), check_port));
             sink.notes.above(

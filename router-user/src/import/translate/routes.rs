@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::super::haproxy::SectionKind;
-use super::proxies::{Proxy, Server, UseBackend};
+use super::proxies::{Proxy, UseBackend};
 use super::{Place, Sink, Source};
 
 /// One pgrouter listener in the making: the frontend/listen that binds, its pool, and the
@@ -19,9 +19,10 @@ pub(super) struct Route {
 /// Resolves a condition's words (`{ nbsrv(PG1_ro) eq 0 }` or ACL names) to the pool whose
 /// emptiness it tests: `Some(pool name)` for `nbsrv(X) eq 0`, `lt 1`, `le 0`.
 fn nbsrv_zero(cond: &[String], acls: &HashMap<String, Vec<String>>) -> Option<String> {
-    let (neg, words): (bool, &[String]) = match cond.first().map(String::as_str) {
-        Some("if") => (false, &cond[1..]),
-        Some("unless") => (true, &cond[1..]),
+    let (kw, words) = cond.split_first()?;
+    let neg = match kw.as_str() {
+        "if" => false,
+        "unless" => true,
         _ => return None,
     };
     if neg {
@@ -39,11 +40,11 @@ fn nbsrv_zero(cond: &[String], acls: &HashMap<String, Vec<String>>) -> Option<St
         .map(String::as_str)
         .filter(|w| *w != "{" && *w != "}")
         .collect();
-    if flat.len() != 3 {
+    let [count, op, n] = flat.as_slice() else {
         return None;
-    }
-    let pool = flat[0].strip_prefix("nbsrv(")?.strip_suffix(')')?;
-    match (flat[1], flat[2]) {
+    };
+    let pool = count.strip_prefix("nbsrv(")?.strip_suffix(')')?;
+    match (*op, *n) {
         ("eq", "0") | ("lt", "1") | ("le", "0") => Some(pool.to_owned()),
         _ => None,
     }
@@ -172,22 +173,21 @@ pub(super) fn build_routes(
 
 /// Clusters: routes whose pools share a server address belong to one Patroni cluster.
 pub(super) fn group_routes(routes: &[Route], proxies: &[Proxy]) -> Vec<Vec<usize>> {
-    let server_key = |s: &Server| s.addr.clone();
+    // Per route: the server addresses of its pool.
+    let servers: Vec<BTreeSet<&str>> = routes
+        .iter()
+        .map(|r| {
+            proxies.get(r.pool).map_or_else(BTreeSet::new, |p| {
+                p.servers.iter().map(|s| s.addr.as_str()).collect()
+            })
+        })
+        .collect();
     let mut cluster_of: Vec<usize> = (0..routes.len()).collect();
-    for a in 0..routes.len() {
-        for b in 0..a {
-            let sa: BTreeSet<String> = proxies[routes[a].pool]
-                .servers
-                .iter()
-                .map(server_key)
-                .collect();
-            let sb: BTreeSet<String> = proxies[routes[b].pool]
-                .servers
-                .iter()
-                .map(server_key)
-                .collect();
-            if !sa.is_disjoint(&sb) {
-                let (from, to) = (cluster_of[a], cluster_of[b]);
+    for (a, sa) in servers.iter().enumerate() {
+        for (b, sb) in servers.iter().enumerate().take(a) {
+            if !sa.is_disjoint(sb)
+                && let (Some(&from), Some(&to)) = (cluster_of.get(a), cluster_of.get(b))
+            {
                 for c in cluster_of.iter_mut() {
                     if *c == from {
                         *c = to;

@@ -129,10 +129,12 @@ pub(super) fn flow_timeouts(
     // (directive, what pgrouter does instead), warned once per value.
     let mut others: Vec<(Timeout, String)> = Vec::new();
     for r in routes {
-        let front = &proxies[r.front];
-        let mut backends = vec![&proxies[r.pool]];
+        let (Some(front), Some(pool)) = (proxies.get(r.front), proxies.get(r.pool)) else {
+            continue;
+        };
+        let mut backends = vec![pool];
         if let Some((_, Some(t), _)) = &r.fallback {
-            backends.push(&proxies[*t]);
+            backends.extend(proxies.get(*t));
         }
         let client = find(front, "client");
         for b in backends {

@@ -128,7 +128,8 @@ fn recv_v4(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let data = &buf[..n as usize];
+    // Without MSG_TRUNC, recv never reports more than the buffer holds.
+    let data = buf.get(..n as usize).unwrap_or(buf);
     match packet::split_ipv4(data) {
         Ok((info, payload)) => {
             let start = payload.as_ptr() as usize - data.as_ptr() as usize;

@@ -103,6 +103,13 @@ impl OnEmptyProbe {
         );
         let hold = prober::attempts(&self.prober.probes(HOLD_LABEL), action, to);
         let rej = prober::attempts(&self.prober.probes(REJECT_LABEL), action, to);
+        // What the first failed hold attempt saw: a rare one is the old primary's own doing
+        // (its shutdown closing a connection in its startup phase), and the report says so.
+        if hold.other + hold.server + hold.timed_out > 0
+            && let Some(e) = prober::first_error(&self.prober.probes(HOLD_LABEL), action, to)
+        {
+            o.notes.push(format!("hold: first failed attempt: {e}"));
+        }
         let line = format!(
             "switchover: new connections — hold: {}; reject: {}",
             mode_text(&hold, kh.rejected),
